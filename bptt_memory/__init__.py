@@ -1,0 +1,45 @@
+"""bptt_memory: what must be kept to backpropagate through time, and what keeping less costs.
+
+Cells (`vanilla`, `lstm`, `gru`) with PyTorch's equations, a `Model` (cell + linear
+readout + loss), and interchangeable backward strategies with one call shape,
+``strategy.run(model, params, xs, ys, *, h0=None, mask=None)``:
+
+- `full`: store every step's residuals (exact, O(T) memory);
+- `truncated`: TBPTT(k1, k2) on a ring buffer (biased, O(k2) memory);
+- `uniform`, `binomial`, `optimal`: checkpointing schedules (exact, less memory, more
+  forward steps), run by one executor and checked by one simulator.
+
+Every result carries `Stats` with the exact bytes the strategy held for the backward pass.
+"""
+
+from .cells import Cell, gru, lstm, vanilla
+from .checkpoint import Binomial, Optimal, binomial, binomial_forward_steps, optimal
+from .engine import execute
+from .model import LOSSES, Model, Result, Stats
+from .reference import reference_gradients
+from .schedule import (Action, Advance, Cost, Free, Record, Restore, Reverse, ScheduleError,
+                       Store, format_schedule, simulate)
+from .strategies import (Full, ScheduledStrategy, Strategy, Truncated, Uniform, Update, full,
+                         truncated, uniform)
+
+__version__ = "0.1.0"
+
+#: Every strategy factory by name, so studies and the CLI can loop without branching.
+STRATEGIES = {
+    "full": full,
+    "truncated": truncated,
+    "uniform": uniform,
+    "binomial": binomial,
+    "optimal": optimal,
+}
+
+__all__ = [
+    "Cell", "vanilla", "lstm", "gru",
+    "Model", "Result", "Stats", "LOSSES",
+    "Strategy", "ScheduledStrategy", "STRATEGIES",
+    "full", "truncated", "uniform", "binomial", "optimal",
+    "Full", "Truncated", "Uniform", "Binomial", "Optimal", "Update",
+    "Action", "Advance", "Record", "Reverse", "Store", "Restore", "Free",
+    "Cost", "ScheduleError", "simulate", "format_schedule", "execute",
+    "binomial_forward_steps", "reference_gradients",
+]

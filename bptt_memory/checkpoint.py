@@ -1,0 +1,356 @@
+"""Checkpointing policies: which states to store so that exact BPTT fits in memory.
+
+`binomial` is Griewank & Walther's binomial checkpointing ("revolve"): with s stored
+states it reverses T steps with the provably fewest forward steps,
+T + t(T, s + 1), t(n, s) = r·n − C(s + r, s + 1), where r is the smallest integer with
+C(s + r, s) >= n. `optimal` is Gruslys et al.'s dynamic programme (BPTT-MSM), which may
+also keep whole steps' residuals, and so beats binomial when a budget is in bytes and
+residuals cost more than states.
+
+References: A. Griewank & A. Walther, "Algorithm 799: Revolve", ACM TOMS 26(1), 2000
+(eq. 2 for t(n, s), Prop. 1 for the optimal split); A. Gruslys et al., "Memory-Efficient
+Backpropagation Through Time", NeurIPS 2016 (Sec. 3.4, BPTT-MSM).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from .cells import _check_size
+from .schedule import Action, Advance, Free, Record, Restore, Reverse, Store
+from .strategies import ScheduledStrategy, _check_steps
+
+__all__ = ["binomial", "optimal", "Binomial", "Optimal", "binomial_forward_steps"]
+
+
+def _eta(s: int, r: int) -> int:
+    """η(s, r) = C(s + r, s): the most steps s snapshots reverse with r repetitions."""
+    return math.comb(s + r, s) if r >= 0 else 0
+
+
+def _repetitions(n: int, s: int) -> int:
+    """r: the smallest integer with C(s + r, s) >= n."""
+    r = 0
+    while _eta(s, r) < n:
+        r += 1
+    return r
+
+
+def binomial_forward_steps(n_steps: int, slots: int) -> int:
+    """Forward steps of `binomial(slots)` on n_steps: T + t(T, slots + 1) (Griewank eq. 2).
+
+    >>> binomial_forward_steps(10, 2)
+    23
+    """
+    T, s = n_steps, slots + 1
+    r = _repetitions(T, s)
+    return T + r * T - math.comb(s + r, s + 1)
+
+
+def _split(n: int, s: int) -> int:
+    """How far to advance before the next checkpoint: n >= 2 steps, s >= 1 snapshots.
+
+    NOTE [binomial split] Let r be the repetition number of (n, s). The cost
+    m + t(n − m, s − 1) + t(m, s) equals the optimum r·n − C(s + r, s + 1) exactly when
+    the left part m lies in the band where t(·, s) has slope r − 1 and the right part
+    n − m in the band where t(·, s − 1) has slope r:
+        η(s, r − 2) <= m <= η(s, r − 1)  and  η(s − 1, r − 1) <= n − m <= η(s − 1, r).
+    Both bands meet because η(s, r − 1) + η(s − 1, r) = η(s, r) >= n (Pascal's rule).
+    We take the largest such m: no table, O(r) arithmetic per checkpoint.
+    """
+    r = _repetitions(n, s)
+    return min(_eta(s, r - 1), n - _eta(s - 1, r - 1))
+
+
+@dataclass(frozen=True)
+class Binomial(ScheduledStrategy):
+    """Build with `binomial`."""
+
+    slots: int = 8
+
+    def __post_init__(self) -> None:
+        if isinstance(self.slots, bool) or not isinstance(self.slots, (int, np.integer)):
+            raise TypeError(f"binomial(slots={self.slots!r}): slots must be an int")
+        if self.slots < 1:
+            raise ValueError(
+                f"binomial(slots={self.slots}): needs at least 1 slot; use full() to store everything"
+            )
+
+    @property
+    def name(self) -> str:
+        return f"binomial(slots={self.slots})"
+
+    def schedule(self, n_steps: int, state_bytes: int | None = None,
+                 residual_bytes: int | None = None) -> tuple[Action, ...]:
+        return tuple(self.iter_schedule(n_steps))
+
+    def iter_schedule(self, n_steps: int, state_bytes: int | None = None,
+                      residual_bytes: int | None = None) -> Iterator[Action]:
+        T = _check_steps("binomial().schedule", n_steps)
+        # Pending left parts (n0, n1, snapshots, n1 stored?), at most slots + 1 deep.
+        stack = [(0, T, int(self.slots) + 1, False)]
+        pos = 0
+        while stack:
+            n0, n1, snaps, n1_stored = stack.pop()
+            if n1_stored:
+                yield Free(n1)
+            if pos != n0:
+                yield Restore(n0)
+            while n1 - n0 > 1:
+                m = n0 + _split(n1 - n0, snaps)
+                yield Advance(n0, m)
+                store = n1 - m > 1  # a one-step right part is recorded straight away
+                if store:
+                    yield Store(m)
+                stack.append((n0, m, snaps, store))
+                n0, snaps = m, snaps - 1
+            yield Record(n0, n1)
+            yield Reverse(n0, n1)
+            pos = n1
+
+
+def binomial(slots: int = 8) -> Binomial:
+    """Binomial checkpointing (revolve): the fewest recomputations for `slots` states.
+
+    Trades compute for memory: holds at most `slots` states and one step's residuals,
+    and does exactly T + t(T, slots + 1) forward steps (h0 is a free extra snapshot).
+    With slots >= T − 1 that is 2T − 1: every step once plain and once recording.
+
+    The schedule comes from Griewank's closed-form split (see NOTE [binomial split]),
+    generated lazily with an O(slots) stack: planning T = 10⁶ steps with 100 slots takes
+    seconds and no table, where peers that fill an s·n² dynamic-programming table take
+    minutes already at T = 10⁴.
+
+    >>> from bptt_memory import simulate
+    >>> cost = simulate(binomial(slots=2).schedule(n_steps=10))
+    >>> cost.forward_steps, cost.peak_states, cost.peak_residuals
+    (23, 2, 1)
+    """
+    return Binomial(slots)
+
+
+# --------------------------------------------------------------------------------------
+
+_INF = 1 << 40
+#: The dynamic programme's memory axis is kept to at most this many units.
+MAX_UNITS = 2048
+
+
+@lru_cache(maxsize=8)
+def _tables(state_u: int, residual_u: int, n_cap: int, m_cap: int
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Cost and choice tables of the BPTT-MSM programme for n <= n_cap, m <= m_cap.
+
+    NOTE [optimal programme] Two subproblems, for n steps and m free memory units:
+    C[n, m]: the state entering the first step can be restored (it is stored, or h0);
+    D[n, m]: it is only the working state. The options are
+        C: record the first step, then D[n−1, m−R]            cost 1 + D[n−1, m−R]
+           advance y steps, solve D[n−y, m], restore, C[y, m]  cost y + D[n−y, m] + C[y, m]
+        D: store the working state, then C[n, m−S]             cost C[n, m−S]
+           record the first step, then D[n−1, m−R]            cost 1 + D[n−1, m−R]
+    with D[0, m] = 0. A stored hidden state (S units) or a recorded step (R units) are the
+    two kinds of storage of Gruslys et al.'s BPTT-MSM. Tables do not depend on T, so
+    one table answers every shorter sequence and every smaller budget (memoised).
+    Work is O(n_cap²·m_cap), vectorised over the split point and the budget.
+    """
+    S, R = state_u, residual_u
+    C = np.full((n_cap + 1, m_cap + 1), _INF, dtype=np.int64)
+    D = np.full((n_cap + 1, m_cap + 1), _INF, dtype=np.int64)
+    choice_c = np.zeros((n_cap + 1, m_cap + 1), dtype=np.int32)  # 0: record, y: advance y
+    choice_d = np.zeros((n_cap + 1, m_cap + 1), dtype=np.int8)  # 0: record, 1: store
+    D[0] = 0
+    record = np.full(m_cap + 1, _INF, dtype=np.int64)
+    store = np.full(m_cap + 1, _INF, dtype=np.int64)
+    for n in range(1, n_cap + 1):
+        record[:R] = _INF
+        record[R:] = 1 + D[n - 1, : m_cap + 1 - R]
+        np.minimum(record, _INF, out=record)
+        best = record.copy()
+        if n > 1:
+            y = np.arange(1, n, dtype=np.int64)[:, None]
+            split = y + D[n - 1 : 0 : -1] + C[1:n]  # (n−1, m): advance y = 1 … n−1
+            arg = split.argmin(axis=0)
+            cost = split[arg, np.arange(m_cap + 1)]
+            better = cost < best
+            best[better] = cost[better]
+            choice_c[n, better] = arg[better] + 1
+        C[n] = np.minimum(best, _INF)
+        store[: S] = _INF
+        if S <= m_cap:
+            store[S:] = C[n, : m_cap + 1 - S]
+        use_store = store < record
+        D[n] = np.where(use_store, store, record)
+        choice_d[n] = use_store
+    return C, D, choice_c, choice_d
+
+
+def _round_up(x: int, step: int) -> int:
+    return -(-x // step) * step
+
+
+@dataclass(frozen=True)
+class Optimal(ScheduledStrategy):
+    """Build with `optimal`."""
+
+    budget_bytes: int = 1 << 20
+
+    def __post_init__(self) -> None:
+        b = self.budget_bytes
+        if isinstance(b, bool) or not isinstance(b, (int, np.integer)):
+            raise TypeError(
+                f"optimal(budget_bytes={b!r}): needs an int number of bytes, e.g. 64 * 2**20"
+            )
+        if b < 1:
+            raise ValueError(f"optimal(budget_bytes={b}): needs a positive number of bytes")
+
+    @property
+    def name(self) -> str:
+        return f"optimal(budget_bytes={self.budget_bytes})"
+
+    def units(self, state_bytes: int, residual_bytes: int) -> tuple[int, int, int]:
+        """(state units, residual units, budget units) the programme works in.
+
+        The unit is gcd(state_bytes, residual_bytes), so costs are exact, unless the
+        budget would then exceed `MAX_UNITS` units: then the unit grows and item sizes
+        are rounded *up*, so a plan can only hold less than the budget, never more.
+        """
+        unit = math.gcd(state_bytes, residual_bytes)
+        if self.budget_bytes // unit > MAX_UNITS:
+            unit = -(-self.budget_bytes // MAX_UNITS)
+        return -(-state_bytes // unit), -(-residual_bytes // unit), self.budget_bytes // unit
+
+    def _sizes(self, state_bytes: int | None, residual_bytes: int | None) -> tuple[int, int]:
+        if state_bytes is None or residual_bytes is None:
+            raise ValueError(
+                "optimal().schedule: needs state_bytes and residual_bytes, e.g. "
+                "cell.state_bytes(B, dtype) and cell.residual_bytes(B, dtype)"
+            )
+        _check_size("optimal().schedule", "state_bytes", state_bytes)
+        _check_size("optimal().schedule", "residual_bytes", residual_bytes)
+        if self.budget_bytes < residual_bytes:
+            raise ValueError(
+                f"optimal(budget_bytes={self.budget_bytes}): below the minimum of {residual_bytes} "
+                "bytes (one step's residuals for this cell, batch and dtype); raise the budget "
+                f"to at least {residual_bytes}"
+            )
+        return int(state_bytes), int(residual_bytes)
+
+    def forward_steps(self, n_steps: int, state_bytes: int, residual_bytes: int) -> int:
+        """Forward steps of this policy's plan, from the programme alone (no schedule)."""
+        T = _check_steps("optimal().forward_steps", n_steps)
+        sb, rb = self._sizes(state_bytes, residual_bytes)
+        if T * rb <= self.budget_bytes:
+            return T
+        plan = self._plan(T, sb, rb)
+        if plan is None:
+            return binomial_forward_steps(T, self._binomial_slots(sb, rb))
+        C = plan[0]
+        return int(C[T, self.units(sb, rb)[2]])
+
+    def _binomial_slots(self, sb: int, rb: int) -> int:
+        return max(1, (self.budget_bytes - rb) // sb)
+
+    def _plan(self, T: int, sb: int, rb: int) -> tuple[np.ndarray, ...] | None:
+        """The programme's tables, or None when binomial is as good (or the budget too big)."""
+        s_u, r_u, m_u = self.units(sb, rb)
+        if r_u > m_u:  # rounding up made one step's residuals not fit: binomial does
+            return None
+        tables = _tables(s_u, r_u, _round_up(T, 256), 1 << max(0, m_u - 1).bit_length())
+        slots = (self.budget_bytes - rb) // sb
+        if slots >= 1 and binomial_forward_steps(T, slots) < tables[0][T, m_u]:
+            return None  # only possible when rounding up cost the programme optimality
+        return tables
+
+    def schedule(self, n_steps: int, state_bytes: int | None = None,
+                 residual_bytes: int | None = None) -> tuple[Action, ...]:
+        return tuple(self.iter_schedule(n_steps, state_bytes, residual_bytes))
+
+    def iter_schedule(self, n_steps: int, state_bytes: int | None = None,
+                      residual_bytes: int | None = None) -> Iterator[Action]:
+        T = _check_steps("optimal().schedule", n_steps)
+        sb, rb = self._sizes(state_bytes, residual_bytes)
+        if T * rb <= self.budget_bytes:
+            return iter((Record(0, T), Reverse(0, T)))
+        plan = self._plan(T, sb, rb)
+        if plan is None:
+            return Binomial(self._binomial_slots(sb, rb)).iter_schedule(T)
+        s_u, r_u, m_u = self.units(sb, rb)
+        return _coalesce(_walk(plan[2], plan[3], T, s_u, r_u, m_u))
+
+
+def _walk(choice_c: np.ndarray, choice_d: np.ndarray, T: int, S: int, R: int,
+          M: int) -> Iterator[Action]:
+    """Turn the programme's choices into actions, with an explicit stack (no recursion)."""
+    pos = 0
+    # tasks: ("C"|"D", n0, n, m) subproblems, or an action to emit
+    tasks: list = [("C", 0, T, M)]
+    while tasks:
+        task = tasks.pop()
+        if not isinstance(task, tuple):  # a Free or a Reverse: the working state stays
+            yield task
+            continue
+        kind, n0, n, m = task
+        if n == 0:
+            continue
+        if kind == "C":
+            if pos != n0:
+                yield Restore(n0)
+                pos = n0
+            y = int(choice_c[n, m])
+            if y:
+                yield Advance(n0, n0 + y)
+                pos = n0 + y
+                # the left part C(n0, y) restores n0 itself once D(n0 + y) is done
+                tasks += [("C", n0, y, m), ("D", n0 + y, n - y, m)]
+                continue
+        elif choice_d[n, m]:
+            yield Store(n0)
+            tasks += [Free(n0), ("C", n0, n, m - S)]
+            continue
+        yield Record(n0, n0 + 1)
+        pos = n0 + 1
+        tasks += [Reverse(n0, n0 + 1), ("D", n0 + 1, n - 1, m - R)]
+
+
+def _coalesce(actions: Iterable[Action]) -> Iterator[Action]:
+    """Merge runs like Record(0, 1), Record(1, 2) into Record(0, 2): same work, same peak."""
+    pending: Action | None = None
+    for a in actions:
+        if pending is not None and type(a) is type(pending):
+            if isinstance(a, (Advance, Record)) and a.n0 == pending.n1:  # type: ignore[union-attr]
+                pending = type(a)(pending.n0, a.n1)  # type: ignore[union-attr]
+                continue
+            if isinstance(a, Reverse) and a.n1 == pending.n0:  # type: ignore[union-attr]
+                pending = Reverse(a.n0, pending.n1)  # type: ignore[union-attr]
+                continue
+        if pending is not None:
+            yield pending
+        pending = a
+    if pending is not None:
+        yield pending
+
+
+def optimal(budget_bytes: int = 1 << 20) -> Optimal:
+    """Gruslys et al.'s BPTT-MSM: the fewest forward steps within a byte budget.
+
+    Trades compute for memory like `binomial`, but may keep whole steps' residuals as
+    well as states, whichever mix needs the fewest forward steps, so for an LSTM (a
+    step's residuals cost 3.5 states) it beats binomial at intermediate budgets. Never
+    more forward steps than binomial at the same budget; exactly T once the budget holds
+    every step's residuals; peak_bytes <= budget_bytes always.
+
+    The budget must hold at least one step's residuals. The programme is O(T²·m) in T
+    and the budget in units (see `Optimal.units`), memoised across budgets; T = 1000 at
+    a budget of a few hundred states takes about a second.
+
+    >>> from bptt_memory import simulate
+    >>> plan = optimal(budget_bytes=100).schedule(n_steps=6, state_bytes=10, residual_bytes=35)
+    >>> simulate(plan, state_bytes=10, residual_bytes=35).peak_bytes <= 100
+    True
+    """
+    return Optimal(budget_bytes)

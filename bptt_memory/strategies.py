@@ -1,0 +1,356 @@
+"""Backward strategies: one call shape, different answers to "what is kept?".
+
+Every strategy is a small frozen object built by a lowercase factory and run as
+``strategy.run(model, params, xs, ys, *, h0=None, mask=None, trace_memory=False)``.
+Exact strategies produce a schedule (`bptt_memory.schedule`) that the one executor
+runs; `truncated` keeps a ring buffer of the last k2 steps instead and returns a biased
+gradient by design.
+
+References: Williams & Peng 1990 (TBPTT(k1, k2)); Chen et al. 2016, "Training Deep Nets
+with Sublinear Memory Cost" (uniform checkpoints); checkpointing policies in
+`bptt_memory.checkpoint`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Iterable, Iterator, NamedTuple
+
+import numpy as np
+
+from .cells import Params, State, _check_size
+from .engine import Sweep, _execute, measure
+from .model import Model, Result
+from .schedule import Action, Advance, Free, Record, Restore, Reverse, Store, simulate
+
+__all__ = ["Strategy", "ScheduledStrategy", "full", "truncated", "uniform", "Full", "Truncated",
+           "Uniform", "Update"]
+
+
+class Strategy(ABC):
+    """The interface every backward strategy shares."""
+
+    @property
+    @abstractmethod
+    def name(self) -> str:
+        """A short label such as ``binomial(slots=8)``."""
+
+    @abstractmethod
+    def run(self, model: Model, params: Params, xs: np.ndarray, ys: np.ndarray, *,
+            h0: State | np.ndarray | None = None, mask: np.ndarray | None = None,
+            trace_memory: bool = False) -> Result:
+        """Loss, gradients and `Stats` of the sequence (xs, ys).
+
+        Args:
+            xs: (T, B, n_in) inputs, same float dtype as params.
+            ys: (T, B, n_out) targets for mse; (T, B) int labels for cross_entropy.
+            h0: initial state, a tuple of (B, H) arrays (or one array); None means zeros.
+            mask: (T, B) weights of each step's loss; None means all ones.
+            trace_memory: also measure the run's peak with tracemalloc
+                (``stats.traced_peak_bytes``); slower.
+        """
+
+
+class ScheduledStrategy(Strategy):
+    """An exact strategy: it only decides a schedule; the executor runs it."""
+
+    @abstractmethod
+    def schedule(self, n_steps: int, state_bytes: int | None = None,
+                 residual_bytes: int | None = None) -> tuple[Action, ...]:
+        """The actions for a sequence of n_steps, computed without touching arrays."""
+
+    def iter_schedule(self, n_steps: int, state_bytes: int | None = None,
+                      residual_bytes: int | None = None) -> Iterator[Action]:
+        """Like `schedule`, lazily; strategies with O(1)-memory planners override it."""
+        return iter(self.schedule(n_steps, state_bytes, residual_bytes))
+
+    def run(self, model: Model, params: Params, xs: np.ndarray, ys: np.ndarray, *,
+            h0: State | np.ndarray | None = None, mask: np.ndarray | None = None,
+            trace_memory: bool = False) -> Result:
+        xs, ys, h0_, mask_ = model.check(params, xs, ys, h0, mask)
+        T, B = xs.shape[:2]
+        sb, rb = model.cell.state_bytes(B, xs.dtype), model.cell.residual_bytes(B, xs.dtype)
+        cost = simulate(self.iter_schedule(T, sb, rb), n_steps=T, state_bytes=sb, residual_bytes=rb)
+
+        def run() -> Result:
+            return _execute(self.iter_schedule(T, sb, rb), model, params, xs, ys, h0_, mask_,
+                            sb, rb, cost.peak_states, cost.peak_residuals)
+
+        return measure(run, model, params, B, xs.dtype) if trace_memory else run()
+
+
+def _check_steps(where: str, n_steps: object) -> int:
+    _check_size(where, "n_steps", n_steps)
+    return int(n_steps)  # type: ignore[call-overload]
+
+
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Full(ScheduledStrategy):
+    """Build with `full`."""
+
+    @property
+    def name(self) -> str:
+        return "full()"
+
+    def schedule(self, n_steps: int, state_bytes: int | None = None,
+                 residual_bytes: int | None = None) -> tuple[Action, ...]:
+        T = _check_steps("full().schedule", n_steps)
+        return (Record(0, T), Reverse(0, T))
+
+
+def full() -> Full:
+    """Store every step's residuals going forward, then backpropagate once.
+
+    The fastest exact strategy (T forward steps, T backward steps) and the most
+    memory-hungry: peak_bytes = T × cell.residual_bytes(B, dtype).
+
+    >>> full().schedule(n_steps=4)
+    (Record(n0=0, n1=4), Reverse(n0=0, n1=4))
+    """
+    return Full()
+
+
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Uniform(ScheduledStrategy):
+    """Build with `uniform`."""
+
+    every: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.every is not None:
+            _check_size("uniform(every=...)", "every", self.every)
+
+    @property
+    def name(self) -> str:
+        return f"uniform(every={self.every})"
+
+    def segment(self, n_steps: int) -> int:
+        """k: the given `every`, or round(√T) when it is None."""
+        return self.every if self.every is not None else max(1, round(math.sqrt(n_steps)))
+
+    def schedule(self, n_steps: int, state_bytes: int | None = None,
+                 residual_bytes: int | None = None) -> tuple[Action, ...]:
+        return tuple(self.iter_schedule(n_steps))
+
+    def iter_schedule(self, n_steps: int, state_bytes: int | None = None,
+                      residual_bytes: int | None = None) -> Iterator[Action]:
+        T = _check_steps("uniform().schedule", n_steps)
+        k = self.segment(T)
+        starts = list(range(0, T, k))  # segment j is [starts[j], min(starts[j] + k, T))
+        for n0 in starts[:-1]:
+            if n0:
+                yield Store(n0)
+            yield Advance(n0, n0 + k)
+        for n0 in reversed(starts):
+            n1 = min(n0 + k, T)
+            if n0 != starts[-1]:
+                yield Restore(n0)
+            yield Record(n0, n1)
+            yield Reverse(n0, n1)
+            if n0 and n0 != starts[-1]:
+                yield Free(n0)
+
+
+def uniform(every: int | None = None) -> Uniform:
+    """Chen et al.'s √T checkpointing: trades one extra forward sweep for O(√T) memory.
+
+    Stores the state entering every k-th step (k = `every`, or round(√T)), then reverses
+    segment by segment, recomputing each segment once while recording its residuals.
+    With m = ⌈T/k⌉ segments:
+
+    - forward_steps = T + k·(m − 1)  (every segment but the last is run twice)
+    - peak stored states = m − 2 for m ≥ 2 (boundary 0 is h0 and the last segment
+      starts from the working state, so neither is stored), else 0
+    - peak recorded steps = min(k, T)
+
+    >>> from bptt_memory import simulate
+    >>> simulate(uniform(every=3).schedule(n_steps=10)).forward_steps   # 10 + 3·3
+    19
+    """
+    return Uniform(every)
+
+
+# --------------------------------------------------------------------------------------
+
+
+class Update(NamedTuple):
+    """One TBPTT update point: the steps it covers and their gradient."""
+
+    t: int  # steps 1 … t have been seen; this update closes at step t
+    loss: float  # loss of steps (previous update point, t]
+    grads: Params
+    grad_h0: State | None  # gradient w.r.t. h0 when the window reached it, else None
+    backward_steps: int
+
+
+@dataclass(frozen=True)
+class Truncated(Strategy):
+    """Build with `truncated`."""
+
+    k1: int
+    k2: int
+
+    def __post_init__(self) -> None:
+        _check_size("truncated(k1=...)", "k1", self.k1)
+        _check_size("truncated(k2=...)", "k2", self.k2)
+        if self.k2 < self.k1:
+            raise ValueError(
+                f"truncated(k1={self.k1}, k2={self.k2}): k2 < k1 would drop the losses of "
+                "steps no window covers; use k2 >= k1"
+            )
+
+    @property
+    def name(self) -> str:
+        return f"truncated(k1={self.k1}, k2={self.k2})"
+
+    def run(self, model: Model, params: Params, xs: np.ndarray, ys: np.ndarray, *,
+            h0: State | np.ndarray | None = None, mask: np.ndarray | None = None,
+            trace_memory: bool = False) -> Result:
+        xs, ys, h0_, mask_ = model.check(params, xs, ys, h0, mask)
+        T, B = xs.shape[:2]
+
+        def run() -> Result:
+            start = time.perf_counter()
+            loss, grads = 0.0, {k: np.zeros_like(v) for k, v in params.items()}
+            grad_h0 = tuple(np.zeros_like(a) for a in h0_)
+            backward = 0
+            steps = zip(xs, ys, mask_)
+            sweep = Sweep(model, params)
+            for u in self._updates(sweep, steps, h0_, B, xs.dtype, n_steps=T):
+                loss += u.loss
+                for k in grads:
+                    grads[k] += u.grads[k]
+                if u.grad_h0 is not None:
+                    grad_h0 = tuple(a + b for a, b in zip(grad_h0, u.grad_h0))
+                backward += u.backward_steps
+            cell = model.cell
+            stats = sweep.stats(time.perf_counter() - start, cell.state_bytes(B, xs.dtype),
+                                cell.residual_bytes(B, xs.dtype),
+                                peak_residuals=min(self.k2, T))
+            stats.backward_steps = backward
+            return Result(loss, grads, grad_h0, stats)
+
+        return measure(run, model, params, B, xs.dtype) if trace_memory else run()
+
+    def stream(self, model: Model, params: Params,
+               steps: Iterable[tuple[np.ndarray, ...]], *,
+               h0: State | np.ndarray | None = None) -> Iterator[Update]:
+        """Online TBPTT: yield an `Update` every k1 steps of a stream of unknown length.
+
+        Args:
+            steps: iterable of ``(x_t, y_t)`` or ``(x_t, y_t, mask_t)``, x_t (B, n_in).
+            params: read at every step, so the caller may update them in place
+                between updates (``params[k] -= lr * u.grads[k]``); the ring keeps
+                residuals computed with the params of the step that recorded them,
+                as in Williams & Peng's online algorithm.
+
+        Memory is a ring of k2 recorded steps, whatever the stream's length; the last
+        k2 inputs and targets are kept by reference. A final update covers the steps
+        after the last multiple of k1 when the stream ends.
+        """
+        it = iter(steps)
+        try:
+            first = next(it)
+        except StopIteration:
+            raise ValueError("truncated().stream(steps=...): the stream is empty; pass at least one step") from None
+        x0 = _check_stream_step(model, params, first, 0)[0]
+        B, dtype = x0.shape[0], x0.dtype
+        h0_ = model.check_h0(h0, B, dtype)
+
+        def checked() -> Iterator[tuple[np.ndarray, ...]]:
+            yield _check_stream_step(model, params, first, 0)
+            for i, s in enumerate(it, start=1):
+                x, y, m = _check_stream_step(model, params, s, i)
+                if x.shape[0] != B:
+                    raise ValueError(f"steps[{i}]: batch {x.shape[0]} differs from the first step's {B}")
+                yield x, y, m
+
+        yield from self._updates(Sweep(model, params), checked(), h0_, B, dtype, n_steps=None)
+
+    def _updates(self, sweep: Sweep, steps: Iterable[tuple[np.ndarray, ...]], h0: State,
+                 B: int, dtype: np.dtype, n_steps: int | None) -> Iterator[Update]:
+        """TBPTT(k1, k2) over (x_t, y_t, mask_t) steps on a preallocated ring of k2 entries.
+
+        NOTE [tbptt window] Steps are numbered 1 … T. At update point t the losses of the
+        steps since the previous update point are backpropagated through steps
+        (max(0, t − k2), t]; the state entering that window is a constant, so the adjoint
+        leaving it is dropped unless the window reaches h0.
+        """
+        cell, params, k1, k2 = sweep.cell, sweep.params, self.k1, self.k2
+        size = k2 if n_steps is None else min(k2, n_steps)
+        ring = [cell.new_residuals(B, dtype) for _ in range(size)]
+        for res in ring:
+            sweep.hold(res)
+        inputs: list = [None] * size  # (x, y, scale) of the step in each ring slot
+        state, t, last = h0, 0, 0
+        for x, y, m in steps:
+            slot = t % size
+            state = cell.record(params, cell.project(params, x), state, ring[slot])
+            sweep.forward_steps += 1
+            inputs[slot] = (x, y, m / B)
+            t += 1
+            if t % k1 == 0 or t == n_steps:
+                yield self._update(sweep, ring, inputs, h0, t, last)
+                last = t
+        if t > last:  # a stream that ended between update points
+            yield self._update(sweep, ring, inputs, h0, t, last)
+
+    def _update(self, sweep: Sweep, ring: list, inputs: list, h0: State, t: int,
+                last: int) -> Update:
+        sweep.grads = {k: np.zeros_like(v) for k, v in sweep.params.items()}
+        sweep.loss = 0.0
+        size = len(ring)
+        first = max(0, t - self.k2)  # window: steps first+1 … t, ring slots (step-1) % size
+        dstate = sweep.zero_adjoint(h0)
+        for step in range(t, first, -1):
+            slot = (step - 1) % size
+            x, y, scale = inputs[slot]
+            with_loss = step > last
+            dstate = sweep.reverse(ring[slot], dstate, x, y if with_loss else None, scale)
+        sweep.backward_steps += t - first
+        return Update(t, sweep.loss, sweep.grads, dstate if first == 0 else None, t - first)
+
+
+def _check_stream_step(model: Model, params: Params, step: object,
+                       i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    if not isinstance(step, tuple) or len(step) not in (2, 3):
+        raise TypeError(f"steps[{i}]: expected a tuple (x_t, y_t) or (x_t, y_t, mask_t)")
+    x, y = step[0], step[1]
+    m = step[2] if len(step) == 3 else None
+    if not isinstance(x, np.ndarray) or x.ndim != 2:
+        raise ValueError(f"steps[{i}]: x_t must be a (B, n_in) array")
+    # Reuse the sequence checks on a one-step sequence: same messages, same rules.
+    xs, ys, _, mask = model.check(params, x[None], np.asarray(y)[None], None,
+                                  None if m is None else np.asarray(m)[None])
+    return xs[0], ys[0], mask[0]
+
+
+def truncated(k1: int, k2: int | None = None) -> Truncated:
+    """Williams & Peng's TBPTT(k1, k2): O(k2) memory whatever T, at the price of bias.
+
+    Every k1 steps (and at the end), the losses of the last k1 steps are backpropagated
+    through the last k2 steps on a ring buffer of k2 recorded steps, preallocated and
+    overwritten in place. `run` returns the sum of those updates, all at the same params;
+    `stream` yields them one by one for online learning.
+
+    Args:
+        k1: steps between updates, >= 1.
+        k2: steps backpropagated through at each update, >= k1 (default k1).
+
+    Warning:
+        Unless k2 >= T the gradient is biased: dependencies longer than k2 steps are
+        cut. With k2 >= T it equals the exact gradient.
+
+    >>> truncated(4).name
+    'truncated(k1=4, k2=4)'
+    """
+    return Truncated(k1, k1 if k2 is None else k2)

@@ -1,0 +1,173 @@
+"""The `bptt-memory` command: compare strategies, plan a budget, run the studies.
+
+    bptt-memory compare [--cell lstm --steps 1000 --batch 32 --hidden 128 ...]
+    bptt-memory plan --steps 100000 --budget 64MiB --cell lstm --batch 32 --hidden 256
+    bptt-memory study NAME|all [--small] [--out reports/]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from . import STRATEGIES
+from .cells import gru, lstm, vanilla
+from .compare import (compare, default_strategies, format_bytes, parse_bytes, parse_count,
+                      plan)
+from .model import Model
+from .tasks import random_problem
+
+__all__ = ["main"]
+
+_CELLS = {"vanilla": vanilla, "lstm": lstm, "gru": gru}
+
+
+def _cell(args: argparse.Namespace):
+    return _CELLS[args.cell](args.inputs, args.hidden)
+
+
+def _positive(text: str) -> int:
+    try:
+        return parse_count(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _budget(text: str) -> int:
+    try:
+        return parse_bytes(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _problem_args(p: argparse.ArgumentParser, steps: int, batch: int, hidden: int) -> None:
+    p.add_argument("--cell", choices=sorted(_CELLS), default="lstm")
+    p.add_argument("--steps", type=_positive, default=steps, help=f"T (default {steps})")
+    p.add_argument("--batch", type=_positive, default=batch, help=f"B (default {batch})")
+    p.add_argument("--hidden", type=_positive, default=hidden, help=f"H (default {hidden})")
+    p.add_argument("--inputs", type=_positive, default=32, help="n_in (default 32)")
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float64")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="bptt-memory",
+        description="What must be kept to backpropagate through time, and what keeping less costs.",
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("compare", help="run every strategy on one random problem; print a table")
+    _problem_args(c, steps=1000, batch=32, hidden=128)
+    c.add_argument("--outputs", type=_positive, default=10, help="n_out (default 10)")
+    c.add_argument("--strategies", nargs="+", choices=sorted(STRATEGIES), default=list(STRATEGIES),
+                   metavar="NAME", help=f"subset of {', '.join(STRATEGIES)}")
+    c.add_argument("--repeats", type=_positive, default=3, help="timed rounds (median)")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--json", action="store_true", help="machine-readable output")
+    c.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    pl = sub.add_parser("plan", help="which strategy fits a memory budget, before running")
+    _problem_args(pl, steps=100000, batch=32, hidden=256)
+    pl.add_argument("--budget", type=_budget, required=True, help="e.g. 64MiB, 1.5GB, 1048576")
+    pl.add_argument("--json", action="store_true")
+
+    s = sub.add_parser("study", help="run a study and write its report")
+    from studies import STUDIES
+
+    s.add_argument("name", choices=[*STUDIES, "all"])
+    s.add_argument("--small", action="store_true", help="toy sizes (seconds)")
+    s.add_argument("--out", type=Path, default=Path("reports"))
+    s.add_argument("--quiet", action="store_true")
+    return p
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    dtype = np.dtype(args.dtype)
+    cell = _cell(args)
+    model = Model(cell, n_out=args.outputs, loss="mse")
+    rng = np.random.default_rng(args.seed)
+    params = model.init(rng, dtype)
+    xs, ys = random_problem(model, args.steps, args.batch, rng, dtype)
+    chosen = default_strategies(cell, args.steps, args.batch, dtype)
+    strategies = {n: chosen[n] for n in args.strategies}
+    bar = None if args.quiet or args.json else (lambda total: tqdm(total=total, file=sys.stderr,
+                                                                     leave=False, desc="runs"))
+    rows = compare(model, params, xs, ys, strategies, repeats=args.repeats, progress=bar)
+    if args.json:
+        print(json.dumps({"problem": {k: v for k, v in vars(args).items() if k != "func"},
+                          "rows": [asdict(r) for r in rows]}, indent=2))
+        return 0
+    print(f"{cell.kind} T={args.steps} B={args.batch} H={args.hidden} I={args.inputs} {args.dtype}; "
+          f"time is the median of {args.repeats} interleaved runs, relative to full()")
+    head = ("strategy", "peak (exact)", "peak (traced)", "% of full", "fwd steps", "time",
+            "grad rel err", "cosine")
+    table = [head]
+    for r in rows:
+        table.append((r.strategy, format_bytes(r.peak_bytes),
+                      "-" if r.traced_peak_bytes is None else format_bytes(r.traced_peak_bytes),
+                      f"{100 * r.memory_fraction:.1f}%", f"{r.forward_factor:.2f}×T",
+                      f"{r.time_ratio:.2f}×", f"{r.grad_rel_error:.1e}", f"{r.grad_cosine:.6f}"))
+    print(_format(table))
+    return 0
+
+
+def _plan(args: argparse.Namespace) -> int:
+    dtype = np.dtype(args.dtype)
+    cell = _cell(args)
+    options = plan(cell, args.steps, args.batch, args.budget, dtype)
+    if args.json:
+        print(json.dumps({"budget_bytes": args.budget, "options": [asdict(o) for o in options]},
+                         indent=2, default=float))
+        return 0
+    full_bytes = args.steps * cell.residual_bytes(args.batch, dtype)
+    print(f"{cell.kind} T={args.steps} B={args.batch} H={args.hidden} {args.dtype}: "
+          f"budget {format_bytes(args.budget)}; full() would hold {format_bytes(full_bytes)}")
+    best = next((o for o in options if o.fits and o.exact), None)
+    if best is None:
+        print(f"No exact strategy fits: the minimum is one step's residuals, "
+              f"{format_bytes(cell.residual_bytes(args.batch, dtype))}.")
+    else:
+        print(f"Best exact strategy: {best.strategy}, {best.recompute_factor:.2f}× the forward "
+              f"steps of full(), peak {format_bytes(best.peak_bytes)}.")
+    table = [("strategy", "exact", "fits", "peak", "forward steps", "note")]
+    for o in options:
+        table.append((o.strategy, "yes" if o.exact else "no", "yes" if o.fits else "no",
+                      format_bytes(o.peak_bytes) if o.peak_bytes else "-",
+                      f"{o.recompute_factor:.2f}×T" if o.forward_steps else "-", o.note))
+    print(_format(table))
+    return 0
+
+
+def _study(args: argparse.Namespace) -> int:
+    from studies import STUDIES
+
+    for name in STUDIES if args.name == "all" else [args.name]:
+        module = importlib.import_module(f"studies.{name}")
+        path = module.run(args.out, small=args.small, quiet=args.quiet)
+        print(f"{name}: wrote {path}")
+    return 0
+
+
+def _format(rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    return {"compare": _compare, "plan": _plan, "study": _study}[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

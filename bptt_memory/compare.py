@@ -1,0 +1,248 @@
+"""Side-by-side comparison of strategies on one problem, and planning before running.
+
+`default_strategies` gives each registered strategy sensible parameters for a sequence
+(truncated and uniform at k = √T, binomial with √T slots, optimal at 5% of full()'s
+bytes); `compare` runs them on the same problem, timing them interleaved against
+full() in the same process; `plan` answers, without running anything, which exact
+strategy fits a memory budget and what it will cost.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import statistics
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from .cells import Cell, Params
+from .checkpoint import binomial, binomial_forward_steps, optimal
+from .model import Model, Result
+from .schedule import simulate
+from .strategies import Strategy, full, truncated, uniform
+
+__all__ = ["default_strategies", "compare", "Row", "plan", "Plan", "parse_bytes", "format_bytes",
+           "parse_count", "grad_error"]
+
+#: optimal()'s default budget, as a fraction of full()'s peak bytes.
+OPTIMAL_FRACTION = 0.05
+
+
+def default_strategies(cell: Cell, n_steps: int, batch: int,
+                       dtype: np.dtype | type = np.float64) -> dict[str, Strategy]:
+    """One instance of every registered strategy, parametrised for this sequence.
+
+    >>> import bptt_memory as bm
+    >>> sorted(default_strategies(bm.lstm(4, 8), 100, 2)) == sorted(bm.STRATEGIES)
+    True
+    """
+    k = max(1, round(math.sqrt(n_steps)))
+    rb = cell.residual_bytes(batch, dtype)
+    budget = max(rb, int(OPTIMAL_FRACTION * n_steps * rb))
+    return {
+        "full": full(),
+        "truncated": truncated(k, k),
+        "uniform": uniform(),
+        "binomial": binomial(slots=k),
+        "optimal": optimal(budget_bytes=budget),
+    }
+
+
+def grad_error(grads: Params, exact: Params) -> tuple[float, float]:
+    """(relative error ‖g − g*‖ / ‖g*‖, cosine similarity) over all parameters at once."""
+    g = np.concatenate([grads[k].ravel() for k in sorted(exact)]).astype(np.float64)
+    e = np.concatenate([exact[k].ravel() for k in sorted(exact)]).astype(np.float64)
+    ne, ng = float(np.linalg.norm(e)), float(np.linalg.norm(g))
+    rel = float(np.linalg.norm(g - e)) / ne if ne > 0 else float(np.linalg.norm(g))
+    cos = float(g @ e) / (ng * ne) if ng > 0 and ne > 0 else float("nan")
+    return rel, cos
+
+
+@dataclass
+class Row:
+    """One strategy's line in a comparison; ratios are against full() in the same run."""
+
+    strategy: str
+    peak_bytes: int
+    traced_peak_bytes: int | None
+    memory_fraction: float  # peak_bytes / full()'s
+    forward_steps: int
+    forward_factor: float  # forward_steps / T
+    seconds: float  # median over repeats
+    time_ratio: float  # median seconds / full()'s median seconds
+    grad_rel_error: float
+    grad_cosine: float
+    loss: float
+
+
+def compare(model: Model, params: Params, xs: np.ndarray, ys: np.ndarray,
+            strategies: dict[str, Strategy], *, mask: np.ndarray | None = None,
+            repeats: int = 3, trace_memory: bool = True, progress=None) -> list[Row]:
+    """Run every strategy on the same problem; time them interleaved, medians of `repeats`.
+
+    full() is always run as the baseline, even when not listed. One untimed warm-up run
+    per strategy; then `repeats` rounds, each running every strategy once, so machine
+    noise hits all of them alike. With trace_memory, one extra run per strategy is made
+    under tracemalloc (not timed).
+    """
+    names = list(strategies)
+    runs = {"full": full(), **strategies}
+    T = xs.shape[0]
+    results: dict[str, Result] = {}
+    times: dict[str, list[float]] = {n: [] for n in runs}
+    total = len(runs) * (repeats + 1 + trace_memory)
+    bar = progress(total=total) if progress else None
+    for name, s in runs.items():  # warm-up, and the result we report
+        results[name] = s.run(model, params, xs, ys, mask=mask)
+        bar and bar.update()
+    for _ in range(repeats):
+        for name, s in runs.items():
+            t0 = time.perf_counter()
+            s.run(model, params, xs, ys, mask=mask)
+            times[name].append(time.perf_counter() - t0)
+            bar and bar.update()
+    traced: dict[str, int | None] = {n: None for n in runs}
+    if trace_memory:
+        for name, s in runs.items():
+            traced[name] = s.run(model, params, xs, ys, mask=mask, trace_memory=True).stats.traced_peak_bytes
+            bar and bar.update()
+    bar and bar.close()
+    exact = results["full"]
+    base_t = statistics.median(times["full"])
+    rows = []
+    for name in names:
+        r = results[name]
+        rel, cos = grad_error(r.grads, exact.grads)
+        sec = statistics.median(times[name])
+        rows.append(Row(
+            strategy=runs[name].name, peak_bytes=r.stats.peak_bytes,
+            traced_peak_bytes=traced[name],
+            memory_fraction=r.stats.peak_bytes / exact.stats.peak_bytes,
+            forward_steps=r.stats.forward_steps, forward_factor=r.stats.forward_steps / T,
+            seconds=sec, time_ratio=sec / base_t, grad_rel_error=rel, grad_cosine=cos,
+            loss=r.loss,
+        ))
+    return rows
+
+
+# --------------------------------------------------------------------------------------
+
+_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9,
+          "gb": 10**9, "t": 10**12, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30,
+          "tib": 2**40}
+
+
+def parse_bytes(text: str | int) -> int:
+    """'64MiB', '1.5 GB', '2e6', 1024 -> bytes.
+
+    >>> parse_bytes("64MiB"), parse_bytes("1.5GB"), parse_bytes("512")
+    (67108864, 1500000000, 512)
+    """
+    if isinstance(text, (int, np.integer)) and not isinstance(text, bool):
+        return int(text)
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)\s*", str(text))
+    if not m or m.group(2).lower() not in _UNITS:
+        raise ValueError(f"budget {text!r}: write a size like 64MiB, 1.5GB or 1048576")
+    value = float(m.group(1)) * _UNITS[m.group(2).lower()]
+    if value < 1:
+        raise ValueError(f"budget {text!r}: must be at least 1 byte")
+    return int(value)
+
+
+def parse_count(text: str | int) -> int:
+    """'100000', '1e5', '100k', '2M' -> an int >= 1.
+
+    >>> parse_count("1e5"), parse_count("100k")
+    (100000, 100000)
+    """
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([kKmM]?)\s*", str(text))
+    if not m:
+        raise ValueError(f"{text!r}: write a count like 100000, 1e5 or 100k")
+    value = float(m.group(1)) * {"": 1, "k": 10**3, "m": 10**6}[m.group(2).lower()]
+    if value != int(value) or value < 1:
+        raise ValueError(f"{text!r}: must be a whole number >= 1")
+    return int(value)
+
+
+def format_bytes(n: float) -> str:
+    """Binary units, 3 significant figures.
+
+    >>> format_bytes(67108864)
+    '64.0 MiB'
+    """
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+@dataclass
+class Plan:
+    """One option in a `plan` answer."""
+
+    strategy: str
+    exact: bool
+    fits: bool
+    peak_bytes: int
+    forward_steps: int
+    recompute_factor: float
+    note: str
+
+
+#: Above this T·(budget units) the dynamic programme is skipped by `plan`.
+OPTIMAL_PLAN_LIMIT = 2 * 10**9
+
+
+def plan(cell: Cell, n_steps: int, batch: int, budget_bytes: int,
+         dtype: np.dtype | type = np.float64) -> list[Plan]:
+    """What each strategy would cost for this sequence and budget, without running it.
+
+    Returns the options best first: exact strategies that fit, by forward steps;
+    then truncation (fits by choosing k2, but biased); then what does not fit.
+    """
+    T = n_steps
+    sb, rb = cell.state_bytes(batch, dtype), cell.residual_bytes(batch, dtype)
+    out = [Plan("full()", True, T * rb <= budget_bytes, T * rb, T, 1.0,
+                "stores every step's residuals")]
+    if budget_bytes >= rb:
+        slots = (budget_bytes - rb) // sb
+        if slots >= 1:
+            f = binomial_forward_steps(T, slots)
+            out.append(Plan(f"binomial(slots={slots})", True, True, min(slots, T) * sb + rb, f,
+                            f / T, "states only; provably fewest recomputations for its slots"))
+        k = _best_uniform(T, sb, rb, budget_bytes)
+        if k is not None:
+            cost = simulate(uniform(k).iter_schedule(T), n_steps=T, state_bytes=sb, residual_bytes=rb)
+            out.append(Plan(f"uniform(every={k})", True, True, cost.peak_bytes or 0,
+                            cost.forward_steps, cost.recompute_factor, "Chen et al.'s segments"))
+        opt = optimal(budget_bytes)
+        if T * T * opt.units(sb, rb)[2] <= OPTIMAL_PLAN_LIMIT or T * rb <= budget_bytes:
+            cost = simulate(opt.iter_schedule(T, sb, rb), n_steps=T, state_bytes=sb, residual_bytes=rb)
+            out.append(Plan(opt.name, True, True, cost.peak_bytes or 0, cost.forward_steps,
+                            cost.recompute_factor, "mixes stored states and residuals"))
+        else:
+            out.append(Plan(opt.name, True, False, 0, 0, float("nan"),
+                            "not planned: T is too long for its O(T²·m) programme; "
+                            "binomial is the exact choice here"))
+        k2 = min(T, budget_bytes // rb)
+        out.append(Plan(f"truncated(k1={k2}, k2={k2})", k2 >= T, True, k2 * rb, T, 1.0,
+                        "exact" if k2 >= T else
+                        f"biased: cuts every dependency longer than {k2} steps"))
+    out.sort(key=lambda p: (not p.fits, not p.exact, p.forward_steps, p.peak_bytes))
+    return out
+
+
+def _best_uniform(T: int, sb: int, rb: int, budget: int) -> int | None:
+    """The segment length k with the fewest forward steps that fits the budget."""
+    best = None
+    for k in range(1, T + 1):
+        m = -(-T // k)
+        peak = max(m - 2, 0) * sb + min(k, T) * rb
+        if peak <= budget:
+            steps = T + k * (m - 1)
+            if best is None or steps < best[0]:
+                best = (steps, k)
+    return None if best is None else best[1]

@@ -1,0 +1,170 @@
+"""What every study shares: atomic report files, provenance, progress bars, BLAS pinning.
+
+Every file a study writes goes through a temporary file in the same folder and
+`os.replace`, so an interrupted study leaves either the old file or the new one, never
+a truncated one. `report.md` is written last.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import os
+import platform
+import sys
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from threadpoolctl import threadpool_limits  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+import bptt_memory  # noqa: E402
+
+__all__ = ["atomic_write", "write_text", "write_json", "write_csv", "save_figure",
+           "provenance", "progress", "pinned_blas", "report_dir", "fit_loglog_slope", "md_table",
+           "DEFAULT_OUT"]
+
+DEFAULT_OUT = Path("reports")
+
+
+@contextlib.contextmanager
+def atomic_write(path: Path, mode: str = "w") -> Iterator[Any]:
+    """Open a temporary file beside `path`; on success rename it over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_text(path: Path, text: str) -> Path:
+    with atomic_write(path) as f:
+        f.write(text)
+    return Path(path)
+
+
+def write_json(path: Path, obj: Any) -> Path:
+    return write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_jsonable) + "\n")
+
+
+def _jsonable(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def write_csv(path: Path, rows: Sequence[dict]) -> Path:
+    """Rows of dicts with the same keys, one CSV line each."""
+    buf = io.StringIO()
+    if rows:
+        w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return write_text(path, buf.getvalue())
+
+
+def save_figure(fig: plt.Figure, path: Path) -> Path:
+    """Save a figure as PNG atomically and close it."""
+    path = Path(path)
+    with atomic_write(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def report_dir(out: Path | str, name: str) -> Path:
+    d = Path(out) / name
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown CPU"
+
+
+def provenance(command: str) -> str:
+    """A markdown block: the command that made the report, when, on what, with what."""
+    import matplotlib as mpl
+
+    from threadpoolctl import threadpool_info
+
+    blas = ", ".join(f"{i['internal_api']} {i.get('version')} ({i['num_threads']} threads)"
+                     for i in threadpool_info() if i.get("user_api") == "blas") or "unknown"
+    return "\n".join([
+        f"- Command: `{command}`",
+        f"- Date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
+        f"- Machine: {_cpu_model()}, {os.cpu_count()} cores, {platform.system()} {platform.machine()}",
+        f"- Python {platform.python_version()}, numpy {np.__version__}, matplotlib {mpl.__version__}, "
+        f"bptt_memory {bptt_memory.__version__}; BLAS: {blas}",
+    ])
+
+
+def command_line(name: str, small: bool) -> str:
+    return f"python -m studies.{name}" + (" --small" if small else "")
+
+
+def progress(iterable: Iterable | None = None, *, quiet: bool = False, **kw: Any) -> tqdm:
+    """A tqdm bar on stderr, silent with quiet=True."""
+    return tqdm(iterable, disable=quiet, file=sys.stderr, leave=False, **kw)
+
+
+@contextlib.contextmanager
+def pinned_blas(threads: int = 1) -> Iterator[None]:
+    """Pin BLAS threads so timings are comparable across runs and machines."""
+    with threadpool_limits(limits=threads, user_api="blas"):
+        yield
+
+
+def fit_loglog_slope(x: Sequence[float], y: Sequence[float]) -> float:
+    """Least-squares slope of log y against log x: 1 for O(T), 0.5 for O(√T), 0 for O(1)."""
+    lx, ly = np.log(np.asarray(x, float)), np.log(np.asarray(y, float))
+    return float(np.polyfit(lx, ly, 1)[0])
+
+
+def md_table(rows: Sequence[dict], columns: Sequence[str] | None = None) -> str:
+    """A markdown table from dicts (floats to 4 significant figures)."""
+    if not rows:
+        return "(no rows)\n"
+    cols = list(columns or rows[0])
+
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:.4g}"
+        return str(v)
+
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(cell(r.get(c, "")) for c in cols) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def study_args(name: str, argv: Sequence[str] | None, doc: str | None) -> Any:
+    """The command line every study takes: --small, --out, --quiet."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog=f"python -m studies.{name}", description=doc)
+    p.add_argument("--small", action="store_true", help="toy sizes, seconds (smoke test)")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="reports folder (default reports/)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p.parse_args(argv)

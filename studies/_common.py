@@ -46,6 +46,7 @@ def atomic_write(path: Path, mode: str = "w") -> Iterator[Any]:
     try:
         with os.fdopen(fd, mode) as f:
             yield f
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a report is for reading
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

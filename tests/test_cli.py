@@ -1,0 +1,62 @@
+import json
+
+import pytest
+
+from bptt_memory.cli import main
+
+
+def test_compare_json_parses_and_covers_every_strategy(capsys):
+    assert main(["compare", "--cell", "gru", "--steps", "20", "--batch", "2", "--hidden", "4",
+                 "--inputs", "3", "--repeats", "1", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    rows = {r["strategy"].split("(")[0]: r for r in out["rows"]}
+    assert set(rows) == {"full", "truncated", "uniform", "binomial", "optimal"}
+    for name in ("full", "uniform", "binomial", "optimal"):  # exact strategies
+        assert rows[name]["grad_rel_error"] < 1e-12
+        assert rows[name]["peak_bytes"] <= rows["full"]["peak_bytes"]
+        assert rows[name]["peak_bytes"] <= rows[name]["traced_peak_bytes"]
+    assert rows["full"]["time_ratio"] == 1.0
+    assert rows["truncated"]["grad_rel_error"] > 0  # k = √20 < T: biased
+
+
+def test_compare_table_lists_requested_strategies(capsys):
+    assert main(["compare", "--cell", "vanilla", "--steps", "9", "--batch", "1", "--hidden", "3",
+                 "--inputs", "2", "--repeats", "1", "--strategies", "binomial", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "binomial(slots=3)" in out and "optimal" not in out
+
+
+def test_plan_json_best_exact_fits(capsys):
+    assert main(["plan", "--steps", "1e5", "--budget", "64MiB", "--cell", "lstm", "--batch", "32",
+                 "--hidden", "256", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["budget_bytes"] == 64 * 2**20
+    best = out["options"][0]
+    assert best["exact"] and best["fits"] and best["peak_bytes"] <= 64 * 2**20
+    assert best["strategy"].startswith("binomial")
+    full = next(o for o in out["options"] if o["strategy"] == "full()")
+    assert not full["fits"]
+
+
+def test_plan_human_output_names_the_best(capsys):
+    assert main(["plan", "--steps", "200", "--budget", "2MiB", "--cell", "lstm", "--batch", "8",
+                 "--hidden", "32"]) == 0
+    assert "Best exact strategy:" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv", [
+    ["plan", "--steps", "100", "--budget", "lots"],
+    ["plan", "--steps", "0", "--budget", "1MiB"],
+    ["compare", "--steps", "-3"],
+    ["compare", "--strategies", "nope"],
+])
+def test_bad_arguments_exit_with_usage(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    assert "error" in capsys.readouterr().err
+
+
+def test_study_command_writes_report(tmp_path, capsys):
+    assert main(["study", "what_is_stored", "--small", "--quiet", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "what_is_stored" / "report.md").exists()

@@ -44,8 +44,8 @@ def _repetitions(n: int, s: int) -> int:
 def binomial_forward_steps(n_steps: int, slots: int) -> int:
     """Forward steps of `binomial(slots)` on n_steps: T + t(T, slots + 1) (Griewank eq. 2).
 
-    >>> binomial_forward_steps(10, 2)
-    23
+    >>> binomial_forward_steps(10, 2)   # r = 2: 10 + 2·10 − C(5, 4)
+    25
     """
     T, s = n_steps, slots + 1
     r = _repetitions(T, s)
@@ -129,7 +129,7 @@ def binomial(slots: int = 8) -> Binomial:
     >>> from bptt_memory import simulate
     >>> cost = simulate(binomial(slots=2).schedule(n_steps=10))
     >>> cost.forward_steps, cost.peak_states, cost.peak_residuals
-    (23, 2, 1)
+    (25, 2, 1)
     """
     return Binomial(slots)
 

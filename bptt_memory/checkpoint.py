@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Iterable, Iterator
 
 import numpy as np
@@ -136,12 +135,15 @@ def binomial(slots: int = 8) -> Binomial:
 
 # --------------------------------------------------------------------------------------
 
-_INF = 1 << 40
+# Costs are forward-step counts, at most T²/2 for any T the programme can handle;
+# int32 halves the memory traffic of the O(T²·m) loop. 3·_INF still fits in int32.
+_INF = np.int32(1 << 29)
 #: The dynamic programme's memory axis is kept to at most this many units.
 MAX_UNITS = 2048
+#: Budget columns are processed in blocks this wide (see NOTE [split pruning]).
+_BLOCK = 32
 
 
-@lru_cache(maxsize=8)
 def _tables(state_u: int, residual_u: int, n_cap: int, m_cap: int
             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Cost and choice tables of the BPTT-MSM programme for n <= n_cap, m <= m_cap.
@@ -156,31 +158,43 @@ def _tables(state_u: int, residual_u: int, n_cap: int, m_cap: int
     with D[0, m] = 0. A stored hidden state (S units) or a recorded step (R units) are the
     two kinds of storage of Gruslys et al.'s BPTT-MSM. Tables do not depend on T, so
     one table answers every shorter sequence and every smaller budget (memoised).
-    Work is O(n_cap²·m_cap), vectorised over the split point and the budget.
+
+    NOTE [split pruning] Every step is run at least once, so D[k, ·] >= k and C[y, ·] >= y,
+    and a split at y costs at least y + (n − y) + y = n + y. It can only beat the best
+    option found so far, b, when y < b − n. Costs fall as m grows, so for a block of
+    budgets the first column bounds the useful y for all of it: with a generous budget
+    only short first segments are tried. Work is at most O(n_cap²·m_cap), vectorised.
     """
     S, R = state_u, residual_u
-    C = np.full((n_cap + 1, m_cap + 1), _INF, dtype=np.int64)
-    D = np.full((n_cap + 1, m_cap + 1), _INF, dtype=np.int64)
+    C = np.full((n_cap + 1, m_cap + 1), _INF, dtype=np.int32)
+    D = np.full((n_cap + 1, m_cap + 1), _INF, dtype=np.int32)
     choice_c = np.zeros((n_cap + 1, m_cap + 1), dtype=np.int32)  # 0: record, y: advance y
     choice_d = np.zeros((n_cap + 1, m_cap + 1), dtype=np.int8)  # 0: record, 1: store
     D[0] = 0
-    record = np.full(m_cap + 1, _INF, dtype=np.int64)
-    store = np.full(m_cap + 1, _INF, dtype=np.int64)
+    record = np.full(m_cap + 1, _INF, dtype=np.int32)
+    store = np.full(m_cap + 1, _INF, dtype=np.int32)
+    ys = np.arange(1, n_cap + 1, dtype=np.int32)[:, None]
+    buf = np.empty((n_cap, _BLOCK), dtype=np.int32)
     for n in range(1, n_cap + 1):
-        record[:R] = _INF
-        record[R:] = 1 + D[n - 1, : m_cap + 1 - R]
+        record[R:] = D[n - 1, : m_cap + 1 - R]
+        record[R:] += 1
         np.minimum(record, _INF, out=record)
-        best = record.copy()
-        if n > 1:
-            y = np.arange(1, n, dtype=np.int64)[:, None]
-            split = y + D[n - 1 : 0 : -1] + C[1:n]  # (n−1, m): advance y = 1 … n−1
+        best = C[n]
+        best[:] = record
+        for m0 in range(0, m_cap + 1, _BLOCK) if n > 1 else ():
+            m1 = min(m0 + _BLOCK, m_cap + 1)
+            y_max = min(n - 1, int(best[m0]) - n - 1)
+            if y_max < 1:
+                break  # and for every larger budget too: best only falls with m
+            split = buf[:y_max, : m1 - m0]  # (y, m): advance y = 1 … y_max first
+            np.add(D[n - 1 : n - 1 - y_max : -1, m0:m1], C[1 : y_max + 1, m0:m1], out=split)
+            split += ys[:y_max]
             arg = split.argmin(axis=0)
-            cost = split[arg, np.arange(m_cap + 1)]
-            better = cost < best
-            best[better] = cost[better]
-            choice_c[n, better] = arg[better] + 1
-        C[n] = np.minimum(best, _INF)
-        store[: S] = _INF
+            cost = np.take_along_axis(split, arg[None], axis=0)[0]
+            better = cost < best[m0:m1]
+            best[m0:m1][better] = cost[better]
+            choice_c[n, m0:m1][better] = arg[better] + 1
+        np.minimum(best, _INF, out=best)
         if S <= m_cap:
             store[S:] = C[n, : m_cap + 1 - S]
         use_store = store < record
@@ -191,6 +205,36 @@ def _tables(state_u: int, residual_u: int, n_cap: int, m_cap: int
 
 def _round_up(x: int, step: int) -> int:
     return -(-x // step) * step
+
+
+class _TableMemo:
+    """Memo of `_tables` per (state units, residual units).
+
+    The largest table computed so far answers every shorter sequence and smaller
+    budget, so a sweep over budgets (or a study over T) runs the programme once. A pure
+    function's cache: what it returns never depends on what was asked before.
+    """
+
+    def __init__(self, max_entries: int = 4) -> None:
+        self._max = max_entries
+        self._by_units: dict[tuple[int, int], tuple[np.ndarray, ...]] = {}
+
+    def get(self, state_u: int, residual_u: int, n: int, m: int) -> tuple[np.ndarray, ...]:
+        key = (state_u, residual_u)
+        have = self._by_units.get(key)
+        if have is not None and have[0].shape[0] > n and have[0].shape[1] > m:
+            return have
+        n_cap, m_cap = _round_up(n, 256), _round_up(m, 64)
+        if have is not None:
+            n_cap, m_cap = max(n_cap, have[0].shape[0] - 1), max(m_cap, have[0].shape[1] - 1)
+        self._by_units.pop(key, None)
+        while len(self._by_units) >= self._max:
+            self._by_units.pop(next(iter(self._by_units)))
+        self._by_units[key] = _tables(state_u, residual_u, n_cap, m_cap)
+        return self._by_units[key]
+
+
+_MEMO = _TableMemo()
 
 
 @dataclass(frozen=True)
@@ -260,7 +304,7 @@ class Optimal(ScheduledStrategy):
         s_u, r_u, m_u = self.units(sb, rb)
         if r_u > m_u:  # rounding up made one step's residuals not fit: binomial does
             return None
-        tables = _tables(s_u, r_u, _round_up(T, 256), 1 << max(0, m_u - 1).bit_length())
+        tables = _MEMO.get(s_u, r_u, T, m_u)
         slots = (self.budget_bytes - rb) // sb
         if slots >= 1 and binomial_forward_steps(T, slots) < tables[0][T, m_u]:
             return None  # only possible when rounding up cost the programme optimality

@@ -262,12 +262,12 @@ class Truncated(Strategy):
             first = next(it)
         except StopIteration:
             raise ValueError("truncated().stream(steps=...): the stream is empty; pass at least one step") from None
-        x0 = _check_stream_step(model, params, first, 0)[0]
-        B, dtype = x0.shape[0], x0.dtype
+        first = _check_stream_step(model, params, first, 0)
+        B, dtype = first[0].shape[0], first[0].dtype
         h0_ = model.check_h0(h0, B, dtype)
 
         def checked() -> Iterator[tuple[np.ndarray, ...]]:
-            yield _check_stream_step(model, params, first, 0)
+            yield first
             for i, s in enumerate(it, start=1):
                 x, y, m = _check_stream_step(model, params, s, i)
                 if x.shape[0] != B:

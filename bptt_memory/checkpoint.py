@@ -79,6 +79,7 @@ class Binomial(ScheduledStrategy):
             raise ValueError(
                 f"binomial(slots={self.slots}): needs at least 1 slot; use full() to store everything"
             )
+        object.__setattr__(self, "slots", int(self.slots))
 
     @property
     def name(self) -> str:
@@ -251,6 +252,7 @@ class Optimal(ScheduledStrategy):
             )
         if b < 1:
             raise ValueError(f"optimal(budget_bytes={b}): needs a positive number of bytes")
+        object.__setattr__(self, "budget_bytes", int(b))
 
     @property
     def name(self) -> str:

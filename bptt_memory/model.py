@@ -83,7 +83,8 @@ class Model:
             diff *= (2.0 / self.n_out) * scale[:, None]
             return float(per_example @ scale), diff
         shifted = o - o.max(axis=1, keepdims=True)
-        exp = np.exp(shifted)
+        with np.errstate(under="ignore"):  # exp of a logit far below the max is exactly 0
+            exp = np.exp(shifted)
         total = exp.sum(axis=1)
         rows = np.arange(o.shape[0])
         per_example = np.log(total) - shifted[rows, y]

@@ -15,7 +15,8 @@ __all__ = ["reference_gradients"]
 
 
 def _sig(z: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-z))
+    with np.errstate(over="ignore", under="ignore"):  # exp(-z) = inf gives σ = 0, rightly
+        return 1.0 / (1.0 + np.exp(-z))
 
 
 def reference_gradients(model: Model, params: dict, xs: np.ndarray, ys: np.ndarray,
@@ -73,7 +74,8 @@ def reference_gradients(model: Model, params: dict, xs: np.ndarray, ys: np.ndarr
             loss += float(np.sum(w * np.mean((o - ys[t]) ** 2, axis=1)))
             dos.append(2 * (o - ys[t]) / model.n_out * w[:, None])
         else:
-            p = np.exp(o - o.max(axis=1, keepdims=True))
+            with np.errstate(under="ignore"):
+                p = np.exp(o - o.max(axis=1, keepdims=True))
             p /= p.sum(axis=1, keepdims=True)
             loss += float(np.sum(w * -np.log(p[np.arange(B), ys[t]])))
             p[np.arange(B), ys[t]] -= 1

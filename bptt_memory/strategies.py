@@ -128,6 +128,7 @@ class Uniform(ScheduledStrategy):
     def __post_init__(self) -> None:
         if self.every is not None:
             _check_size("uniform(every=...)", "every", self.every)
+            object.__setattr__(self, "every", int(self.every))  # numpy ints become ints
 
     @property
     def name(self) -> str:
@@ -202,6 +203,8 @@ class Truncated(Strategy):
     def __post_init__(self) -> None:
         _check_size("truncated(k1=...)", "k1", self.k1)
         _check_size("truncated(k2=...)", "k2", self.k2)
+        object.__setattr__(self, "k1", int(self.k1))
+        object.__setattr__(self, "k2", int(self.k2))
         if self.k2 < self.k1:
             raise ValueError(
                 f"truncated(k1={self.k1}, k2={self.k2}): k2 < k1 would drop the losses of "
@@ -222,7 +225,6 @@ class Truncated(Strategy):
             start = time.perf_counter()
             loss, grads = 0.0, {k: np.zeros_like(v) for k, v in params.items()}
             grad_h0 = tuple(np.zeros_like(a) for a in h0_)
-            backward = 0
             steps = zip(xs, ys, mask_)
             sweep = Sweep(model, params)
             for u in self._updates(sweep, steps, h0_, B, xs.dtype, n_steps=T):
@@ -231,12 +233,10 @@ class Truncated(Strategy):
                     grads[k] += u.grads[k]
                 if u.grad_h0 is not None:
                     grad_h0 = tuple(a + b for a, b in zip(grad_h0, u.grad_h0))
-                backward += u.backward_steps
             cell = model.cell
             stats = sweep.stats(time.perf_counter() - start, cell.state_bytes(B, xs.dtype),
                                 cell.residual_bytes(B, xs.dtype),
                                 peak_residuals=min(self.k2, T))
-            stats.backward_steps = backward
             return Result(loss, grads, grad_h0, stats)
 
         return measure(run, model, params, B, xs.dtype) if trace_memory else run()
@@ -316,7 +316,6 @@ class Truncated(Strategy):
             x, y, scale = inputs[slot]
             with_loss = step > last
             dstate = sweep.reverse(ring[slot], dstate, x, y if with_loss else None, scale)
-        sweep.backward_steps += t - first
         return Update(t, sweep.loss, sweep.grads, dstate if first == 0 else None, t - first)
 
 
@@ -326,11 +325,17 @@ def _check_stream_step(model: Model, params: Params, step: object,
         raise TypeError(f"steps[{i}]: expected a tuple (x_t, y_t) or (x_t, y_t, mask_t)")
     x, y = step[0], step[1]
     m = step[2] if len(step) == 3 else None
-    if not isinstance(x, np.ndarray) or x.ndim != 2:
-        raise ValueError(f"steps[{i}]: x_t must be a (B, n_in) array")
-    # Reuse the sequence checks on a one-step sequence: same messages, same rules.
-    xs, ys, _, mask = model.check(params, x[None], np.asarray(y)[None], None,
-                                  None if m is None else np.asarray(m)[None])
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"steps[{i}]: x_t must be a numpy array (B, n_in), got {type(x).__name__}")
+    if x.ndim != 2:
+        raise ValueError(f"steps[{i}]: x_t must be a (B, n_in) array, got shape {x.shape}")
+    # Reuse the sequence checks on a one-step sequence: same rules, and the message
+    # names the step (xs/ys/mask there mean x_t/y_t/mask_t here).
+    try:
+        xs, ys, _, mask = model.check(params, x[None], np.asarray(y)[None], None,
+                                      None if m is None else np.asarray(m)[None])
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"steps[{i}]: {e} (in one step: x_t, y_t, mask_t)") from None
     return xs[0], ys[0], mask[0]
 
 

@@ -299,8 +299,13 @@ class Cell:
             raise ValueError(f"Cell(kind={self.kind!r}): unknown kind; use one of {sorted(_KERNELS)}")
         if self.activation not in ACTIVATIONS:
             raise ValueError(
-                f"vanilla(activation={self.activation!r}): unknown activation; "
+                f"{self.kind}(activation={self.activation!r}): unknown activation; "
                 f"use one of {sorted(ACTIVATIONS)}"
+            )
+        if self.kind != "vanilla" and self.activation != "tanh":
+            raise ValueError(
+                f"{self.kind}(activation={self.activation!r}): the activation is fixed by the "
+                "cell's equations; only vanilla takes one"
             )
 
     @property
@@ -365,8 +370,9 @@ class Cell:
         """Reverse one recorded step.
 
         Adds the step's contribution to ``grads["weight_hh"]`` and ``grads["bias_hh"]``
-        and returns (dL/dstate_prev, dL/dxp); the caller turns dxp into the gradients
-        of ``weight_ih`` and ``bias_ih`` (and ``bias_hh`` where it is in the projection).
+        (all of it, even where b_hh was folded into the projection) and returns
+        (dL/dstate_prev, dL/dxp); the caller turns dxp into the gradients of
+        ``weight_ih`` and ``bias_ih`` only.
         """
         return self._k.vjp(self, params, res, dstate, grads)
 

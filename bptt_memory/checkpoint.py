@@ -122,9 +122,10 @@ def binomial(slots: int = 8) -> Binomial:
     With slots >= T − 1 that is 2T − 1: every step once plain and once recording.
 
     The schedule comes from Griewank's closed-form split (see NOTE [binomial split]),
-    generated lazily with an O(slots) stack: planning T = 10⁶ steps with 100 slots takes
-    seconds and no table, where peers that fill an s·n² dynamic-programming table take
-    minutes already at T = 10⁴.
+    generated lazily with an O(slots) stack and O(r) arithmetic per checkpoint: no table
+    at all, where a planner that fills the s·n² dynamic-programming table would need
+    10¹⁰ entries at T = 10⁴ and 10¹⁴ at T = 10⁶ with 100 slots. Planning time is
+    measured by ``python -m studies.checkpoint_benchmark``.
 
     >>> from bptt_memory import simulate
     >>> cost = simulate(binomial(slots=2).schedule(n_steps=10))

@@ -148,61 +148,91 @@ _BLOCK = 32
 
 def _tables(state_u: int, residual_u: int, n_cap: int, m_cap: int
             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Cost and choice tables of the BPTT-MSM programme for n <= n_cap, m <= m_cap.
+    """Cost and choice tables (D, E, choice_d, choice_e) for n <= n_cap, m <= m_cap.
 
-    NOTE [optimal programme] Two subproblems, for n steps and m free memory units:
-    C[n, m]: the state entering the first step can be restored (it is stored, or h0);
-    D[n, m]: it is only the working state. The options are
-        C: record the first step, then D[n−1, m−R]            cost 1 + D[n−1, m−R]
-           advance y steps, solve D[n−y, m], restore, C[y, m]  cost y + D[n−y, m] + C[y, m]
-        D: store the working state, then C[n, m−S]             cost C[n, m−S]
-           record the first step, then D[n−1, m−R]            cost 1 + D[n−1, m−R]
+    NOTE [optimal programme] Three subproblems, for n steps and m free memory units:
+    C[n]:    the state entering the first step is h0 (the caller's: never stored or freed);
+    D[n, m]: it is only the working state;
+    E[n, m]: it is stored by us (its S units already taken from m), and is freed at its
+             last use, which frees S units for the rest of the work.
+    Their options:
+        D: record the first step, then D[n−1, m−R]                cost 1 + D[n−1, m−R]
+           store the working state, then E[n, m−S]                cost E[n, m−S]
+        E: free the entry, record the first step, D[n−1, m+S−R]   cost 1 + D[n−1, m+S−R]
+           advance y steps, solve D[n−y, m], restore, E[y, m]     cost y + D[n−y, m] + E[y, m]
+        C: like E, but h0 is never freed: 1 + D[n−1, M−R] or y + D[n−y, M] + C[y]
     with D[0, m] = 0. A stored hidden state (S units) or a recorded step (R units) are the
-    two kinds of storage of Gruslys et al.'s BPTT-MSM. Tables do not depend on T, so
-    one table answers every shorter sequence and every smaller budget (memoised).
+    two kinds of storage of Gruslys et al.'s BPTT-MSM. D and E do not depend on T or on
+    the budget M, so one table answers every shorter sequence and smaller budget
+    (memoised); C runs at the budget M only (m never changes along the h0 chain), so
+    `_top_column` computes it per budget in O(T²).
 
-    NOTE [split pruning] Every step is run at least once, so D[k, ·] >= k and C[y, ·] >= y,
+    NOTE [split pruning] Every step is run at least once, so D[k, ·] >= k and E[y, ·] >= y,
     and a split at y costs at least y + (n − y) + y = n + y. It can only beat the best
     option found so far, b, when y < b − n. Costs fall as m grows, so for a block of
     budgets the first column bounds the useful y for all of it: with a generous budget
     only short first segments are tried. Work is at most O(n_cap²·m_cap), vectorised.
     """
     S, R = state_u, residual_u
-    C = np.full((n_cap + 1, m_cap + 1), _INF, dtype=np.int32)
     D = np.full((n_cap + 1, m_cap + 1), _INF, dtype=np.int32)
-    choice_c = np.zeros((n_cap + 1, m_cap + 1), dtype=np.int32)  # 0: record, y: advance y
+    E = np.full((n_cap + 1, m_cap + 1), _INF, dtype=np.int32)
     choice_d = np.zeros((n_cap + 1, m_cap + 1), dtype=np.int8)  # 0: record, 1: store
+    choice_e = np.zeros((n_cap + 1, m_cap + 1), dtype=np.int32)  # 0: record, y: advance y
     D[0] = 0
+    ms = np.arange(m_cap + 1)
+    # E's record option reads D[n−1, m + S − R]. Only m <= m_cap − S is ever reached
+    # (E is entered from D's store option), so clamping the index above is harmless.
+    freed = np.minimum(ms + S - R, m_cap)
+    freed_ok = freed >= 0
+    freed = np.maximum(freed, 0)
     record = np.full(m_cap + 1, _INF, dtype=np.int32)
     store = np.full(m_cap + 1, _INF, dtype=np.int32)
     ys = np.arange(1, n_cap + 1, dtype=np.int32)[:, None]
     buf = np.empty((n_cap, _BLOCK), dtype=np.int32)
     for n in range(1, n_cap + 1):
-        record[R:] = D[n - 1, : m_cap + 1 - R]
-        record[R:] += 1
-        np.minimum(record, _INF, out=record)
-        best = C[n]
-        best[:] = record
+        best = E[n]
+        np.add(D[n - 1, freed], 1, out=best)
+        best[~freed_ok] = _INF
+        np.minimum(best, _INF, out=best)
         for m0 in range(0, m_cap + 1, _BLOCK) if n > 1 else ():
             m1 = min(m0 + _BLOCK, m_cap + 1)
             y_max = min(n - 1, int(best[m0]) - n - 1)
             if y_max < 1:
                 break  # and for every larger budget too: best only falls with m
             split = buf[:y_max, : m1 - m0]  # (y, m): advance y = 1 … y_max first
-            np.add(D[n - 1 : n - 1 - y_max : -1, m0:m1], C[1 : y_max + 1, m0:m1], out=split)
+            np.add(D[n - 1 : n - 1 - y_max : -1, m0:m1], E[1 : y_max + 1, m0:m1], out=split)
             split += ys[:y_max]
             arg = split.argmin(axis=0)
             cost = np.take_along_axis(split, arg[None], axis=0)[0]
             better = cost < best[m0:m1]
             best[m0:m1][better] = cost[better]
-            choice_c[n, m0:m1][better] = arg[better] + 1
+            choice_e[n, m0:m1][better] = arg[better] + 1
         np.minimum(best, _INF, out=best)
+        record[R:] = D[n - 1, : m_cap + 1 - R]
+        record[R:] += 1
+        np.minimum(record, _INF, out=record)
         if S <= m_cap:
-            store[S:] = C[n, : m_cap + 1 - S]
+            store[S:] = E[n, : m_cap + 1 - S]
         use_store = store < record
         D[n] = np.where(use_store, store, record)
         choice_d[n] = use_store
-    return C, D, choice_c, choice_d
+    return D, E, choice_d, choice_e
+
+
+def _top_column(D: np.ndarray, T: int, R: int, M: int) -> tuple[np.ndarray, np.ndarray]:
+    """C[n] and its choices at budget M, for n <= T: the h0 chain of NOTE [optimal programme]."""
+    C = np.full(T + 1, _INF, dtype=np.int64)
+    choice = np.zeros(T + 1, dtype=np.int64)
+    col = D[:, M].astype(np.int64)
+    for n in range(1, T + 1):
+        C[n] = 1 + D[n - 1, M - R] if M >= R else _INF
+        if n > 1:
+            split = np.arange(1, n) + col[n - 1 : 0 : -1] + C[1:n]  # advance y = 1 … n−1
+            y = int(split.argmin())
+            if split[y] < C[n]:
+                C[n], choice[n] = split[y], y + 1
+        C[n] = min(C[n], _INF)
+    return C, choice
 
 
 def _round_up(x: int, step: int) -> int:
@@ -296,22 +326,26 @@ class Optimal(ScheduledStrategy):
         plan = self._plan(T, sb, rb)
         if plan is None:
             return binomial_forward_steps(T, self._binomial_slots(sb, rb))
-        C = plan[0]
-        return int(C[T, self.units(sb, rb)[2]])
+        return int(plan[0][T])
 
     def _binomial_slots(self, sb: int, rb: int) -> int:
         return max(1, (self.budget_bytes - rb) // sb)
 
     def _plan(self, T: int, sb: int, rb: int) -> tuple[np.ndarray, ...] | None:
-        """The programme's tables, or None when binomial is as good (or the budget too big)."""
+        """(C, choice_c, choice_d, choice_e), or None when binomial does at least as well.
+
+        Binomial can only win when rounding sizes up to units cost the programme its
+        optimality (budgets over `MAX_UNITS` units).
+        """
         s_u, r_u, m_u = self.units(sb, rb)
         if r_u > m_u:  # rounding up made one step's residuals not fit: binomial does
             return None
-        tables = _MEMO.get(s_u, r_u, T, m_u)
+        D, _, choice_d, choice_e = _MEMO.get(s_u, r_u, T, m_u)
+        C, choice_c = _top_column(D, T, r_u, m_u)
         slots = (self.budget_bytes - rb) // sb
-        if slots >= 1 and binomial_forward_steps(T, slots) < tables[0][T, m_u]:
-            return None  # only possible when rounding up cost the programme optimality
-        return tables
+        if slots >= 1 and binomial_forward_steps(T, slots) < C[T]:
+            return None
+        return C, choice_c, choice_d, choice_e
 
     def schedule(self, n_steps: int, state_bytes: int | None = None,
                  residual_bytes: int | None = None) -> tuple[Action, ...]:
@@ -327,38 +361,42 @@ class Optimal(ScheduledStrategy):
         if plan is None:
             return Binomial(self._binomial_slots(sb, rb)).iter_schedule(T)
         s_u, r_u, m_u = self.units(sb, rb)
-        return _coalesce(_walk(plan[2], plan[3], T, s_u, r_u, m_u))
+        return _coalesce(_walk(*plan[1:], T, s_u, r_u, m_u))
 
 
-def _walk(choice_c: np.ndarray, choice_d: np.ndarray, T: int, S: int, R: int,
-          M: int) -> Iterator[Action]:
+def _walk(choice_c: np.ndarray, choice_d: np.ndarray, choice_e: np.ndarray, T: int,
+          S: int, R: int, M: int) -> Iterator[Action]:
     """Turn the programme's choices into actions, with an explicit stack (no recursion)."""
     pos = 0
-    # tasks: ("C"|"D", n0, n, m) subproblems, or an action to emit
+    # tasks: ("C"|"D"|"E", n0, n, m) subproblems, or a Reverse to emit
     tasks: list = [("C", 0, T, M)]
     while tasks:
         task = tasks.pop()
-        if not isinstance(task, tuple):  # a Free or a Reverse: the working state stays
+        if not isinstance(task, tuple):  # a Reverse: the working state stays where it is
             yield task
             continue
         kind, n0, n, m = task
         if n == 0:
             continue
-        if kind == "C":
+        if kind == "D":
+            if choice_d[n, m]:
+                yield Store(n0)
+                tasks.append(("E", n0, n, m - S))
+                continue
+        else:  # C or E: n0 can be restored
             if pos != n0:
                 yield Restore(n0)
                 pos = n0
-            y = int(choice_c[n, m])
+            y = int(choice_c[n] if kind == "C" else choice_e[n, m])
             if y:
                 yield Advance(n0, n0 + y)
                 pos = n0 + y
-                # the left part C(n0, y) restores n0 itself once D(n0 + y) is done
-                tasks += [("C", n0, y, m), ("D", n0 + y, n - y, m)]
+                # the left part restores n0 itself once D(n0 + y) is done
+                tasks += [(kind, n0, y, m), ("D", n0 + y, n - y, m)]
                 continue
-        elif choice_d[n, m]:
-            yield Store(n0)
-            tasks += [Free(n0), ("C", n0, n, m - S)]
-            continue
+            if kind == "E":  # the entry's last use: free it before recording
+                yield Free(n0)
+                m += S
         yield Record(n0, n0 + 1)
         pos = n0 + 1
         tasks += [Reverse(n0, n0 + 1), ("D", n0 + 1, n - 1, m - R)]

@@ -1,0 +1,266 @@
+"""What checkpointing costs in time, measured against full BPTT in the same process.
+
+Two questions. (a) How long does *planning* take: binomial's closed-form split for a
+million steps (walked lazily by `simulate`, never held), and optimal's dynamic programme
+for T = 1000 at budgets up to ~100 LSTM states. (b) How much slower than `full()` is each
+checkpointing strategy on a real LSTM, and how much memory does it keep; the goal is
+``optimal`` at 5% of full's peak_bytes within 1.35x full's time.
+
+Timings of runs are the median of REPEATS rounds after one warm-up round, the strategies
+interleaved round by round so that drift in the machine hits them all alike, BLAS on one
+thread. The programme is timed cold in a fresh interpreter per budget (its tables are
+memoised in-process, so an in-process first call may not be cold; see NOTE [cold plan]).
+
+References: Griewank & Walther 2000, "Algorithm 799: Revolve" (binomial); Gruslys et al.
+2016, "Memory-Efficient Backpropagation Through Time", NeurIPS (optimal, BPTT-MSM).
+
+Run: ``python -m studies.checkpoint_benchmark [--small] [--out DIR] [--quiet]``; prints the
+report as markdown, and with --out also writes DIR/checkpoint_benchmark/report.md.
+"""
+
+from __future__ import annotations
+
+import os
+
+# One BLAS thread, so timings compare work, not thread scheduling; must precede numpy.
+# (`_common.pinned_blas` pins again at run time, for when numpy was imported earlier.)
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+from types import SimpleNamespace  # noqa: E402
+from typing import Sequence  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+import bptt_memory as bm  # noqa: E402
+
+from . import _common  # noqa: E402
+
+NAME = "checkpoint_benchmark"
+
+# -- (a) planning ------------------------------------------------------------------------
+PLAN_STEPS = 10**6  # binomial: a million steps ...
+PLAN_SLOTS = 100  # ... with 100 stored states
+DP_STEPS = 1000  # optimal's programme: T ...
+DP_BUDGET_STATES = (10, 25, 50, 100)  # ... and budgets, in LSTM states at the run's B, H, dtype
+# -- (b) the run: an LSTM, every strategy against full() -----------------------------------
+BATCH = 32  # B
+HIDDEN = 128  # H
+N_IN = 32  # I
+N_OUT = 8  # readout width, mse against standard-normal targets
+STEPS = 1000  # T
+DTYPE = np.float64
+BUDGET_FRACTION = 0.05  # optimal's budget, as a fraction of full()'s peak_bytes
+GOAL_TIME_RATIO = 1.35  # the goal: optimal's median time <= this x full()'s
+REPEATS = 5  # timed rounds after one untimed warm-up round; medians are reported
+SEED = 0
+# -- toy sizes for --small (seconds) -------------------------------------------------------
+SMALL = dict(PLAN_STEPS=10**4, PLAN_SLOTS=10, DP_STEPS=60, DP_BUDGET_STATES=(5, 10),
+             BATCH=2, HIDDEN=4, N_IN=3, N_OUT=2, STEPS=40, REPEATS=3)
+
+
+def _settings(small: bool) -> SimpleNamespace:
+    names = ("PLAN_STEPS", "PLAN_SLOTS", "DP_STEPS", "DP_BUDGET_STATES", "BATCH", "HIDDEN",
+             "N_IN", "N_OUT", "STEPS", "BUDGET_FRACTION", "GOAL_TIME_RATIO", "REPEATS", "SEED")
+    s = {n: globals()[n] for n in names}
+    if small:
+        s.update(SMALL)
+    return SimpleNamespace(**s)
+
+
+# -- (a) planning ------------------------------------------------------------------------
+
+# NOTE [cold plan] optimal's tables are memoised per process and answer every shorter T and
+# smaller budget, so the first plan pays for the programme and later ones are nearly free.
+# To time what a first call costs whatever ran before (`bptt-memory study all` runs other
+# studies in the same process), each budget is planned in a new interpreter; the warm
+# column is the same plan repeated in this process once its tables exist.
+_CHILD = r"""
+import json, sys, time
+import bptt_memory as bm
+a = json.loads(sys.argv[1])
+start = time.perf_counter()
+cost = bm.simulate(bm.optimal(a["budget"]).iter_schedule(a["T"], a["sb"], a["rb"]),
+                   n_steps=a["T"], state_bytes=a["sb"], residual_bytes=a["rb"],
+                   budget_bytes=a["budget"])
+print(json.dumps([time.perf_counter() - start, cost.forward_steps, cost.peak_bytes]))
+"""
+
+
+def _plan_optimal(T: int, sb: int, rb: int, budget: int) -> bm.Cost:
+    return bm.simulate(bm.optimal(budget).iter_schedule(T, sb, rb), n_steps=T,
+                       state_bytes=sb, residual_bytes=rb, budget_bytes=budget)
+
+
+def planning(s: SimpleNamespace) -> list[dict]:
+    """Seconds to plan (and check) binomial at PLAN_STEPS and optimal at DP_STEPS."""
+    rows = []
+    T, slots = s.PLAN_STEPS, s.PLAN_SLOTS
+    start = time.perf_counter()
+    cost = bm.simulate(bm.binomial(slots).iter_schedule(T), n_steps=T, max_states=slots,
+                       max_residuals=1)
+    rows.append(dict(policy=f"binomial(slots={slots})", T=T, cold_s=time.perf_counter() - start,
+                     warm_s=None, forward=cost.forward_steps, binomial=cost.forward_steps,
+                     peak=f"{cost.peak_states} states + {cost.peak_residuals} step"))
+
+    sb, rb = _sizes(s)
+    T = s.DP_STEPS
+    for states in s.DP_BUDGET_STATES:
+        budget = states * sb
+        args = json.dumps(dict(T=T, sb=sb, rb=rb, budget=budget))
+        out = subprocess.run([sys.executable, "-c", _CHILD, args], check=True, text=True,
+                             capture_output=True, env=dict(os.environ)).stdout
+        cold, forward, peak = json.loads(out.splitlines()[-1])
+        _plan_optimal(T, sb, rb, budget)  # fill this process's memo
+        start = time.perf_counter()
+        cost = _plan_optimal(T, sb, rb, budget)
+        warm = time.perf_counter() - start
+        if (cost.forward_steps, cost.peak_bytes) != (forward, peak) or peak > budget:
+            raise RuntimeError(f"optimal({budget}): the fresh process planned {forward} steps "
+                               f"and {peak} B, this one {cost.forward_steps} and {cost.peak_bytes}")
+        rows.append(dict(policy=f"optimal({states} LSTM states = {budget:,} B)", T=T,
+                         cold_s=cold, warm_s=warm, forward=forward,
+                         binomial=bm.binomial_forward_steps(T, (budget - rb) // sb),
+                         peak=f"{peak:,} B"))
+    return rows
+
+
+def _sizes(s: SimpleNamespace) -> tuple[int, int]:
+    cell = bm.lstm(s.N_IN, s.HIDDEN)
+    return cell.state_bytes(s.BATCH, DTYPE), cell.residual_bytes(s.BATCH, DTYPE)
+
+
+# -- (b) the run ---------------------------------------------------------------------------
+
+
+def timing(s: SimpleNamespace) -> tuple[list[dict], dict]:
+    """Median wall time and peak_bytes of each strategy, relative to full(), same process."""
+    rng = np.random.default_rng(s.SEED)
+    B, T = s.BATCH, s.STEPS
+    model = bm.Model(bm.lstm(s.N_IN, s.HIDDEN), n_out=s.N_OUT)
+    params = model.init(rng, dtype=DTYPE)
+    xs = rng.standard_normal((T, B, s.N_IN)).astype(DTYPE)
+    ys = rng.standard_normal((T, B, s.N_OUT)).astype(DTYPE)
+
+    full_peak = T * model.cell.residual_bytes(B, DTYPE)
+    budget = int(s.BUDGET_FRACTION * full_peak)
+    strategies = [bm.full(), bm.uniform(), bm.binomial(slots=max(1, round(T ** 0.5))),
+                  bm.optimal(budget_bytes=budget)]
+    seconds: dict[str, list[float]] = {x.name: [] for x in strategies}
+    results = {}
+    with _common.pinned_blas(1):
+        for r in range(s.REPEATS + 1):  # round 0 warms up (and fills optimal's memo)
+            k = r % len(strategies)  # rotate the order too: nobody always runs first
+            for x in strategies[k:] + strategies[:k]:
+                start = time.perf_counter()
+                results[x.name] = x.run(model, params, xs, ys)
+                if r:
+                    seconds[x.name].append(time.perf_counter() - start)
+
+    ref = results["full()"]
+    full_time = statistics.median(seconds["full()"])
+    rows = []
+    for x in strategies:
+        res, t = results[x.name], statistics.median(seconds[x.name])
+        err = max(float(np.abs(res.grads[k] - g).max() / max(np.abs(g).max(), 1e-300))
+                  for k, g in ref.grads.items())
+        rows.append(dict(strategy=x.name, peak_bytes=res.stats.peak_bytes,
+                         memory=res.stats.peak_bytes / full_peak,
+                         forward=res.stats.forward_steps, recompute=res.stats.forward_steps / T,
+                         median_s=t, spread=(min(seconds[x.name]), max(seconds[x.name])),
+                         time=t / full_time, grad_err=err))
+    opt = rows[-1]
+    verdict = dict(budget=budget, full_peak=full_peak, time_ratio=opt["time"],
+                   within_budget=opt["peak_bytes"] <= budget,
+                   met=opt["peak_bytes"] <= budget and opt["time"] <= s.GOAL_TIME_RATIO)
+    return rows, verdict
+
+
+# -- the report ----------------------------------------------------------------------------
+
+
+def report(s: SimpleNamespace, plan: list[dict], rows: list[dict], verdict: dict,
+           command: str) -> str:
+    dt = np.dtype(DTYPE).name
+    sb, rb = _sizes(s)
+
+    def secs(v: float | None) -> str:
+        return "-" if v is None else f"{v:.3f}"
+
+    lines = [
+        "# Checkpoint benchmark: planning time, and run time against full()",
+        "",
+        _common.provenance(command),
+        "",
+        "## Planning",
+        "",
+        f"Plans are walked lazily by `simulate`, which checks them. optimal's budgets are in "
+        f"LSTM states at B={s.BATCH}, H={s.HIDDEN}, {dt} ({sb:,} B a state, {rb:,} B a step's "
+        "residuals); cold = a fresh interpreter, warm = repeated in-process with its tables "
+        "memoised.",
+        "",
+        "| policy | T | cold s | warm s | forward steps | binomial at that budget | peak held |",
+        "|---|---:|---:|---:|---:|---:|---|",
+        *[f"| {p['policy']} | {p['T']:,} | {secs(p['cold_s'])} | {secs(p['warm_s'])} | "
+          f"{p['forward']:,} | {p['binomial']:,} | {p['peak']} |" for p in plan],
+        "",
+        "## Time and memory relative to full()",
+        "",
+        f"LSTM B={s.BATCH}, H={s.HIDDEN}, I={s.N_IN}, T={s.STEPS}, {dt}, one BLAS thread; "
+        f"median wall time of {s.REPEATS} interleaved rounds after one warm-up round "
+        "(`run` as a user calls it, planning included; optimal's tables are memoised after "
+        "the warm-up).",
+        "",
+        "| strategy | peak_bytes | memory / full | forward steps | recompute | median s "
+        "| min–max s | time / full | grad rel. err vs full |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        *[f"| {r['strategy']} | {r['peak_bytes']:,} | {r['memory']:.3f} | {r['forward']:,} | "
+          f"{r['recompute']:.2f}x | {r['median_s']:.3f} | {r['spread'][0]:.3f}–{r['spread'][1]:.3f} "
+          f"| {r['time']:.2f}x | {r['grad_err']:.1e} |" for r in rows],
+        "",
+        f"**Goal**: optimal at {s.BUDGET_FRACTION:.0%} of full's peak_bytes (budget "
+        f"{verdict['budget']:,} B, {'held' if verdict['within_budget'] else 'EXCEEDED'}) "
+        f"within {s.GOAL_TIME_RATIO}x full's time: **{'met' if verdict['met'] else 'not met'}** "
+        f"({verdict['time_ratio']:.2f}x).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def run(out: Path | str | None = None, *, small: bool = False, quiet: bool = False) -> Path | None:
+    """Plan, time, print the report (unless quiet); with out, write out/NAME/report.md.
+
+    Returns the report's path, or None when out is None (print only).
+    """
+    s = _settings(small)
+    plan = planning(s)
+    rows, verdict = timing(s)
+    command = _common.command_line(NAME, small) + ("" if out is None else f" --out {out}")
+    text = report(s, plan, rows, verdict, command)
+    if not quiet:
+        print(text)
+    if out is None:
+        return None
+    return _common.write_text(_common.report_dir(out, NAME) / "report.md", text)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog=f"python -m studies.{NAME}", description=__doc__)
+    p.add_argument("--small", action="store_true", help="toy sizes, seconds (smoke test)")
+    p.add_argument("--out", type=Path, default=None,
+                   help=f"also write DIR/{NAME}/report.md (default: print only)")
+    p.add_argument("--quiet", action="store_true", help="print nothing")
+    args = p.parse_args(argv)
+    run(args.out, small=args.small, quiet=args.quiet)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -30,6 +30,8 @@ class ScheduleError(ValueError):
 
 
 def _check_range(action: object, n0: object, n1: object) -> None:
+    if type(n0) is int and type(n1) is int and 0 <= n0 < n1:
+        return  # the common case, first: planners make millions of actions
     for name, v in (("n0", n0), ("n1", n1)):
         if isinstance(v, bool) or not isinstance(v, int):
             raise ScheduleError(f"{action!r}: {name} must be an int, got {type(v).__name__}")
@@ -38,6 +40,8 @@ def _check_range(action: object, n0: object, n1: object) -> None:
 
 
 def _check_index(action: object, n: object) -> None:
+    if type(n) is int and n >= 0:
+        return
     if isinstance(n, bool) or not isinstance(n, int):
         raise ScheduleError(f"{action!r}: n must be an int, got {type(n).__name__}")
     if n < 0:

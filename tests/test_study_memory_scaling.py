@@ -1,0 +1,156 @@
+"""Smoke test of studies.memory_scaling at toy size, and of its behaviour when interrupted."""
+
+import csv
+import json
+
+import matplotlib.figure
+import numpy as np
+import pytest
+
+import studies.memory_scaling as ms
+from studies import _common
+
+FIGURES = ("scaling.png", "timeline.png")
+DATA = ("scaling.csv", "slopes.csv", "rss.csv", "timeline.csv")
+
+
+def _rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    return ms.run(tmp_path_factory.mktemp("reports"), small=True, quiet=True)
+
+
+@pytest.fixture(scope="module")
+def scaling(report):
+    return _rows(report.parent / "scaling.csv")
+
+
+def _measured(rows, cell, family):
+    return sorted(((int(r["T"]), int(r["peak_bytes"]), int(r["traced_peak_bytes"]))
+                   for r in rows if r["cell"] == cell and r["family"] == family
+                   and r["source"] == "measured"))
+
+
+def test_writes_report_figures_and_data(report):
+    d = report.parent
+    assert report.name == "report.md" and d.name == "memory_scaling"
+    text = report.read_text()
+    assert text.startswith("# Memory against sequence length")
+    assert "python -m studies.memory_scaling --small" in text and "Machine:" in text
+    for name in FIGURES:
+        data = (d / name).read_bytes()
+        assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 1000, name
+        assert f"]({name})" in text
+    for name in DATA:
+        assert _rows(d / name), name
+    summary = json.loads((d / "summary.json").read_text())
+    assert summary["checks"]["mismatches"] == 0
+    assert not list(d.glob("*.tmp")) and not list(d.glob(".*.tmp"))
+
+
+def test_every_cell_and_strategy_is_measured_and_predicted(scaling):
+    s = ms._settings(small=True)
+    for cell in s.CELLS:
+        for family in ms.bm.STRATEGIES:
+            rows = [r for r in scaling if r["cell"] == cell and r["family"] == family]
+            sources = {r["source"] for r in rows}
+            assert "measured" in sources, (cell, family)
+            if family != "optimal":  # optimal is neither run nor predicted past OPTIMAL_MAX_T
+                assert "predicted" in sources, (cell, family)
+            for r in rows:
+                if r["source"] == "measured":  # the executor's exact count is simulate's
+                    assert r["peak_bytes"] == r["predicted_peak_bytes"], r
+                else:
+                    assert r["peak_bytes"] == "" and r["traced_peak_bytes"] == "", r
+
+
+def test_full_grows_linearly_in_T(scaling):
+    for cell in ms._settings(small=True).CELLS:
+        points = _measured(scaling, cell, "full")
+        assert len(points) >= 3
+        slope = _common.fit_loglog_slope([T for T, _, _ in points], [p for _, p, _ in points])
+        assert 0.9 <= slope <= 1.1, (cell, slope)
+
+
+def test_truncated_peak_is_constant_once_T_reaches_k2(scaling):
+    k2 = ms._settings(small=True).K_TRUNCATED
+    for cell in ms._settings(small=True).CELLS:
+        peaks = {p for T, p, _ in _measured(scaling, cell, "truncated") if T >= k2}
+        assert len(peaks) == 1, (cell, peaks)
+
+
+def test_exact_peak_never_exceeds_traced(scaling):
+    measured = [r for r in scaling if r["source"] == "measured"]
+    assert measured
+    for r in measured:
+        assert 0 < int(r["peak_bytes"]) <= int(r["traced_peak_bytes"]), r
+
+
+def test_slopes_table_matches_the_orders(report):
+    fits = _rows(report.parent / "slopes.csv")
+    for r in fits:
+        expected, measured = float(r["expected"]), float(r["slope_measured"])
+        if r["family"] == "uniform":  # round(√T) segments: 0.5 only asymptotically
+            assert 0.4 <= measured <= 0.65, r
+        else:  # optimal's plans fill its budget to within a state or two
+            assert abs(measured - expected) < 0.01, r
+
+
+def test_fresh_processes_report_the_kernels_view(report):
+    s = ms._settings(small=True)
+    rss = _rows(report.parent / "rss.csv")
+    assert [r["family"] for r in rss] == [*s.TIMELINE_STRATEGIES, *s.LONG_STRATEGIES]
+    for r in rss:
+        assert int(r["peak_bytes"]) > 0
+        assert int(r["maxrss_after"]) >= int(r["rss_before"]) > 0
+        # not the study's own peak RSS: see NOTE [fresh process]
+        assert int(r["rss_rise"]) < 64 * 2**20, r
+    timeline = _rows(report.parent / "timeline.csv")
+    for family in s.TIMELINE_STRATEGIES:
+        mib = [float(p["rss_mib"]) for p in timeline if p["family"] == family]
+        assert mib and all(m > 0 for m in mib), family
+    long_full = next(r for r in rss if r["part"] == "long" and r["family"] == "full")
+    cell = ms.bm.lstm(s.N_IN, s.HIDDEN)
+    assert int(long_full["peak_bytes"]) == s.LONG["T"] * cell.residual_bytes(s.BATCH, np.float64)
+
+
+class _Interrupted(BaseException):
+    """Stands for Ctrl-C or a kill arriving while a file is being written."""
+
+
+@pytest.mark.parametrize("previous", [None, "# Memory against sequence length\n\nthe last run\n"])
+def test_interrupted_study_leaves_no_truncated_report(tmp_path, monkeypatch, previous):
+    d = tmp_path / "memory_scaling"
+    if previous is not None:
+        d.mkdir()
+        (d / "report.md").write_text(previous)
+    monkeypatch.setitem(ms.SMALL, "CELLS", ("vanilla",))  # a quicker sweep
+    monkeypatch.setattr(ms, "fresh_runs", lambda s, quiet: ([], []))  # and no subprocesses
+
+    def savefig_then_die(self, f, *args, **kwargs):
+        f.write(b"\x89PNG\r\n\x1a\n half a figure")
+        raise _Interrupted
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", savefig_then_die)
+    with pytest.raises(_Interrupted):
+        ms.run(tmp_path, small=True, quiet=True)
+    # files finished before the interruption are whole; the figure being written is not there
+    assert _rows(d / "scaling.csv") and _rows(d / "slopes.csv")
+    assert not (d / "scaling.png").exists()
+    assert not [p for p in d.iterdir() if p.name.endswith(".tmp")]
+    if previous is None:
+        assert not (d / "report.md").exists()
+    else:
+        assert (d / "report.md").read_text() == previous
+
+
+def test_main_parses_the_study_command_line(monkeypatch, tmp_path):
+    calls = []
+    monkeypatch.setattr(ms, "run", lambda out, small, quiet: calls.append((out, small, quiet))
+                        or tmp_path / "report.md")
+    ms.main(["--small", "--quiet", "--out", str(tmp_path)])
+    assert calls == [(tmp_path, True, True)]

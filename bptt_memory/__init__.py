@@ -12,6 +12,7 @@ readout + loss), and interchangeable backward strategies with one call shape,
 Every result carries `Stats` with the exact bytes the strategy held for the backward pass.
 """
 
+from . import compare, tasks  # noqa: F401  (bm.tasks.adding_problem, bm.compare.plan, ...)
 from .cells import Cell, gru, lstm, vanilla
 from .checkpoint import Binomial, Optimal, binomial, binomial_forward_steps, optimal
 from .engine import execute
@@ -41,5 +42,5 @@ __all__ = [
     "Full", "Truncated", "Uniform", "Binomial", "Optimal", "Update",
     "Action", "Advance", "Record", "Reverse", "Store", "Restore", "Free",
     "Cost", "ScheduleError", "simulate", "format_schedule", "execute",
-    "binomial_forward_steps", "reference_gradients",
+    "binomial_forward_steps", "reference_gradients", "compare", "tasks",
 ]

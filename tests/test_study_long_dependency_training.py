@@ -1,0 +1,43 @@
+import csv
+import json
+import math
+
+from studies import long_dependency_training as ldt
+
+
+def test_small_run_writes_a_consistent_report(tmp_path):
+    path = ldt.run(tmp_path, small=True, quiet=True)
+    d = tmp_path / "long_dependency_training"
+    assert path == d / "report.md" and path.read_text().startswith("# Training on a long dependency")
+    for png in ("learning_curves.png", "memory_time.png"):
+        data = (d / png).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000
+    assert not list(d.glob("*.tmp")) and not list(d.glob(".*"))
+
+    saved = json.loads((d / "summary.json").read_text())
+    s, table = saved["settings"], {r["strategy"]: r for r in saved["table"]}
+    assert 0.1 < saved["baseline_mse"] < 0.3  # Var(U + U) = 1/6 on a small test set
+    with open(d / "curves.csv") as f:
+        rows = list(csv.DictReader(f))
+    curves: dict[str, list[float]] = {}
+    for r in rows:
+        curves.setdefault(r["strategy"], []).append(float(r["train_mse"]))
+    assert set(curves) == set(table) and all(len(c) == s["UPDATES"] for c in curves.values())
+    assert all(math.isfinite(x) for c in curves.values() for x in c)
+
+    exact = [k for k, r in table.items() if r["exact"]]
+    assert {"full", "uniform", "binomial", "optimal"} <= set(exact)
+    assert len(exact) == len(table) - len(s["SHORT_K"])
+    for k in exact:  # same gradient, same Adam, same batches: the same curve
+        assert all(abs(a - b) <= 1e-8 * abs(b) for a, b in zip(curves[k], curves["full"]))
+        assert table[k]["grad_rel_error_at_init"] <= 1e-10
+    diffs = {r["strategy"]: r for r in saved["exact_curve_differences"]}
+    assert set(diffs) == set(exact) - {"full"}
+    assert all(r["max_rel_loss_diff"] <= 1e-8 for r in diffs.values())
+    for k, r in table.items():
+        assert r["peak_bytes"] > 0 and r["seconds_per_update"] > 0
+        if not r["exact"]:  # truncation keeps less than full() and gets a biased gradient
+            assert r["peak_bytes"] < table["full"]["peak_bytes"]
+            assert r["grad_rel_error_at_init"] > 1e-6
+    assert table["binomial"]["peak_bytes"] < table["full"]["peak_bytes"]
+    assert table["optimal"]["peak_bytes"] <= 0.1 * table["full"]["peak_bytes"]

@@ -1,0 +1,48 @@
+import csv
+import json
+
+import numpy as np
+
+from studies import truncation_bias
+
+
+def test_small_run_writes_a_consistent_report(tmp_path):
+    path = truncation_bias.run(tmp_path, small=True, quiet=True)
+    d = tmp_path / "truncation_bias"
+    assert path == d / "report.md" and path.read_text().startswith("# Truncation bias")
+    for png in ("error_vs_k2.png", "grid_k1_k2.png"):
+        data = (d / png).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000
+    assert not list(d.glob("*.tmp")) and not list(d.glob(".*"))
+
+    saved = json.loads((d / "summary.json").read_text())
+    s = saved["settings"]
+    T, summary = s["T"], saved["summary"]
+    with open(d / "errors.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == sum(r["seeds"] for r in summary)
+    for r in rows:
+        assert -1.0 - 1e-12 <= float(r["cosine"]) <= 1.0 + 1e-12
+        assert float(r["rel_error"]) >= 0.0
+        if int(r["k2"]) >= T:  # nothing is cut: the exact gradient, to rounding
+            assert float(r["rel_error"]) <= 1e-10 and float(r["cosine"]) > 1 - 1e-12
+
+    def err(cell, radius, k1, k2):
+        (m,) = [r["rel_error"] for r in summary
+                if (r["cell"], r["radius"], r["k1"], r["k2"]) == (cell, radius, k1, k2)]
+        return m
+
+    short = [k for k in s["K2S"] if k < T]
+    for cell in s["CELLS"]:
+        for radius in s["RADII"]:
+            e1 = [err(cell, radius, 1, k) for k in short]
+            ek = [err(cell, radius, k, k) for k in short]
+            # Backpropagating further shrinks the error toward 0 at k2 = T.
+            assert e1[0] > e1[-1] > err(cell, radius, 1, T) and e1[0] > 1e-3
+            assert ek[0] > ek[-1] > err(cell, radius, T, T)
+            assert np.all(np.diff(e1) < 0), (cell, radius, e1)
+            # k1 = 1 backpropagates every loss k2 steps, k1 = k2 only k2/2 on average.
+            assert all(a <= b * (1 + 1e-9) for a, b in zip(e1[1:], ek[1:]))
+    # The whole (k1, k2) grid is run at GRID_RADIUS.
+    grid = {(r["k1"], r["k2"]) for r in summary if r["radius"] == s["GRID_RADIUS"]}
+    assert grid == {(a, b) for a in s["K2S"] for b in s["K2S"] if a <= b}

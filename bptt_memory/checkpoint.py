@@ -242,28 +242,26 @@ def _round_up(x: int, step: int) -> int:
 class _TableMemo:
     """Memo of `_tables` per (state units, residual units).
 
-    The largest table computed so far answers every shorter sequence and smaller
-    budget, so a sweep over budgets (or a study over T) runs the programme once. A pure
-    function's cache: what it returns never depends on what was asked before.
+    Any table computed so far answers every shorter sequence and smaller budget than
+    its own, so a sweep over budgets (largest first, or within one rounding step) runs
+    the programme once. A miss builds just the table asked for: merging it with a cached
+    one of another shape would build their product (a long sequence at a small budget
+    after a short one at a large budget). A pure function's cache: what it returns never
+    depends on what was asked before.
     """
 
     def __init__(self, max_entries: int = 4) -> None:
         self._max = max_entries
-        self._by_units: dict[tuple[int, int], tuple[np.ndarray, ...]] = {}
+        self._entries: list[tuple[tuple[int, int], tuple[np.ndarray, ...]]] = []
 
     def get(self, state_u: int, residual_u: int, n: int, m: int) -> tuple[np.ndarray, ...]:
         key = (state_u, residual_u)
-        have = self._by_units.get(key)
-        if have is not None and have[0].shape[0] > n and have[0].shape[1] > m:
-            return have
-        n_cap, m_cap = _round_up(n, 256), _round_up(m, 64)
-        if have is not None:
-            n_cap, m_cap = max(n_cap, have[0].shape[0] - 1), max(m_cap, have[0].shape[1] - 1)
-        self._by_units.pop(key, None)
-        while len(self._by_units) >= self._max:
-            self._by_units.pop(next(iter(self._by_units)))
-        self._by_units[key] = _tables(state_u, residual_u, n_cap, m_cap)
-        return self._by_units[key]
+        for k, tables in self._entries:
+            if k == key and tables[0].shape[0] > n and tables[0].shape[1] > m:
+                return tables
+        tables = _tables(state_u, residual_u, _round_up(n, 256), _round_up(m, 64))
+        self._entries = [*self._entries[-(self._max - 1):], (key, tables)]
+        return tables
 
 
 _MEMO = _TableMemo()

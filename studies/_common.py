@@ -32,7 +32,7 @@ import bptt_memory  # noqa: E402
 
 __all__ = ["atomic_write", "write_text", "write_json", "write_csv", "save_figure",
            "provenance", "progress", "pinned_blas", "report_dir", "fit_loglog_slope", "md_table",
-           "DEFAULT_OUT"]
+           "DEFAULT_OUT", "study_main"]
 
 DEFAULT_OUT = Path("reports")
 
@@ -169,3 +169,10 @@ def study_args(name: str, argv: Sequence[str] | None, doc: str | None) -> Any:
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="reports folder (default reports/)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p.parse_args(argv)
+
+
+def study_main(name: str, run: Any, doc: str | None, argv: Sequence[str] | None = None) -> None:
+    """What every study's ``main`` does: parse --small/--out/--quiet, run, say where it wrote."""
+    args = study_args(name, argv, doc)
+    path = run(args.out, small=args.small, quiet=args.quiet)
+    print(f"{name}: wrote {path}")

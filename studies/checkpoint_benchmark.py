@@ -234,33 +234,20 @@ def report(s: SimpleNamespace, plan: list[dict], rows: list[dict], verdict: dict
     return "\n".join(lines)
 
 
-def run(out: Path | str | None = None, *, small: bool = False, quiet: bool = False) -> Path | None:
-    """Plan, time, print the report (unless quiet); with out, write out/NAME/report.md.
-
-    Returns the report's path, or None when out is None (print only).
-    """
+def run(out: Path | str = _common.DEFAULT_OUT, *, small: bool = False, quiet: bool = False) -> Path:
+    """Plan, time, print the report (unless quiet) and write out/NAME/report.md."""
     s = _settings(small)
     plan = planning(s)
     rows, verdict = timing(s)
-    command = _common.command_line(NAME, small) + ("" if out is None else f" --out {out}")
-    text = report(s, plan, rows, verdict, command)
+    text = report(s, plan, rows, verdict, _common.command_line(NAME, small))
     if not quiet:
         print(text)
-    if out is None:
-        return None
     return _common.write_text(_common.report_dir(out, NAME) / "report.md", text)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog=f"python -m studies.{NAME}", description=__doc__)
-    p.add_argument("--small", action="store_true", help="toy sizes, seconds (smoke test)")
-    p.add_argument("--out", type=Path, default=None,
-                   help=f"also write DIR/{NAME}/report.md (default: print only)")
-    p.add_argument("--quiet", action="store_true", help="print nothing")
-    args = p.parse_args(argv)
-    run(args.out, small=args.small, quiet=args.quiet)
-    return 0
+def main(argv: Sequence[str] | None = None) -> None:
+    _common.study_main(NAME, run, __doc__, argv)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -731,9 +731,7 @@ def run(out: Path | str = _common.DEFAULT_OUT, *, small: bool = False, quiet: bo
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args = _common.study_args(NAME, argv, __doc__)
-    path = run(args.out, small=args.small, quiet=args.quiet)
-    print(f"{NAME}: wrote {path}")
+    _common.study_main(NAME, run, __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -301,7 +301,7 @@ def write_report(d: Path, s: SimpleNamespace, summary: Sequence[dict], problems:
             f"- **{kind}**: at k2 = {k_lo} the TBPTT(1, k2) error is {_fmt(e_lo)} at ρ = {lo_r:g} "
             f"and {_fmt(e_hi)} at ρ = {hi_r:g}; an error below 1% needs k2 = "
             + ", ".join(f"{_k2_for(summary, kind, r, False, 0.01, K2S)} (ρ = {r:g})" for r in s.RADII)
-            + f" with k1 = 1, and k2 = "
+            + " with k1 = 1, and k2 = "
             + ", ".join(f"{_k2_for(summary, kind, r, True, 0.01, K2S)}" for r in s.RADII)
             + " with k1 = k2 (a k2 of T means no tested truncation reached 1%).")
         if kind == "lstm":
@@ -419,9 +419,7 @@ def run(out: Path | str = _common.DEFAULT_OUT, *, small: bool = False, quiet: bo
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args = _common.study_args(NAME, argv, __doc__)
-    path = run(args.out, small=args.small, quiet=args.quiet)
-    print(f"{NAME}: wrote {path}")
+    _common.study_main(NAME, run, __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ that BPTT's memory is the per-step activations, and what each strategy keeps ins
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -100,7 +99,7 @@ def run(out: Path | str = C.DEFAULT_OUT, *, small: bool = False, quiet: bool = F
                                    "config": {**cfg, "dtype": np.dtype(DTYPE).name}})
     _figure(per_cell, growth, d / "bytes_per_step.png")
 
-    lines = [f"# What must be kept to backpropagate through time?\n", C.provenance(C.command_line(NAME, small)), ""]
+    lines = ["# What must be kept to backpropagate through time?\n", C.provenance(C.command_line(NAME, small)), ""]
     lines += [
         "**The activations and states, not the weights.** The weights are needed by the",
         "backward pass, but they are the same at every step and are kept once whatever T is;",
@@ -166,9 +165,8 @@ def _figure(per_cell: list[dict], growth: list[dict], path: Path) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args = C.study_args(NAME, argv, __doc__)
-    print(run(args.out, small=args.small, quiet=args.quiet))
+    C.study_main(NAME, run, __doc__, argv)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

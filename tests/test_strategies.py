@@ -113,7 +113,7 @@ def _any_exact_strategy(draw):
     elif name == "binomial":
         strategy = bm.binomial(draw(st.integers(1, T + 2)))
     else:
-        rb, sb = cell.residual_bytes(B, np.float64), cell.state_bytes(B, np.float64)
+        rb = cell.residual_bytes(B, np.float64)
         extra = draw(st.integers(0, T * rb))  # any byte count, not only whole items
         strategy = bm.optimal(budget_bytes=rb + extra)
     return cell_name, T, strategy

@@ -22,26 +22,20 @@ from __future__ import annotations
 
 import os
 
-# One BLAS thread, so timings compare work, not thread scheduling; must precede numpy.
-# (`_common.pinned_blas` pins again at run time, for when numpy was imported earlier.)
-for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_var, "1")
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Sequence
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import statistics  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-from types import SimpleNamespace  # noqa: E402
-from typing import Sequence  # noqa: E402
+import numpy as np
 
-import numpy as np  # noqa: E402
+import bptt_memory as bm
 
-import bptt_memory as bm  # noqa: E402
-
-from . import _common  # noqa: E402
+from . import _common
 
 NAME = "checkpoint_benchmark"
 

@@ -11,6 +11,18 @@ compute it for many steps in one matrix product and hand the cells one row block
 step (`xp`). Its gradient comes back from `vjp` as `dxp` and is turned into weight
 gradients by the caller, again in one matrix product.
 
+NOTE [kernel layout] Each kind has four kernels, forward beside VJP: `step` (new state
+only), `record` (fills the step's residuals in place), `output` (h' read off the
+residuals) and `vjp`. They take the recurrent weights as `_Weights`, so the executor can
+hand them a row-major copy of W_hhᵀ made once per run (a plain product is faster than
+one through a transposed view) and gate constants laid out like the gates, while the
+`Cell` methods pass views of the caller's params. A `vjp` kernel writes dL/dxp and
+dL/d(h·W_hhᵀ + b_hh) into buffers the caller owns (one buffer unless b_hh is gated, i.e.
+for all but GRU) and returns dL/dstate_prev; the caller turns those rows into weight
+gradients, one step at a time (`Cell.vjp`) or many steps per matrix product (the
+executor). Elementwise work is done in place, on whole blocks where possible: numpy is
+several times slower on a column block of a (B, G·H) array than on the whole array.
+
 References: PyTorch `torch.nn.RNN`, `torch.nn.LSTM`, `torch.nn.GRU` documentation
 (equations and gate order); Hochreiter & Schmidhuber 1997; Cho et al. 2014.
 """
@@ -27,6 +39,35 @@ __all__ = ["Cell", "vanilla", "lstm", "gru", "ACTIVATIONS"]
 State = tuple[np.ndarray, ...]
 Residuals = tuple[np.ndarray, ...]
 Params = dict[str, np.ndarray]
+
+
+class _Weights(NamedTuple):
+    """The recurrent weights in the layouts the kernels multiply by, and gate constants."""
+
+    W_hhT: np.ndarray  # (H, G·H): the forward product h·W_hhᵀ
+    W_hh: np.ndarray  # (G·H, H): the backward product dpre·W_hh
+    b_hh: np.ndarray  # (G·H,): added inside the step only where it is gated (GRU)
+    # Per gate column, (G·H,) or (B, G·H), for a cell whose σ and tanh gates share a block (LSTM):
+    on_sigma: np.ndarray | None  # 1 on σ gates' columns, 0 on tanh's
+    on_tanh: np.ndarray | None  # 1 - on_sigma
+    half: np.ndarray | None  # 0.5 on σ gates' columns, 1 on tanh's
+    shift: np.ndarray | None  # 0.5 on σ gates' columns, 0 on tanh's
+
+
+def _weights(cell: Cell, params: Params, batch: int | None = None) -> _Weights:
+    """Views of params (`Cell` methods); or, given the batch (the executor, once per run),
+    W_hhᵀ copied row-major and the gate constants as whole (B, G·H) blocks, so that the
+    elementwise products need no broadcasting."""
+    W_hh = params["weight_hh"]
+    W_hhT = W_hh.T if batch is None else np.ascontiguousarray(W_hh.T)
+    consts: tuple = (None,) * 4
+    sigma_gates = _KERNELS[cell.kind].sigma_gates
+    if sigma_gates:
+        on_sigma = np.repeat(np.array(sigma_gates, W_hh.dtype), cell.n_hidden)
+        if batch is not None:
+            on_sigma = np.tile(on_sigma, (batch, 1))  # (B, G·H)
+        consts = (on_sigma, 1.0 - on_sigma, 1.0 - 0.5 * on_sigma, 0.5 * on_sigma)
+    return _Weights(W_hhT, W_hh, params["bias_hh"], *consts)
 
 
 def _sigmoid(z: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
@@ -47,26 +88,33 @@ def _act_tanh(z: np.ndarray) -> np.ndarray:
     return np.tanh(z, out=z)
 
 
-def _dact_tanh(h: np.ndarray, dh: np.ndarray) -> np.ndarray:
-    return dh * (1.0 - h * h)  # tanh' = 1 - tanh²
+def _dact_tanh(h: np.ndarray, dh: np.ndarray, out: np.ndarray) -> np.ndarray:
+    np.multiply(h, h, out=out)
+    np.subtract(1.0, out, out=out)  # tanh' = 1 - tanh²
+    out *= dh
+    return out
 
 
 def _act_sigmoid(z: np.ndarray) -> np.ndarray:
     return _sigmoid(z, out=z)
 
 
-def _dact_sigmoid(h: np.ndarray, dh: np.ndarray) -> np.ndarray:
-    return dh * h * (1.0 - h)  # σ' = σ(1 - σ)
+def _dact_sigmoid(h: np.ndarray, dh: np.ndarray, out: np.ndarray) -> np.ndarray:
+    np.subtract(1.0, h, out=out)
+    out *= h  # σ' = σ(1 - σ)
+    out *= dh
+    return out
 
 
 def _act_relu(z: np.ndarray) -> np.ndarray:
     return np.maximum(z, 0.0, out=z)
 
 
-def _dact_relu(h: np.ndarray, dh: np.ndarray) -> np.ndarray:
-    return dh * (h > 0.0)  # PyTorch's convention: relu'(0) = 0
+def _dact_relu(h: np.ndarray, dh: np.ndarray, out: np.ndarray) -> np.ndarray:
+    return np.multiply(dh, h > 0.0, out=out)  # PyTorch's convention: relu'(0) = 0
 
 
+#: activation name -> (act(z) in place, dact(h, dh, out) = dh ⊙ act'(z) from h = act(z))
 ACTIVATIONS: dict[str, tuple[Callable, Callable]] = {
     "tanh": (_act_tanh, _dact_tanh),
     "sigmoid": (_act_sigmoid, _dact_sigmoid),
@@ -74,36 +122,37 @@ ACTIVATIONS: dict[str, tuple[Callable, Callable]] = {
 }
 
 
-def _vanilla_forward(cell: Cell, p: Params, xp: np.ndarray, h: np.ndarray,
+def _vanilla_forward(cell: Cell, w: _Weights, xp: np.ndarray, h: np.ndarray,
                      out: np.ndarray) -> np.ndarray:
-    np.matmul(h, p["weight_hh"].T, out=out)  # (B, H)
+    np.matmul(h, w.W_hhT, out=out)  # (B, H)
     out += xp
     return ACTIVATIONS[cell.activation][0](out)
 
 
-def _vanilla_step(cell: Cell, p: Params, xp: np.ndarray, state: State) -> State:
-    return (_vanilla_forward(cell, p, xp, state[0], np.empty_like(state[0])),)
+def _vanilla_step(cell: Cell, w: _Weights, xp: np.ndarray, state: State) -> State:
+    return (_vanilla_forward(cell, w, xp, state[0], np.empty_like(state[0])),)
 
 
-def _vanilla_record(cell: Cell, p: Params, xp: np.ndarray, state: State,
+def _vanilla_record(cell: Cell, w: _Weights, xp: np.ndarray, state: State,
                     res: Residuals) -> State:
     h_prev, h_new = res
     np.copyto(h_prev, state[0])
     # The new state shares memory with the residual h': states are never mutated.
-    return (_vanilla_forward(cell, p, xp, h_prev, h_new),)
+    return (_vanilla_forward(cell, w, xp, h_prev, h_new),)
 
 
-def _vanilla_output(cell: Cell, res: Residuals) -> np.ndarray:
-    return res[1]
+def _vanilla_output(cell: Cell, res: Residuals, out: np.ndarray | None = None) -> np.ndarray:
+    if out is None:
+        return res[1]
+    np.copyto(out, res[1])
+    return out
 
 
-def _vanilla_vjp(cell: Cell, p: Params, res: Residuals, dstate: State,
-                 grads: Params) -> tuple[State, np.ndarray]:
+def _vanilla_vjp(cell: Cell, w: _Weights, res: Residuals, dstate: State, dz: np.ndarray,
+                 dhp: np.ndarray) -> State:
     h_prev, h = res
-    dz = ACTIVATIONS[cell.activation][1](h, dstate[0])  # (B, H)
-    grads["weight_hh"] += dz.T @ h_prev
-    grads["bias_hh"] += dz.sum(axis=0)
-    return (dz @ p["weight_hh"],), dz
+    ACTIVATIONS[cell.activation][1](h, dstate[0], dz)  # (B, H); dhp is dz
+    return (dz @ w.W_hh,)
 
 
 # --------------------------------------------------------------------------------------
@@ -111,13 +160,17 @@ def _vanilla_vjp(cell: Cell, p: Params, res: Residuals, dstate: State,
 # residuals: (h_prev, c_prev, gates=[i f g o] after activation, tanh(c'))
 
 
-def _lstm_gates(p: Params, xp: np.ndarray, h: np.ndarray, out: np.ndarray) -> np.ndarray:
-    H = h.shape[1]
-    np.matmul(h, p["weight_hh"].T, out=out)  # (B, 4H)
+def _lstm_gates(w: _Weights, xp: np.ndarray, h: np.ndarray, out: np.ndarray) -> np.ndarray:
+    np.matmul(h, w.W_hhT, out=out)  # (B, 4H)
     out += xp
-    _sigmoid(out[:, : 2 * H], out=out[:, : 2 * H])
-    np.tanh(out[:, 2 * H : 3 * H], out=out[:, 2 * H : 3 * H])
-    _sigmoid(out[:, 3 * H :], out=out[:, 3 * H :])
+    # NOTE [one tanh for all gates] σ(z) = 0.5·tanh(z/2) + 0.5, so the σ gates (i, f, o)
+    # and the tanh gate (g) take one tanh over the whole block, between per-column
+    # scalings (by 0.5, or by 1 on g's columns) and a shift (0.5, or 0 on g's). Bitwise
+    # the same as `_sigmoid`, since scaling by 0.5 is exact, and no column-block work.
+    out *= w.half
+    np.tanh(out, out=out)
+    out *= w.half
+    out += w.shift
     return out
 
 
@@ -129,57 +182,59 @@ def _lstm_new_c(gates: np.ndarray, c: np.ndarray) -> np.ndarray:
     return c_new
 
 
-def _lstm_step(cell: Cell, p: Params, xp: np.ndarray, state: State) -> State:
+def _lstm_step(cell: Cell, w: _Weights, xp: np.ndarray, state: State) -> State:
     h, c = state
     H = h.shape[1]
-    gates = _lstm_gates(p, xp, h, np.empty_like(xp))
+    gates = _lstm_gates(w, xp, h, np.empty_like(xp))
     c_new = _lstm_new_c(gates, c)
     h_new = np.tanh(c_new)
     h_new *= gates[:, 3 * H :]
     return (h_new, c_new)
 
 
-def _lstm_record(cell: Cell, p: Params, xp: np.ndarray, state: State,
+def _lstm_record(cell: Cell, w: _Weights, xp: np.ndarray, state: State,
                  res: Residuals) -> State:
     h, c = state
     h_prev, c_prev, gates, tanh_c = res
     np.copyto(h_prev, h)
     np.copyto(c_prev, c)
-    _lstm_gates(p, xp, h, gates)
+    _lstm_gates(w, xp, h, gates)
     c_new = _lstm_new_c(gates, c)
     np.tanh(c_new, out=tanh_c)
     return (_lstm_output(cell, res), c_new)
 
 
-def _lstm_output(cell: Cell, res: Residuals) -> np.ndarray:
+def _lstm_output(cell: Cell, res: Residuals, out: np.ndarray | None = None) -> np.ndarray:
     H = cell.n_hidden
-    return res[2][:, 3 * H :] * res[3]  # h' = o ⊙ tanh(c')
+    return np.multiply(res[2][:, 3 * H :], res[3], out=out)  # h' = o ⊙ tanh(c')
 
 
-def _lstm_vjp(cell: Cell, p: Params, res: Residuals, dstate: State,
-              grads: Params) -> tuple[State, np.ndarray]:
+def _lstm_vjp(cell: Cell, w: _Weights, res: Residuals, dstate: State, dpre: np.ndarray,
+              dhp: np.ndarray) -> State:
     h_prev, c_prev, gates, tanh_c = res
     dh, dc = dstate
     H = cell.n_hidden
     i, f, g, o = (gates[:, k * H : (k + 1) * H] for k in range(4))
-    dpre = np.empty_like(gates)  # (B, 4H): gradient w.r.t. the gate pre-activations
-    dc_total = dh * o
-    dc_total *= 1.0 - tanh_c * tanh_c
-    dc_total += dc  # dL/dc' through h' and through the next step
-    # o: do = dh ⊙ tanh(c'), times σ'
-    np.multiply(dh, tanh_c, out=dpre[:, 3 * H :])
-    dpre[:, 3 * H :] *= o * (1.0 - o)
-    # i: di = dc ⊙ g;  f: df = dc ⊙ c_prev;  g: dg = dc ⊙ i
+    # dL/dc' through h' and through the next step: dc + dh ⊙ o ⊙ (1 - tanh²c')
+    dc_total = np.multiply(tanh_c, tanh_c)  # (B, H)
+    np.subtract(1.0, dc_total, out=dc_total)
+    dc_total *= o
+    dc_total *= dh
+    dc_total += dc
+    # dpre (B, 4H), the gradient w.r.t. the gate pre-activations (dhp is dpre):
+    # what reaches each gate's output (di = dc⊙g, df = dc⊙c_prev, dg = dc⊙i, do = dh⊙tanh c')
     np.multiply(dc_total, g, out=dpre[:, :H])
-    dpre[:, :H] *= i * (1.0 - i)
     np.multiply(dc_total, c_prev, out=dpre[:, H : 2 * H])
-    dpre[:, H : 2 * H] *= f * (1.0 - f)
     np.multiply(dc_total, i, out=dpre[:, 2 * H : 3 * H])
-    dpre[:, 2 * H : 3 * H] *= 1.0 - g * g
-    grads["weight_hh"] += dpre.T @ h_prev
-    grads["bias_hh"] += dpre.sum(axis=0)
+    np.multiply(dh, tanh_c, out=dpre[:, 3 * H :])
+    # times every gate's activation derivative, on the whole block at once:
+    # σ' = σ·(1 - σ) on i, f, o and tanh' = g·(0 - g) + 1 on g (NOTE [one tanh for all gates])
+    slope = np.subtract(w.on_sigma, gates)  # (B, 4H)
+    slope *= gates
+    slope += w.on_tanh
+    dpre *= slope
     dc_total *= f
-    return (dpre @ p["weight_hh"], dc_total), dpre
+    return (dpre @ w.W_hh, dc_total)
 
 
 # --------------------------------------------------------------------------------------
@@ -189,11 +244,11 @@ def _lstm_vjp(cell: Cell, p: Params, res: Residuals, dstate: State,
 # residuals: (h_prev, gates=[r z n] after activation, W_hn·h + b_hn)
 
 
-def _gru_forward(p: Params, xp: np.ndarray, h: np.ndarray, gates: np.ndarray,
+def _gru_forward(w: _Weights, xp: np.ndarray, h: np.ndarray, gates: np.ndarray,
                  hn: np.ndarray) -> np.ndarray:
     H = h.shape[1]
-    hp = h @ p["weight_hh"].T  # (B, 3H)
-    hp += p["bias_hh"]
+    hp = h @ w.W_hhT  # (B, 3H)
+    hp += w.b_hh
     np.add(xp[:, : 2 * H], hp[:, : 2 * H], out=gates[:, : 2 * H])
     _sigmoid(gates[:, : 2 * H], out=gates[:, : 2 * H])
     np.copyto(hn, hp[:, 2 * H :])
@@ -204,53 +259,60 @@ def _gru_forward(p: Params, xp: np.ndarray, h: np.ndarray, gates: np.ndarray,
     return _gru_new_h(gates, h)
 
 
-def _gru_new_h(gates: np.ndarray, h: np.ndarray) -> np.ndarray:
+def _gru_new_h(gates: np.ndarray, h: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     H = h.shape[1]
     z, n = gates[:, H : 2 * H], gates[:, 2 * H :]
-    h_new = h - n  # h' = n + z ⊙ (h - n)
+    h_new = np.subtract(h, n, out=out)  # h' = n + z ⊙ (h - n)
     h_new *= z
     h_new += n
     return h_new
 
 
-def _gru_step(cell: Cell, p: Params, xp: np.ndarray, state: State) -> State:
+def _gru_step(cell: Cell, w: _Weights, xp: np.ndarray, state: State) -> State:
     (h,) = state
     B, H = h.shape
-    return (_gru_forward(p, xp, h, np.empty((B, 3 * H), h.dtype), np.empty_like(h)),)
+    return (_gru_forward(w, xp, h, np.empty((B, 3 * H), h.dtype), np.empty_like(h)),)
 
 
-def _gru_record(cell: Cell, p: Params, xp: np.ndarray, state: State,
+def _gru_record(cell: Cell, w: _Weights, xp: np.ndarray, state: State,
                 res: Residuals) -> State:
     h_prev, gates, hn = res
     np.copyto(h_prev, state[0])
-    return (_gru_forward(p, xp, h_prev, gates, hn),)
+    return (_gru_forward(w, xp, h_prev, gates, hn),)
 
 
-def _gru_output(cell: Cell, res: Residuals) -> np.ndarray:
-    return _gru_new_h(res[1], res[0])
+def _gru_output(cell: Cell, res: Residuals, out: np.ndarray | None = None) -> np.ndarray:
+    return _gru_new_h(res[1], res[0], out)
 
 
-def _gru_vjp(cell: Cell, p: Params, res: Residuals, dstate: State,
-             grads: Params) -> tuple[State, np.ndarray]:
+def _gru_vjp(cell: Cell, w: _Weights, res: Residuals, dstate: State, dxp: np.ndarray,
+             dhp: np.ndarray) -> State:
     h_prev, gates, hn = res
     (dh,) = dstate
     H = cell.n_hidden
     r, z, n = gates[:, :H], gates[:, H : 2 * H], gates[:, 2 * H :]
-    dxp = np.empty_like(gates)  # (B, 3H): gradient w.r.t. x·W_ihᵀ + b_ih
-    dn_pre = dxp[:, 2 * H :]
-    np.multiply(dh, 1.0 - z, out=dn_pre)
-    dn_pre *= 1.0 - n * n
-    np.multiply(dh, h_prev - n, out=dxp[:, H : 2 * H])  # dz
-    dxp[:, H : 2 * H] *= z * (1.0 - z)
-    np.multiply(dn_pre, hn, out=dxp[:, :H])  # dr
-    dxp[:, :H] *= r * (1.0 - r)
-    dhp = dxp.copy()  # gradient w.r.t. h·W_hhᵀ + b_hh: same for r and z, r ⊙ dn for n
-    dhp[:, 2 * H :] *= r
-    grads["weight_hh"] += dhp.T @ h_prev
-    grads["bias_hh"] += dhp.sum(axis=0)
-    dh_prev = dhp @ p["weight_hh"]
-    dh_prev += dh * z
-    return (dh_prev,), dxp
+    slope = np.subtract(1.0, gates[:, : 2 * H])  # (B, 2H): σ' = σ(1 - σ) for r and z
+    slope *= gates[:, : 2 * H]
+    # dxp (B, 3H): gradient w.r.t. x·W_ihᵀ + b_ih
+    dn = dxp[:, 2 * H :]  # dh ⊙ (1 - z) ⊙ (1 - n²)
+    np.multiply(n, n, out=dn)
+    np.subtract(1.0, dn, out=dn)
+    dh_z = np.subtract(1.0, z)  # (B, H)
+    dh_z *= dh
+    dn *= dh_z
+    dz = dxp[:, H : 2 * H]  # dh ⊙ (h_prev - n) ⊙ σ'
+    np.subtract(h_prev, n, out=dz)
+    dz *= dh
+    dz *= slope[:, H:]
+    np.multiply(dn, hn, out=dxp[:, :H])  # dr
+    dxp[:, :H] *= slope[:, :H]
+    # dhp (B, 3H): gradient w.r.t. h·W_hhᵀ + b_hh: same for r and z, r ⊙ dn for n
+    np.copyto(dhp[:, : 2 * H], dxp[:, : 2 * H])
+    np.multiply(dn, r, out=dhp[:, 2 * H :])
+    dh_prev = dhp @ w.W_hh
+    np.multiply(dh, z, out=dh_z)
+    dh_prev += dh_z
+    return (dh_prev,)
 
 
 # --------------------------------------------------------------------------------------
@@ -262,18 +324,19 @@ class _Kernels(NamedTuple):
     residual_widths: tuple[int, ...]  # in units of H, one per residual array
     residual_names: tuple[str, ...]
     bias_hh_in_projection: bool  # False only for GRU, whose b_hn is gated by r
-    step: Callable
-    record: Callable
-    output: Callable
-    vjp: Callable
+    sigma_gates: tuple[int, ...] | None  # LSTM: 1 per σ gate, 0 per tanh gate, in order
+    step: Callable  # (cell, w, xp, state) -> state'
+    record: Callable  # (cell, w, xp, state, res) -> state', res filled in place
+    output: Callable  # (cell, res, out=None) -> h'
+    vjp: Callable  # (cell, w, res, dstate, dxp, dhp) -> dstate_prev; dxp, dhp filled
 
 
 _KERNELS: dict[str, _Kernels] = {
     "vanilla": _Kernels(1, ("h",), (1, 1), ("h_prev", "h"), True,
-                        _vanilla_step, _vanilla_record, _vanilla_output, _vanilla_vjp),
+                        None, _vanilla_step, _vanilla_record, _vanilla_output, _vanilla_vjp),
     "lstm": _Kernels(4, ("h", "c"), (1, 1, 4, 1), ("h_prev", "c_prev", "gates", "tanh_c"),
-                     True, _lstm_step, _lstm_record, _lstm_output, _lstm_vjp),
-    "gru": _Kernels(3, ("h",), (1, 3, 1), ("h_prev", "gates", "hn"), False,
+                     True, (1, 1, 0, 1), _lstm_step, _lstm_record, _lstm_output, _lstm_vjp),
+    "gru": _Kernels(3, ("h",), (1, 3, 1), ("h_prev", "gates", "hn"), False, None,
                     _gru_step, _gru_record, _gru_output, _gru_vjp),
 }
 
@@ -352,14 +415,14 @@ class Cell:
 
     def step(self, params: Params, xp: np.ndarray, state: State) -> State:
         """One plain step: the new state, nothing kept."""
-        return self._k.step(self, params, xp, state)
+        return self._k.step(self, _weights(self, params), xp, state)
 
     def new_residuals(self, batch: int, dtype: np.dtype | type) -> Residuals:
         return tuple(np.empty(s, dtype) for s in self.residual_shapes(batch))
 
     def record(self, params: Params, xp: np.ndarray, state: State, res: Residuals) -> State:
         """One step that fills `res` (from `new_residuals`) in place; returns the new state."""
-        return self._k.record(self, params, xp, state, res)
+        return self._k.record(self, _weights(self, params), xp, state, res)
 
     def output(self, res: Residuals) -> np.ndarray:
         """The hidden output h' of a recorded step, read off its residuals."""
@@ -374,7 +437,13 @@ class Cell:
         (dL/dstate_prev, dL/dxp); the caller turns dxp into the gradients of
         ``weight_ih`` and ``bias_ih`` only.
         """
-        return self._k.vjp(self, params, res, dstate, grads)
+        k = self._k
+        dxp = np.empty((res[0].shape[0], k.n_gates * self.n_hidden), res[0].dtype)
+        dhp = dxp if k.bias_hh_in_projection else np.empty_like(dxp)
+        dstate_prev = k.vjp(self, _weights(self, params), res, dstate, dxp, dhp)
+        grads["weight_hh"] += dhp.T @ res[0]  # res[0] is h_prev for every kind
+        grads["bias_hh"] += dhp.sum(axis=0)
+        return dstate_prev, dxp
 
 
 def _check_size(where: str, name: str, value: object) -> None:

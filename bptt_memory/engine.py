@@ -25,30 +25,50 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from .cells import Params, Residuals, State
+from .cells import Params, Residuals, State, _weights
 from .model import Model, Result, Stats
 from .schedule import Action, Advance, Free, Record, Restore, Reverse, Store, simulate
 
 __all__ = ["execute", "Sweep", "CHUNK_STEPS"]
 
-#: Steps whose input projection is computed in one matrix product (a transient buffer).
+#: Steps handled per matrix product: the input projection going forward; the readout,
+#: loss and weight gradients going backward. Both use buffers of this many steps, made
+#: once per run (transients, counted in `traced_allowance`, not in peak_bytes).
 CHUNK_STEPS = 16
 
 
 class Sweep:
-    """Forward and reverse steps of one run, with grads, loss, counters and bytes held."""
+    """Forward and reverse steps of one run, with grads, loss, counters and bytes held.
+
+    NOTE [chunked products] Only the recurrence h·W_hhᵀ is sequential. Everything else
+    is batched over up to CHUNK_STEPS consecutive steps: going forward, the input
+    projection x·W_ihᵀ + b of a chunk is one matrix product into a reused buffer; going
+    backward, the readout, loss and dL/dh_t of the outputs h_t of the steps a Reverse
+    hands over (read off their residuals) are one product each, the cell VJPs then run
+    step by step writing their dxp (and, for GRU, dL/d(h·W_hhᵀ)) rows into a buffer, and
+    the gradients of every weight and bias are one product each per window of steps
+    (NOTE [gradient windows]). This changes only the order in which float sums are
+    taken, never what is held between steps.
+    """
 
     def __init__(self, model: Model, params: Params, xs: np.ndarray | None = None,
                  ys: np.ndarray | None = None, mask: np.ndarray | None = None) -> None:
         """xs, ys, mask: the whole sequence, or None when steps arrive one by one."""
         self.model, self.cell, self.params = model, model.cell, params
         self.xs, self.ys = xs, ys
-        # (T, B): each example's weight in the loss
-        self.scale = None if mask is None or xs is None else mask / xs.shape[1]
+        # (T, B) weights of each example's loss; divided by B a chunk at a time, since a
+        # (T, B) quotient made here would be a transient that grows with T
+        self.mask = mask
         self.grads = {k: np.zeros_like(v) for k, v in params.items()}
         self.loss = 0.0
         self.forward_steps = self.backward_steps = 0
         self.held = self.peak = 0
+        # a whole sequence is run in chunks; a stream is reversed one step at a time
+        self.chunk = 1 if xs is None else min(CHUNK_STEPS, xs.shape[0])
+        self._kernels = model.cell._k
+        self._w = None  # the executor's prepared weights, made on first use
+        self._fwd = self._rev = None  # chunk buffers, made on first use
+        self._pending = None  # (lo, hi, w0): steps whose weight gradients wait in _rev
 
     # -- memory --------------------------------------------------------------------
     def hold(self, arrays: Iterable[np.ndarray]) -> None:
@@ -59,50 +79,170 @@ class Sweep:
         self.held -= sum(a.nbytes for a in arrays)
 
     # -- forward -------------------------------------------------------------------
+    def _prepared(self):
+        """W_hhᵀ and W_ihᵀ row-major, and the projection's bias: copied once per run."""
+        if self._w is None:
+            p, k = self.params, self._kernels
+            bias = p["bias_ih"] + p["bias_hh"] if k.bias_hh_in_projection else p["bias_ih"]
+            self._w = (_weights(self.cell, p, batch=self.xs.shape[1]),
+                       np.ascontiguousarray(p["weight_ih"].T), bias)
+        return self._w
+
     def _projections(self, n0: int, n1: int) -> Iterator[tuple[int, np.ndarray]]:
-        for c0 in range(n0, n1, CHUNK_STEPS):
-            c1 = min(c0 + CHUNK_STEPS, n1)
-            xp = self.cell.project(self.params, self.xs[c0:c1])  # (chunk, B, G·H)
-            for t in range(c0, c1):
-                yield t, xp[t - c0]
+        """(c0, xp) for chunks [c0, c0 + len(xp)) of [n0, n1); xp is (chunk, B, G·H).
+
+        The buffer is reused by the next chunk: a step reads its row block only while
+        it runs.
+        """
+        w, W_ihT, bias = self._prepared()
+        B, I = self.xs.shape[1:]
+        if self._fwd is None:
+            self._fwd = np.empty((self.chunk * B, W_ihT.shape[1]), self.xs.dtype)
+        for c0 in range(n0, n1, self.chunk):
+            c1 = min(c0 + self.chunk, n1)
+            xp = self._fwd[: (c1 - c0) * B]  # (chunk·B, G·H)
+            np.matmul(self.xs[c0:c1].reshape(-1, I), W_ihT, out=xp)
+            xp += bias
+            yield c0, xp.reshape(c1 - c0, B, -1)
 
     def advance(self, state: State, n0: int, n1: int) -> State:
+        step, cell, w = self._kernels.step, self.cell, self._prepared()[0]
         for _, xp in self._projections(n0, n1):
-            state = self.cell.step(self.params, xp, state)
+            for xp_t in xp:
+                state = step(cell, w, xp_t, state)
         self.forward_steps += n1 - n0
         return state
 
     def record(self, state: State, n0: int, n1: int,
                residuals_for: Callable[[int], Residuals]) -> State:
         """Run steps [n0, n1) keeping residuals in ``residuals_for(t)``'s arrays."""
-        for t, xp in self._projections(n0, n1):
-            state = self.cell.record(self.params, xp, state, residuals_for(t))
+        record, cell, w = self._kernels.record, self.cell, self._prepared()[0]
+        for c0, xp in self._projections(n0, n1):
+            for k, xp_t in enumerate(xp):
+                state = record(cell, w, xp_t, state, residuals_for(c0 + k))
         self.forward_steps += n1 - n0
         return state
 
     # -- backward ------------------------------------------------------------------
+    def reverse_steps(self, n0: int, n1: int, residuals: list[Residuals],
+                      dstate: State) -> State:
+        """Reverse steps n1−1 … n0 of this run's sequence (residuals[i] is step n0 + i),
+        losses included; return dL/dstate_n0.
+
+        NOTE [gradient windows] Steps are reversed from T − 1 down to 0, whatever actions
+        do it, so the weight gradients are gathered in windows of `chunk` steps on a grid
+        fixed from the end, [T − (j+1)·chunk, T − j·chunk): step t's rows (its dxp, h_prev,
+        h_t and readout gradient) sit in the buffers at (t − window start)·B, and one matrix
+        product per window adds them, when the next window starts or at `finish`. A
+        Reverse of one step (binomial) thus costs no more products than one of many.
+        """
+        w, B = self._prepared()[0], self.xs.shape[1]
+        for c0, c1, w0 in self.windows(n0, n1):
+            if self._pending is not None and self._pending[2] != w0:
+                self.finish()
+            hi = c1 if self._pending is None else self._pending[1]
+            self._pending = (c0, hi, w0)
+            dstate = self._reverse_rows(w, residuals[c0 - n0 : c1 - n0], dstate, self.xs[c0:c1],
+                                        self.ys[c0:c1], self.mask[c0:c1] / B, (c0 - w0) * B)
+        return dstate
+
+    def windows(self, n0: int, n1: int) -> Iterator[tuple[int, int, int]]:
+        """(c0, c1, w0): the pieces [c0, c1) of [n0, n1), last first, each inside the
+        gradient window that starts at w0 (NOTE [gradient windows])."""
+        T, C = self.xs.shape[0], self.chunk
+        c1 = n1
+        while c1 > n0:
+            w0 = T - ((T - c1) // C + 1) * C  # start of the window holding step c1 − 1
+            c0 = max(n0, w0)
+            yield c0, c1, w0
+            c1 = c0
+
     def reverse_step(self, t: int, res: Residuals, dstate: State) -> State:
         """Reverse step t of this run's sequence, loss included; return dL/dstate_t−1."""
-        return self.reverse(res, dstate, self.xs[t], self.ys[t], self.scale[t])
+        return self.reverse_steps(t, t + 1, [res], dstate)
 
     def reverse(self, res: Residuals, dstate: State, x: np.ndarray, y: np.ndarray | None,
                 scale: np.ndarray | None) -> State:
-        """Reverse one recorded step with input x; add its loss unless y is None."""
-        p, g = self.params, self.grads
-        if y is not None:
-            h = self.cell.output(res)  # (B, H)
-            o = h @ p["weight_out"].T
-            o += p["bias_out"]
-            loss, do = self.model.step_loss(o, y, scale)
-            self.loss += loss
-            g["weight_out"] += do.T @ h
-            g["bias_out"] += do.sum(axis=0)
-            dstate = (dstate[0] + do @ p["weight_out"],) + dstate[1:]
-        dstate, dxp = self.cell.vjp(p, res, dstate, g)
-        g["weight_ih"] += dxp.T @ x
+        """Reverse one recorded step with input x; add its loss unless y is None.
+
+        Reads the weights from ``self.params`` at every call, so a stream's caller may
+        update them between steps; its gradients are complete when it returns.
+        """
+        dstate = self._reverse_rows(_weights(self.cell, self.params), [res], dstate, x[None],
+                                    None if y is None else y[None],
+                                    None if scale is None else scale[None], 0)
+        self._weight_grads(0, x.shape[0], x, readout=y is not None)
+        return dstate
+
+    def finish(self) -> None:
+        """Add the weight gradients still waiting in the buffers (NOTE [gradient windows])."""
+        if self._pending is not None:
+            lo, hi, w0 = self._pending
+            self._pending = None
+            B = self.xs.shape[1]
+            self._weight_grads((lo - w0) * B, (hi - w0) * B, self.xs[lo:hi], readout=True)
+
+    def _buffers(self, B: int, dtype: np.dtype) -> tuple:
+        """Rows for `chunk` steps: dxp, dhp (GRU only), h_prev, h_t, dL/do_t."""
+        if self._rev is None:
+            k, H = self._kernels, self.cell.n_hidden
+            n, GH = self.chunk * B, k.n_gates * H
+            self._rev = (np.empty((n, GH), dtype),
+                         None if k.bias_hh_in_projection else np.empty((n, GH), dtype),
+                         np.empty((n, H), dtype), np.empty((n, H), dtype),
+                         np.empty((n, self.model.n_out), dtype))
+        return self._rev
+
+    def _weight_grads(self, r0: int, r1: int, x: np.ndarray, readout: bool) -> None:
+        """Add the gradients of every weight and bias from buffer rows [r0, r1)."""
+        dxp_buf, dhp_buf, h_prev_buf, h_buf, do_buf = self._rev
+        g = self.grads
+        dxp = dxp_buf[r0:r1]  # (K·B, G·H)
+        dhp = dxp if dhp_buf is None else dhp_buf[r0:r1]
+        g["weight_hh"] += dhp.T @ h_prev_buf[r0:r1]
+        g["weight_ih"] += dxp.T @ x.reshape(r1 - r0, -1)
         dbias = dxp.sum(axis=0)
         g["bias_ih"] += dbias
-        self.backward_steps += 1
+        g["bias_hh"] += dbias if dhp is dxp else dhp.sum(axis=0)
+        if readout:
+            do = do_buf[r0:r1]  # (K·B, O)
+            g["weight_out"] += do.T @ h_buf[r0:r1]
+            g["bias_out"] += do.sum(axis=0)
+
+    def _reverse_rows(self, w, residuals: list[Residuals], dstate: State, x: np.ndarray,
+                      y: np.ndarray | None, scale: np.ndarray | None, r0: int) -> State:
+        """Reverse K consecutive steps, last first, x (K, B, I), y (K, B, ...), scale (K, B),
+        writing their gradient rows from buffer row r0 on; the caller adds the weight
+        gradients (`_weight_grads`)."""
+        cell, k = self.cell, self._kernels
+        K, B = x.shape[:2]
+        dxp_buf, dhp_buf, h_prev_buf, h_buf, do_buf = self._rev or self._buffers(B, x.dtype)
+        if dhp_buf is None:
+            dhp_buf = dxp_buf
+        r1 = r0 + K * B
+        dh_out = None
+        if y is not None:  # NOTE [where the loss is computed]
+            p = self.params
+            h = h_buf[r0:r1]  # (K·B, H)
+            for i, res in enumerate(residuals):
+                k.output(cell, res, h[i * B : (i + 1) * B])
+            o = h @ p["weight_out"].T  # (K·B, O)
+            o += p["bias_out"]
+            loss, do = self.model.step_loss(o, y.reshape((K * B,) + y.shape[2:]),
+                                            scale.reshape(K * B))
+            self.loss += loss
+            do_buf[r0:r1] = do
+            dh_out = do @ p["weight_out"]  # (K·B, H)
+        for i in range(K - 1, -1, -1):
+            res = residuals[i]
+            r = r0 + i * B
+            if dh_out is not None:
+                dh = dh_out[i * B : (i + 1) * B]
+                dh += dstate[0]
+                dstate = (dh,) + dstate[1:]
+            dstate = k.vjp(cell, w, res, dstate, dxp_buf[r : r + B], dhp_buf[r : r + B])
+            h_prev_buf[r : r + B] = res[0]  # res[0] is h_prev for every kind
+        self.backward_steps += K
         return dstate
 
     def zero_adjoint(self, like: State) -> State:
@@ -118,16 +258,29 @@ def traced_allowance(model: Model, params: Params, batch: int, dtype: np.dtype,
                      held_items: int) -> int:
     """Bytes tracemalloc may see beyond ``peak_bytes``: see `Stats.traced_allowance`.
 
-    The grads (params-sized), the input-projection chunk, 16 step-sized (B, 4H)
-    temporaries, and 1 KiB of Python object overhead per held state or step (array
-    headers, tuples, dict entries), plus 256 KiB for the interpreter's own bookkeeping
-    (its free lists of small objects fill once per process and tracemalloc sees them).
+    With P the params' bytes, G·H the gate width, O the readout width and C = CHUNK_STEPS,
+    everything a run allocates besides what it holds for the backward pass:
+
+    - 4·P: the grads; the executor's row-major copies of W_hhᵀ and W_ihᵀ (truncated
+      instead keeps its running sum and the last update's grads); one weight-gradient
+      product before it is added;
+    - C·B·(3·G·H + 3·H + 4·O) items of chunk buffers and their transients (input
+      projections; dxp and GRU's dhp rows; h_prev, h_t and dL/dh_t rows; the readout's
+      outputs, loss gradients and the loss's temporaries), NOTE [chunked products];
+    - 4·B·G·H items of gate constants laid out like the gates (LSTM);
+    - 16 step-sized (B, max(4H, G·H, O)) temporaries;
+    - 1 KiB of Python object overhead per held state or step (array headers, tuples,
+      dict entries), plus 256 KiB for the interpreter's own bookkeeping (its free lists
+      of small objects fill once per process and tracemalloc sees them).
     """
     item = np.dtype(dtype).itemsize
-    GH = model.cell.n_gates * model.cell.n_hidden
-    step = batch * max(4 * model.cell.n_hidden, GH, model.n_out) * item
-    grads = sum(p.nbytes for p in params.values())
-    return grads + CHUNK_STEPS * batch * GH * item + 16 * step + 1024 * held_items + 262144
+    H, O = model.cell.n_hidden, model.n_out
+    GH = model.cell.n_gates * H
+    step = batch * max(4 * H, GH, O) * item
+    params_bytes = sum(p.nbytes for p in params.values())
+    chunks = CHUNK_STEPS * batch * (3 * GH + 3 * H + 4 * O) * item
+    constants = 4 * batch * GH * item
+    return 4 * params_bytes + chunks + constants + 16 * step + 1024 * held_items + 262144
 
 
 def measure(run: Callable[[], Result], model: Model, params: Params, batch: int,
@@ -188,7 +341,10 @@ def execute(schedule: Iterable[Action], model: Model, params: Params, xs: np.nda
 def _execute(actions: Iterable[Action], model: Model, params: Params, xs: np.ndarray,
              ys: np.ndarray, h0: State, mask: np.ndarray, state_bytes: int,
              residual_bytes: int, peak_states: int, peak_residuals: int) -> Result:
-    """Walk already validated actions. Stats carry the simulator's peak counts."""
+    """Walk already validated actions. Stats carry the simulator's peak counts, and in
+    ``stats.extra`` the wall seconds spent in forward steps (Advance, Record:
+    ``forward_seconds``) and in backward steps (Reverse and the weight gradients:
+    ``backward_seconds``), the rest being bookkeeping."""
     start = time.perf_counter()
     sweep = Sweep(model, params, xs, ys, mask)
     B, dtype = xs.shape[1], xs.dtype
@@ -203,16 +359,22 @@ def _execute(actions: Iterable[Action], model: Model, params: Params, xs: np.nda
         sweep.hold(res)
         return res
 
+    forward_seconds = backward_seconds = 0.0
     for a in actions:
+        t0 = time.perf_counter()
         if isinstance(a, Advance):
             state = sweep.advance(state, a.n0, a.n1)
+            forward_seconds += time.perf_counter() - t0
         elif isinstance(a, Record):
             state = sweep.record(state, a.n0, a.n1, new_residuals)
+            forward_seconds += time.perf_counter() - t0
         elif isinstance(a, Reverse):
-            for t in range(a.n1 - 1, a.n0 - 1, -1):
-                res = residuals.pop(t)
-                dstate = sweep.reverse_step(t, res, dstate)
-                sweep.release(res)
+            for c0, c1, _ in sweep.windows(a.n0, a.n1):  # residuals die a piece at a time
+                chunk = [residuals.pop(t) for t in range(c0, c1)]
+                dstate = sweep.reverse_steps(c0, c1, chunk, dstate)
+                for res in chunk:
+                    sweep.release(res)
+            backward_seconds += time.perf_counter() - t0
         elif isinstance(a, Store):
             stored[a.n] = tuple(s.copy() for s in state)
             sweep.hold(stored[a.n])
@@ -220,6 +382,11 @@ def _execute(actions: Iterable[Action], model: Model, params: Params, xs: np.nda
             state = h0 if a.n == 0 else stored[a.n]
         elif isinstance(a, Free):
             sweep.release(stored.pop(a.n))
+    t0 = time.perf_counter()
+    sweep.finish()
+    backward_seconds += time.perf_counter() - t0
     stats = sweep.stats(time.perf_counter() - start, state_bytes, residual_bytes,
                         peak_states=peak_states, peak_residuals=peak_residuals)
+    # where the time went: cell steps forward (advance, record) and backward (reverse)
+    stats.extra.update(forward_seconds=forward_seconds, backward_seconds=backward_seconds)
     return Result(sweep.loss, sweep.grads, dstate, stats)

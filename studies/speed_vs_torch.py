@@ -1,0 +1,810 @@
+"""Speed against PyTorch on the CPU: these numpy kernels against torch's own RNNs.
+
+Contenders, all computing the same loss (a linear readout at every step, the sum over
+steps of the per-step mean squared error, `bm.Model(cell, N_OUT, loss="mse")`) and its
+gradient w.r.t. every parameter, from the same weights and data:
+
+- this library: ``full()``, ``binomial(slots=round(√T))`` and ``optimal`` at 5% of
+  full()'s bytes (at least one step's residuals); with torch, also ``optimal`` at the
+  bytes the checkpointed torch loop holds (NOTE [matched memory]);
+- torch, fused: ``nn.RNN`` (tanh) / ``nn.LSTM`` / ``nn.GRU`` over the whole sequence,
+  plain autograd;
+- torch, cell loop: ``nn.RNNCell`` / ``nn.LSTMCell`` / ``nn.GRUCell`` in a Python loop;
+- torch, checkpointed: that loop cut into √T segments, each wrapped in
+  ``torch.utils.checkpoint.checkpoint(..., use_reentrant=False)`` with the segment's
+  readout and loss inside it, so only segment boundaries are kept.
+
+NOTE [fair timing] Everything runs in one process. For each configuration every
+contender first runs once untimed, to warm up and to measure its memory, then REPEATS
+timed rounds follow in which every contender runs once, the order rotating from round
+to round so drift and neighbours' load hit all of them alike; medians are reported, with
+CPU time (`time.process_time`) beside wall time because the machine may be shared. numpy's
+BLAS is pinned to THREADS threads with threadpoolctl and torch to the same count with
+``torch.set_num_threads``; the garbage collector runs once before the timed rounds and is
+off during each timed run, as in `timeit`.
+
+NOTE [what memory means] For this library: ``Stats.peak_bytes``, the exact peak of the
+bytes held for the backward pass (stored states and recorded residuals), and
+tracemalloc's peak over the run, which also sees grads and temporaries. For torch: the
+bytes of the unique storages autograd saves for backward, summed by a
+``torch.autograd.graph.saved_tensors_hooks`` pack hook during the forward pass, leaving
+out the parameters and the input/target tensors (this library's count leaves out params,
+xs and ys too). For the checkpointed loop the hook sees what checkpoint keeps (segment
+boundary states); during backward it also holds one recomputed segment at a time, so its
+number is that plus the saved bytes of its longest segment run once without checkpoint.
+
+NOTE [matched memory] Target 3 compares optimal(5%) with the checkpointed loop "at no
+more than its memory", but 5% of full()'s bytes is sometimes more than the loop keeps
+(LSTM, T=1000) and often far less (T=100, where √T segments are coarse). So optimal
+also runs at exactly the loop's measured bytes, and target 3b reports that comparison:
+the same memory, the time each spends.
+
+Targets, each reported with its measured ratio, met or not: (1) full() ≤ 1.0× torch fused
+time for LSTM and GRU at H=128, T=1000, both dtypes; (2) full()'s peak_bytes ≤ 0.75× torch
+fused's saved bytes; (3) optimal(5%) ≤ 0.7× the checkpointed loop's time, with
+peak_bytes ≤ its memory (3b: the same for optimal at the loop's bytes); (4) for binomial
+and optimal, time / full()'s time ≤ 1.05× the ratio predicted from the simulator's step
+counts, (F·f + T·b) / (T·(f + b)), with f and b full()'s measured seconds per forward and
+per backward step. Where a time target is missed, one run of the contender is profiled
+with cProfile and summarised.
+
+Run: ``python -m studies.speed_vs_torch [--small] [--out DIR] [--quiet]`` (the full grid
+takes about a quarter of an hour); writes DIR/speed_vs_torch/report.md, time.png,
+memory.png, ratios.png, results.csv, targets.csv and results.json.
+"""
+
+from __future__ import annotations
+
+import cProfile
+import gc
+import io
+import math
+import os
+import pstats
+import resource
+import statistics
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+import bptt_memory as bm
+
+from . import _common
+from ._common import plt
+
+NAME = "speed_vs_torch"
+
+# -- the grid ----------------------------------------------------------------------------
+CELLS = ("vanilla", "lstm", "gru")  # vanilla is tanh, like torch's nn.RNN default
+BATCH = 32  # B
+N_IN = 32  # I
+HIDDEN = (128, 512)  # H
+STEPS = (100, 1000)  # T
+DTYPES = ("float64", "float32")
+N_OUT = 16  # readout width; targets are standard normal
+# -- the contenders ----------------------------------------------------------------------
+OPTIMAL_FRACTION = 0.05  # optimal's budget as a fraction of full()'s peak_bytes
+# -- timing ------------------------------------------------------------------------------
+THREADS = 1  # BLAS threads for numpy (threadpoolctl) and torch (set_num_threads)
+REPEATS = 5  # timed rounds per configuration; medians are reported
+BIG_REPEATS = 2  # ... for configurations with H·H·T >= BIG_WORK, to keep the grid < 15 min
+BIG_WORK = 512 * 512 * 1000
+MAX_PROFILES = 5  # cProfile summaries of missed time targets, one per target first
+PROFILE_LINES = 14  # functions per summary, by own time
+SEED = 0
+# -- the targets -------------------------------------------------------------------------
+TARGET_FULL_VS_FUSED_TIME = 1.0  # (1), for TARGET_1_CELLS at TARGET_1_HIDDEN, TARGET_1_STEPS
+TARGET_1_CELLS = ("lstm", "gru")
+TARGET_1_HIDDEN = 128
+TARGET_1_STEPS = 1000
+TARGET_FULL_VS_FUSED_MEMORY = 0.75  # (2)
+TARGET_OPTIMAL_VS_CHECKPOINT_TIME = 0.7  # (3)
+TARGET_PREDICTION_SLACK = 1.05  # (4)
+# -- toy sizes for --small (seconds; torch contenders still run when torch is installed) --
+SMALL = dict(BATCH=4, N_IN=3, HIDDEN=(8,), STEPS=(12,), N_OUT=2, REPEATS=5, BIG_REPEATS=5,
+             TARGET_1_HIDDEN=8, TARGET_1_STEPS=12, MAX_PROFILES=2)
+
+OURS = ("full", "binomial", "optimal")
+MATCHED = ("optimal_matched",)  # optimal at the checkpointed loop's bytes (needs torch)
+THEIRS = ("torch_fused", "torch_loop", "torch_checkpoint")
+CONTENDERS = OURS + MATCHED + THEIRS
+LABELS = {"full": "full()", "binomial": "binomial(√T)", "optimal": "optimal(5%)",
+          "optimal_matched": "optimal(ckpt bytes)", "torch_fused": "torch fused",
+          "torch_loop": "torch cell loop", "torch_checkpoint": "torch loop + checkpoint(√T)"}
+COLORS = {"full": "#1f77b4", "binomial": "#2ca02c", "optimal": "#9467bd",
+          "optimal_matched": "#e377c2", "torch_fused": "#d62728", "torch_loop": "#ff7f0e",
+          "torch_checkpoint": "#8c564b"}
+PARAM_NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_out", "bias_out")
+
+
+def _settings(small: bool) -> SimpleNamespace:
+    names = ("CELLS", "BATCH", "N_IN", "HIDDEN", "STEPS", "DTYPES", "N_OUT", "OPTIMAL_FRACTION",
+             "THREADS", "REPEATS", "BIG_REPEATS", "BIG_WORK", "MAX_PROFILES",
+             "PROFILE_LINES", "SEED", "TARGET_FULL_VS_FUSED_TIME", "TARGET_1_CELLS",
+             "TARGET_1_HIDDEN", "TARGET_1_STEPS", "TARGET_FULL_VS_FUSED_MEMORY",
+             "TARGET_OPTIMAL_VS_CHECKPOINT_TIME", "TARGET_PREDICTION_SLACK")
+    s = {n: globals()[n] for n in names}
+    if small:
+        s.update(SMALL)
+    return SimpleNamespace(**s)
+
+
+def _load_torch() -> Any:
+    """torch, or None when it is not installed (the torch contenders are then skipped)."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
+
+
+# -- problems and contenders -------------------------------------------------------------------
+
+
+def _problem(s: SimpleNamespace, kind: str, H: int, T: int, dtype: str):  # type: ignore[no-untyped-def]
+    cell = getattr(bm, kind)(s.N_IN, H)
+    model = bm.Model(cell, s.N_OUT, loss="mse")
+    rng = np.random.default_rng([s.SEED, H, T, len(kind)])
+    params = model.init(rng, dtype)
+    xs = rng.standard_normal((T, s.BATCH, s.N_IN)).astype(dtype)
+    ys = rng.standard_normal((T, s.BATCH, s.N_OUT)).astype(dtype)
+    return model, params, xs, ys
+
+
+def _strategies(s: SimpleNamespace, model: bm.Model, T: int, dtype: str) -> dict[str, bm.Strategy]:
+    rb = model.cell.residual_bytes(s.BATCH, dtype)
+    return {"full": bm.full(),
+            "binomial": bm.binomial(slots=max(1, round(math.sqrt(T)))),
+            "optimal": bm.optimal(budget_bytes=max(rb, int(s.OPTIMAL_FRACTION * T * rb)))}
+
+
+class _Torch:
+    """The three torch contenders for one problem, sharing its weights and data."""
+
+    def __init__(self, torch: Any, kind: str, params: dict, xs: np.ndarray, ys: np.ndarray) -> None:
+        self.torch, self.kind = torch, kind
+        nn = torch.nn
+        T, B, I = xs.shape
+        H = params["weight_hh"].shape[1]
+        tdt = {np.dtype(np.float64): torch.float64, np.dtype(np.float32): torch.float32}[xs.dtype]
+        fused_cls = {"vanilla": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}[kind]
+        cell_cls = {"vanilla": nn.RNNCell, "lstm": nn.LSTMCell, "gru": nn.GRUCell}[kind]
+        self.fused = fused_cls(I, H).to(tdt)
+        self.cell = cell_cls(I, H).to(tdt)
+        self.readout = nn.Linear(H, ys.shape[2]).to(tdt)
+        with torch.no_grad():
+            for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+                getattr(self.fused, f"{name}_l0").copy_(torch.from_numpy(params[name]))
+                getattr(self.cell, name).copy_(torch.from_numpy(params[name]))
+            self.readout.weight.copy_(torch.from_numpy(params["weight_out"]))
+            self.readout.bias.copy_(torch.from_numpy(params["bias_out"]))
+        self.x, self.y = torch.from_numpy(xs), torch.from_numpy(ys)
+        self.h0 = torch.zeros(B, H, dtype=tdt)
+        self.segment = max(1, round(math.sqrt(T)))
+        r = self.readout
+        self.fused_params = [getattr(self.fused, f"{n}_l0") for n in PARAM_NAMES[:4]] + [r.weight, r.bias]
+        self.cell_params = [getattr(self.cell, n) for n in PARAM_NAMES[:4]] + [r.weight, r.bias]
+        self.inputs = [self.x, self.y]
+
+    def _loss(self, hs: Any, y: Any) -> Any:
+        o = self.readout(hs)  # (T, B, O)
+        return ((o - y) ** 2).mean(dim=(1, 2)).sum()  # Σ_t mse(o_t, y_t), bm's "mse"
+
+    def fused_loss(self) -> Any:
+        out, _ = self.fused(self.x)
+        return self._loss(out, self.y)
+
+    def _steps(self, x: Any, state: tuple) -> tuple[Any, tuple]:
+        hs = []
+        for x_t in x:
+            if self.kind == "lstm":
+                state = self.cell(x_t, state)
+            else:
+                state = (self.cell(x_t, state[0]),)
+            hs.append(state[0])
+        return self.torch.stack(hs), state
+
+    def _start(self) -> tuple:
+        return (self.h0, self.h0) if self.kind == "lstm" else (self.h0,)
+
+    def loop_loss(self) -> Any:
+        hs, _ = self._steps(self.x, self._start())
+        return self._loss(hs, self.y)
+
+    def _segment(self, x: Any, y: Any, *state: Any) -> tuple:
+        hs, state = self._steps(x, state)
+        return (self._loss(hs, y), *state)
+
+    def checkpoint_loss(self) -> Any:
+        from torch.utils.checkpoint import checkpoint
+
+        loss, state, k = 0.0, self._start(), self.segment
+        for t0 in range(0, self.x.shape[0], k):
+            loss_k, *state = checkpoint(self._segment, self.x[t0 : t0 + k], self.y[t0 : t0 + k],
+                                        *state, use_reentrant=False)
+            loss = loss + loss_k
+        return loss
+
+    def runner(self, name: str) -> Callable[[], tuple[float, list]]:
+        loss_fn = {"torch_fused": self.fused_loss, "torch_loop": self.loop_loss,
+                   "torch_checkpoint": self.checkpoint_loss}[name]
+        ps = self.fused_params if name == "torch_fused" else self.cell_params
+
+        def run() -> tuple[float, list]:
+            loss = loss_fn()
+            grads = list(self.torch.autograd.grad(loss, ps))
+            return float(loss.detach()), grads
+
+        return run
+
+    def saved_bytes(self, name: str) -> tuple[int, float, list]:
+        """(bytes autograd saves for backward, loss, grads): NOTE [what memory means]."""
+        torch = self.torch
+        ps = self.fused_params if name == "torch_fused" else self.cell_params
+        skip = {t.untyped_storage().data_ptr() for t in ps + self.inputs}
+
+        def measure(loss_fn: Callable[[], Any]) -> tuple[int, Any]:
+            storages: dict[int, int] = {}
+
+            def pack(t: Any) -> Any:
+                st = t.untyped_storage()
+                if st.data_ptr() not in skip:
+                    storages[st.data_ptr()] = st.nbytes()
+                return t
+
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                loss = loss_fn()
+            return sum(storages.values()), loss
+
+        loss_fn = {"torch_fused": self.fused_loss, "torch_loop": self.loop_loss,
+                   "torch_checkpoint": self.checkpoint_loss}[name]
+        held, loss = measure(loss_fn)
+        grads = list(torch.autograd.grad(loss, ps))
+        if name == "torch_checkpoint":  # plus one recomputed segment, the longest
+            k = self.segment
+            held += measure(lambda: self._segment(self.x[:k], self.y[:k], *self._start())[0])[0]
+        return held, float(loss.detach()), grads
+
+
+# -- one configuration -------------------------------------------------------------------------
+
+
+def _flat(grads: dict | list) -> np.ndarray:
+    """All gradients as one float64 vector, in PARAM_NAMES order (ours: dict; torch: list)."""
+    parts = ([grads[n] for n in PARAM_NAMES] if isinstance(grads, dict)
+             else [t.detach().numpy() for t in grads])
+    return np.concatenate([p.ravel() for p in parts]).astype(np.float64)
+
+
+def _grad_rel_error(grads: dict | list, reference: dict | list) -> float:
+    g, e = _flat(grads), _flat(reference)
+    return float(np.linalg.norm(g - e) / np.linalg.norm(e))
+
+
+def measure_config(s: SimpleNamespace, torch: Any, kind: str, H: int, T: int,
+                   dtype: str) -> tuple[list[dict], dict]:
+    """Time and measure every contender on one configuration (NOTE [fair timing])."""
+    model, params, xs, ys = _problem(s, kind, H, T, dtype)
+    strategies = _strategies(s, model, T, dtype)
+    runs: dict[str, Callable[[], Any]] = {
+        name: (lambda st=st: st.run(model, params, xs, ys)) for name, st in strategies.items()}
+    info: dict[str, dict] = {name: {} for name in strategies}
+    tc = None
+    if torch is not None:
+        tc = _Torch(torch, kind, params, xs, ys)
+        for name in THEIRS:
+            runs[name] = tc.runner(name)
+            info[name] = {}
+    big = H * H * T >= s.BIG_WORK
+    repeats = s.BIG_REPEATS if big else s.REPEATS
+    load_before = os.getloadavg()[0]
+
+    # the warm-up: memory, and the gradients checked against torch fused
+    grads: dict[str, Any] = {}
+    for name, st in strategies.items():
+        r = st.run(model, params, xs, ys, trace_memory=True)
+        grads[name] = r.grads
+        info[name].update(memory_bytes=r.stats.peak_bytes, traced_peak_bytes=r.stats.traced_peak_bytes,
+                          forward_steps=r.stats.forward_steps, backward_steps=r.stats.backward_steps,
+                          loss=r.loss, grad_rel_error=None)
+    for name in THEIRS if tc is not None else ():
+        held, loss, grads[name] = tc.saved_bytes(name)
+        info[name].update(memory_bytes=held, traced_peak_bytes=None, forward_steps=None,
+                          backward_steps=None, loss=loss, grad_rel_error=None)
+    if tc is not None:  # optimal at the checkpointed loop's bytes: NOTE [matched memory]
+        budget = max(model.cell.residual_bytes(s.BATCH, dtype), info["torch_checkpoint"]["memory_bytes"])
+        st = strategies["optimal_matched"] = bm.optimal(budget_bytes=budget)
+        runs = {**{n: runs[n] for n in OURS}, "optimal_matched":
+                (lambda st=st: st.run(model, params, xs, ys)), **{n: runs[n] for n in THEIRS}}
+        r = st.run(model, params, xs, ys, trace_memory=True)
+        grads["optimal_matched"] = r.grads
+        info["optimal_matched"] = dict(
+            memory_bytes=r.stats.peak_bytes, traced_peak_bytes=r.stats.traced_peak_bytes,
+            forward_steps=r.stats.forward_steps, backward_steps=r.stats.backward_steps, loss=r.loss)
+        for name in info:  # every contender against torch fused: the same problem, solved alike
+            info[name]["grad_rel_error"] = _grad_rel_error(grads[name], grads["torch_fused"])
+    del grads
+
+    # timed rounds, interleaved, order rotating
+    names = list(runs)
+    wall: dict[str, list[float]] = {n: [] for n in names}
+    cpu: dict[str, list[float]] = {n: [] for n in names}
+    faults: dict[str, list[int]] = {n: [] for n in names}
+    user: dict[str, list[float]] = {n: [] for n in names}  # CPU time in user mode ...
+    system: dict[str, list[float]] = {n: [] for n in names}  # ... and in the kernel
+    phases: dict[str, list[tuple[float, float]]] = {n: [] for n in strategies}
+    gc.collect()
+    for rnd in range(repeats):
+        for name in names[rnd % len(names):] + names[: rnd % len(names)]:
+            gc.disable()  # like timeit: neither library makes reference cycles
+            try:
+                u0 = resource.getrusage(resource.RUSAGE_SELF)
+                w0, c0 = time.perf_counter(), time.process_time()
+                out = runs[name]()
+                c1, w1 = time.process_time(), time.perf_counter()
+                u1 = resource.getrusage(resource.RUSAGE_SELF)
+            finally:
+                gc.enable()
+            wall[name].append(w1 - w0)
+            cpu[name].append(c1 - c0)
+            faults[name].append(u1.ru_minflt - u0.ru_minflt)
+            user[name].append(u1.ru_utime - u0.ru_utime)
+            system[name].append(u1.ru_stime - u0.ru_stime)
+            if name in strategies:
+                phases[name].append((out.stats.extra["forward_seconds"],
+                                     out.stats.extra["backward_seconds"]))
+            del out
+
+    rows = []
+    for name in names:
+        med = statistics.median(wall[name])
+        row = dict(cell=kind, H=H, T=T, dtype=dtype, contender=name, library="bptt_memory"
+                   if name in strategies else "torch", repeats=repeats,
+                   wall_median=med, wall_min=min(wall[name]), wall_max=max(wall[name]),
+                   cpu_median=statistics.median(cpu[name]),
+                   user_median=statistics.median(user[name]),
+                   system_median=statistics.median(system[name]),
+                   page_faults_median=statistics.median(faults[name]),
+                   forward_seconds=None, backward_seconds=None,
+                   budget_bytes=getattr(strategies.get(name), "budget_bytes", None), **info[name])
+        if name in strategies:
+            row["forward_seconds"] = statistics.median(p[0] for p in phases[name])
+            row["backward_seconds"] = statistics.median(p[1] for p in phases[name])
+        rows.append(row)
+    base = {r["contender"]: r for r in rows}
+    fused = base.get("torch_fused")
+    for r in rows:
+        r["ratio_to_torch_fused"] = r["wall_median"] / fused["wall_median"] if fused else None
+        r["cpu_ratio_to_torch_fused"] = r["cpu_median"] / fused["cpu_median"] if fused else None
+        r["ratio_to_full"] = r["wall_median"] / base["full"]["wall_median"]
+    meta = dict(load_before=load_before, load_after=os.getloadavg()[0], repeats=repeats,
+                raw_wall=wall, raw_cpu=cpu, raw_page_faults=faults, raw_phases=phases,
+                strategies={n: st.name for n, st in strategies.items()},
+                residual_bytes=model.cell.residual_bytes(s.BATCH, dtype),
+                state_bytes=model.cell.state_bytes(s.BATCH, dtype))
+    return rows, meta
+
+
+# -- targets ---------------------------------------------------------------------------------
+
+
+def _ratio(a: float, b: float) -> str:
+    return f"{a / b:.3f}" if b > 0 else "n/a"
+
+
+def _config(r: dict) -> str:
+    return f"{r['cell']} H={r['H']} T={r['T']} {r['dtype']}"
+
+
+def evaluate_targets(s: SimpleNamespace, rows: Sequence[dict]) -> list[dict]:
+    """One row per (target, configuration[, strategy]): measured ratio, limit, met."""
+    by: dict[tuple, dict[str, dict]] = {}
+    for r in rows:
+        by.setdefault((r["cell"], r["H"], r["T"], r["dtype"]), {})[r["contender"]] = r
+    out = []
+
+    def add(target: str, c: dict, what: str, ratio: float, limit: float, met: bool,
+            contender: str, note: str = "", user_ratio: float | None = None) -> None:
+        out.append(dict(target=target, config=_config(c), cell=c["cell"], H=c["H"], T=c["T"],
+                        dtype=c["dtype"], contender=contender, what=what, ratio=ratio,
+                        limit=limit, met=bool(met), note=note, user_ratio=user_ratio,
+                        budget_bytes=c.get("budget_bytes")))
+
+    for key, c in by.items():
+        full = c["full"]
+        if "torch_fused" in c:
+            fused = c["torch_fused"]
+            if (key[0] in s.TARGET_1_CELLS and key[1] == s.TARGET_1_HIDDEN
+                    and key[2] == s.TARGET_1_STEPS):
+                ratio = full["wall_median"] / fused["wall_median"]
+                user_ratio = full["user_median"] / fused["user_median"] if fused["user_median"] else None
+                add("1", full, "full() time / torch fused time", ratio,
+                    s.TARGET_FULL_VS_FUSED_TIME, ratio <= s.TARGET_FULL_VS_FUSED_TIME, "full",
+                    f"user-mode CPU time ratio {_ratio(full['user_median'], fused['user_median'])}; "
+                    f"page faults per run: full() {full['page_faults_median']:.0f}, torch "
+                    f"{fused['page_faults_median']:.0f}", user_ratio=user_ratio)
+            ratio = full["memory_bytes"] / fused["memory_bytes"]
+            add("2", full, "full() peak_bytes / torch fused saved bytes", ratio,
+                s.TARGET_FULL_VS_FUSED_MEMORY, ratio <= s.TARGET_FULL_VS_FUSED_MEMORY, "full")
+        for target, name in (("3", "optimal"), ("3b", "optimal_matched")):
+            if "torch_checkpoint" not in c or name not in c:
+                continue
+            opt, ck = c[name], c["torch_checkpoint"]
+            ratio = opt["wall_median"] / ck["wall_median"]
+            fits = opt["memory_bytes"] <= ck["memory_bytes"]
+            add(target, opt, f"{LABELS[name]} time / torch checkpointed loop time", ratio,
+                s.TARGET_OPTIMAL_VS_CHECKPOINT_TIME,
+                ratio <= s.TARGET_OPTIMAL_VS_CHECKPOINT_TIME and fits, name,
+                f"memory {opt['memory_bytes'] / ck['memory_bytes']:.3f}× torch's"
+                + ("" if fits else " (more than torch's: missed)"))
+        T = key[2]
+        f, b = full["forward_seconds"] / T, full["backward_seconds"] / T
+        for name in ("binomial", "optimal"):
+            st = c[name]
+            predicted = (st["forward_steps"] * f + st["backward_steps"] * b) / (T * (f + b))
+            measured = st["wall_median"] / full["wall_median"]
+            add("4", st, f"{name} (time / full()'s) / predicted {predicted:.3f}",
+                measured / predicted, s.TARGET_PREDICTION_SLACK,
+                measured <= s.TARGET_PREDICTION_SLACK * predicted, name,
+                f"measured {measured:.3f}, predicted {predicted:.3f} from F={st['forward_steps']}, "
+                f"f={f * 1e6:.1f} µs, b={b * 1e6:.1f} µs")
+    return out
+
+
+# -- where the time goes -----------------------------------------------------------------------
+
+
+def profile_misses(s: SimpleNamespace, targets: Sequence[dict]) -> list[dict]:
+    """cProfile one run of this library's contender where a time target is missed (or, for
+    target 1, missed in user-mode CPU time): first the smallest such configuration of each
+    target in turn (a small profile shows the same kernels), then the largest misses."""
+    order = {"1": 0, "3": 1, "3b": 2, "4": 3}
+    misses = [t for t in targets  # too slow, not only holding more than torch
+              if t["target"] in order and max(t["ratio"], t.get("user_ratio") or 0) > t["limit"]]
+    misses.sort(key=lambda t: (t["H"] * t["H"] * t["T"], -t["ratio"] / t["limit"]))
+    firsts = [next(t for t in misses if t["target"] == k) for k in order
+              if any(t["target"] == k for t in misses)]
+    seen, out = set(), []
+    for t in firsts + misses:
+        key = (t["contender"], t["config"])
+        if key in seen or len(out) >= s.MAX_PROFILES:
+            continue
+        seen.add(key)
+        model, params, xs, ys = _problem(s, t["cell"], t["H"], t["T"], t["dtype"])
+        strategy = (_strategies(s, model, t["T"], t["dtype"]).get(t["contender"])
+                    or bm.optimal(budget_bytes=t["budget_bytes"]))
+        prof = cProfile.Profile()
+        with _common.pinned_blas(s.THREADS):
+            prof.enable()
+            r = strategy.run(model, params, xs, ys)
+            prof.disable()
+        buf = io.StringIO()
+        stats = pstats.Stats(prof, stream=buf)
+        stats.sort_stats("tottime").print_stats(s.PROFILE_LINES)
+        text = buf.getvalue()
+        at = text.find("ncalls")
+        text = text[text.rfind("\n", 0, at) + 1:] if at >= 0 else text
+        out.append(dict(target=t["target"], config=t["config"], contender=t["contender"],
+                        ratio=t["ratio"], user_ratio=t.get("user_ratio"), forward_seconds=r.stats.extra["forward_seconds"],
+                        backward_seconds=r.stats.extra["backward_seconds"],
+                        seconds=r.stats.seconds, profile=text.rstrip()))
+    return out
+
+
+# -- figures -----------------------------------------------------------------------------------
+
+
+def _panels(s: SimpleNamespace, rows: Sequence[dict], value: Callable[[dict], float | None],
+            ylabel: str, title: str, log: bool = True, hline: float | None = None,
+            markers: Callable[[dict], float | None] | None = None) -> plt.Figure:
+    dtypes = [d for d in s.DTYPES if any(r["dtype"] == d for r in rows)]
+    fig, axes = plt.subplots(len(dtypes), len(s.CELLS), figsize=(5.2 * len(s.CELLS), 3.8 * len(dtypes)),
+                             squeeze=False)
+    contenders = [c for c in CONTENDERS if any(r["contender"] == c for r in rows)]
+    configs = [(H, T) for H in s.HIDDEN for T in s.STEPS]
+    width = 0.8 / len(contenders)
+    for i, dt in enumerate(dtypes):
+        for j, kind in enumerate(s.CELLS):
+            ax = axes[i][j]
+            for k, c in enumerate(contenders):
+                xs_, ys_, ms_ = [], [], []
+                for n, (H, T) in enumerate(configs):
+                    r = next((r for r in rows if (r["cell"], r["dtype"], r["H"], r["T"], r["contender"])
+                              == (kind, dt, H, T, c)), None)
+                    v = value(r) if r else None
+                    if v is not None:
+                        xs_.append(n + (k - (len(contenders) - 1) / 2) * width)
+                        ys_.append(v)
+                        ms_.append(markers(r) if markers else None)
+                ax.bar(xs_, ys_, width=width, color=COLORS[c], label=LABELS[c])
+                pts = [(x, m) for x, m in zip(xs_, ms_) if m is not None]
+                if pts:
+                    ax.plot([p[0] for p in pts], [p[1] for p in pts], "k_", ms=8,
+                            label="tracemalloc peak" if k == 0 else None)
+            ax.set_xticks(range(len(configs)), [f"H={H}\nT={T}" for H, T in configs], fontsize=8)
+            if log:
+                ax.set_yscale("log")
+            if hline is not None:
+                ax.axhline(hline, color="0.3", ls=":", lw=1)
+            ax.set_title(f"{kind}, {dt}", fontsize=10)
+            ax.set_ylabel(ylabel, fontsize=9)
+            ax.grid(True, axis="y", which="both", alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+def plot_time(s: SimpleNamespace, rows: Sequence[dict]) -> plt.Figure:
+    return _panels(s, rows, lambda r: r["wall_median"], "seconds (median wall)",
+                   "Forward + backward wall time, B=%d, I=%d, %d BLAS thread(s)" % (s.BATCH, s.N_IN, s.THREADS))
+
+
+def plot_memory(s: SimpleNamespace, rows: Sequence[dict]) -> plt.Figure:
+    return _panels(s, rows, lambda r: r["memory_bytes"], "bytes held for backward",
+                   "Memory: bptt_memory's exact peak_bytes (bars, tracemalloc peak as dashes) "
+                   "vs torch's saved-tensor bytes",
+                   markers=lambda r: r.get("traced_peak_bytes"))
+
+
+def plot_ratios(s: SimpleNamespace, rows: Sequence[dict]) -> plt.Figure:
+    return _panels(s, rows, lambda r: r["ratio_to_torch_fused"], "time / torch fused time",
+                   "Time relative to torch's fused module (below 1: faster)", hline=1.0)
+
+
+# -- report ------------------------------------------------------------------------------------
+
+
+def _ms(x: float) -> str:
+    return f"{1e3 * x:.3g}"
+
+
+def _mib(x: float | None) -> str:
+    return "" if x is None else f"{x / 2**20:.3g}"
+
+
+def _summary(targets: Sequence[dict]) -> list[dict]:
+    groups: dict[tuple, list[dict]] = {}
+    for t in targets:
+        sub = t["cell"] if t["target"] in ("2", "3", "3b") else (t["contender"] if t["target"] == "4" else "")
+        groups.setdefault((t["target"], sub), []).append(t)
+    out = []
+    for (target, sub), ts in sorted(groups.items()):
+        worst = max(ts, key=lambda t: t["ratio"] / t["limit"])
+        out.append({"target": target, "group": sub or "—", "limit": f"≤ {ts[0]['limit']:g}",
+                    "met": f"{sum(t['met'] for t in ts)} / {len(ts)}",
+                    "worst ratio": worst["ratio"], "worst at": worst["config"],
+                    "best ratio": min(t["ratio"] for t in ts)})
+    return out
+
+
+def _fused_note(s: SimpleNamespace, rows: Sequence[dict]) -> str:
+    """What torch's fused LSTM is in each dtype, and what page faults cost it and full()."""
+    per: dict[str, list[float]] = {}
+    for r in rows:
+        if r["cell"] == "lstm" and r["contender"] == "torch_fused":
+            units = r["T"] * s.BATCH * r["H"] * np.dtype(r["dtype"]).itemsize
+            per.setdefault(r["dtype"], []).append(r["memory_bytes"] / units)
+    if not per:
+        return ""
+    kept = " and ".join(f"{np.median(v):.3g} B·H per step in {dt}" for dt, v in per.items())
+    faults = []
+    for r in rows:
+        if r["contender"] in ("full", "torch_fused") and r["T"] == max(s.STEPS) and \
+                r["H"] == min(s.HIDDEN) and r["cell"] in s.TARGET_1_CELLS:
+            faults.append(f"{LABELS[r['contender']]} {r['cell']} {r['dtype']}: "
+                          f"{r['page_faults_median']:.0f} page faults, {1e3 * r['system_median']:.0f} ms "
+                          f"of system time in {1e3 * r['wall_median']:.0f} ms")
+    return ("torch's fused LSTM keeps " + kept + ": in float32 it runs oneDNN's fused kernel "
+            "(its own workspace layout), in float64 the native one. Whether a run pays page "
+            "faults for fresh memory depends on the allocator's state, not on the library: "
+            "glibc returns freed memory to the system or keeps it depending on what the process "
+            "allocated before, so the same contender may fault in its whole workspace in one run "
+            "of this study and not at all in the next. Per run, at the target-1 sizes: "
+            + "; ".join(faults) + ". The user-mode CPU time ratio in the target-1 table is the "
+            "comparison without that cost.")
+
+
+def _memory_note(s: SimpleNamespace, rows: Sequence[dict], targets: Sequence[dict]) -> str:
+    """Target 2 in words: B·H numbers kept per step, ours (the formula) against torch's."""
+    per_step = {}
+    for kind in s.CELLS:
+        rs = [r for r in rows if r["cell"] == kind and r["contender"] in ("full", "torch_fused")]
+        if not any(r["contender"] == "torch_fused" for r in rs):
+            continue
+        T, H = max(r["T"] for r in rs), max(r["H"] for r in rs)
+        at = {r["contender"]: r for r in rs if (r["T"], r["H"]) == (T, H)}
+        units = T * s.BATCH * H * np.dtype(at["full"]["dtype"]).itemsize
+        per_step[kind] = (at["full"]["memory_bytes"] / units, at["torch_fused"]["memory_bytes"] / units)
+    if not per_step:
+        return ""
+    missed = [k for k in per_step
+              if not all(t["met"] for t in targets if t["target"] == "2" and t["cell"] == k)]
+    why = ("" if not missed else
+           f" Missed for {', '.join(missed)}: what a recorded step keeps is the library's fixed, "
+           "tested layout (`Cell.residual_names`), which stores h_prev although it equals the "
+           "previous step's output; dropping it would be a change of layout, not of speed, and is "
+           "not made here.")
+    lines = ", ".join(f"{k} {o:.3g} against {t:.3g}" for k, (o, t) in per_step.items())
+    return ("Target 2 is a property of what is kept, not of speed. B·H numbers kept per step at "
+            f"the largest H and T (full() against torch fused): {lines}. torch's count includes "
+            "the (T, B, H) output its readout saves, which this library recomputes from the "
+            f"residuals when it reverses a step.{why}")
+
+
+def write_report(d: Path, s: SimpleNamespace, rows: list[dict], targets: list[dict],
+                 profiles: list[dict], meta: dict, seconds: float, command: str,
+                 torch_version: str | None) -> Path:
+    by: dict[tuple, dict[str, dict]] = {}
+    for r in rows:
+        by.setdefault((r["cell"], r["H"], r["T"], r["dtype"]), {})[r["contender"]] = r
+    contenders = [c for c in CONTENDERS if any(r["contender"] == c for r in rows)]
+    time_table, mem_table = [], []
+    for key, c in by.items():
+        cfg = f"{key[0]} H={key[1]} T={key[2]} {key[3]}"
+        time_table.append({"config": cfg, **{LABELS[n]: _ms(c[n]["wall_median"]) +
+                                              (f" ({c[n]['ratio_to_torch_fused']:.2f}×)"
+                                               if c[n].get("ratio_to_torch_fused") else "")
+                                              for n in contenders if n in c}})
+        mem_table.append({"config": cfg, **{LABELS[n]: _mib(c[n]["memory_bytes"]) for n in contenders if n in c},
+                          "full() tracemalloc": _mib(c["full"]["traced_peak_bytes"]),
+                          "optimal tracemalloc": _mib(c["optimal"]["traced_peak_bytes"])})
+    t1 = [t for t in targets if t["target"] == "1"]
+    errors = {dt: [r["grad_rel_error"] for r in rows if r["dtype"] == dt
+                   and r["contender"] != "torch_fused" and r.get("grad_rel_error") is not None]
+              for dt in s.DTYPES}
+    agree = ("; ".join(f"{dt} {max(e):.2g}" for dt, e in errors.items() if e)
+             or "not checked (no torch)")
+    big = [f"H={H}, T={T}" for H in s.HIDDEN for T in s.STEPS if H * H * T >= s.BIG_WORK]
+    big_note = (f"For {', '.join(big)} only {s.BIG_REPEATS} timed rounds, to keep the whole "
+                "grid near a quarter of an hour." if big else "")
+    ratios_figure = "" if torch_version is None else "\n![ratios](ratios.png)\n"
+    torch_line = (f"torch {torch_version}" if torch_version else
+                  "**torch is not installed: the torch contenders and targets 1–3 were skipped**")
+    loads = [m["load_before"] for m in meta.values()] + [m["load_after"] for m in meta.values()]
+
+    prof_text = ""
+    for p in profiles:
+        user = f"; user-mode CPU time ratio {p['user_ratio']:.3f}" if p.get("user_ratio") else ""
+        prof_text += (f"\n### Target {p['target']}: {LABELS[p['contender']]} on {p['config']} "
+                      f"(ratio {p['ratio']:.3f}{user})\n\nOne profiled run: {p['seconds']:.3g} s, "
+                      f"of which {p['forward_seconds']:.3g} s in forward steps (advance, record) "
+                      f"and {p['backward_seconds']:.3g} s in backward steps (reverse, weight "
+                      f"gradients); cProfile's top functions by own time (numpy calls are "
+                      f"counted inside the kernel that makes them):\n\n```\n{p['profile']}\n```\n")
+    if not prof_text:
+        prof_text = "\nEvery time target was met; nothing to profile.\n"
+
+    text = f"""# Speed against PyTorch on the CPU
+
+Forward + backward of a recurrent cell with a linear readout at every step and the sum of
+per-step MSE losses (`bm.Model(cell, n_out={s.N_OUT}, loss="mse")`), B={s.BATCH}, I={s.N_IN},
+{s.THREADS} BLAS thread(s) for both libraries, {torch_line}. This library's `full()`,
+`binomial(slots=round(√T))` and `optimal` at {s.OPTIMAL_FRACTION:.0%} of full()'s bytes race
+torch's fused module (`nn.RNN` tanh / `nn.LSTM` / `nn.GRU`, plain autograd), a torch cell loop
+(`nn.RNNCell` / `nn.LSTMCell` / `nn.GRUCell`) and that loop checkpointed over √T segments
+(`torch.utils.checkpoint`, `use_reentrant=False`). All contenders start from the same
+weights and data; every contender's gradient agrees with torch fused's to a relative error
+(over all parameters at once) of at most: {agree}.
+
+## Targets
+
+{_common.md_table(_summary(targets)) if targets else "(no targets: torch is not installed)"}
+Target 1 in detail. The ratio is of wall times; the note gives the ratio of user-mode CPU
+times, which leaves out the operating system's work of faulting fresh pages in (see below):
+
+{_common.md_table([{k: t[k] for k in ("config", "ratio", "limit", "met", "note")} for t in t1]) if t1 else "(not measured)"}
+Targets: (1) full() ≤ {s.TARGET_FULL_VS_FUSED_TIME}× torch fused's time for
+{"/".join(s.TARGET_1_CELLS)} at H={s.TARGET_1_HIDDEN}, T={s.TARGET_1_STEPS}; (2) full()'s
+peak_bytes ≤ {s.TARGET_FULL_VS_FUSED_MEMORY}× the bytes torch fused saves for backward;
+(3) optimal(5%) ≤ {s.TARGET_OPTIMAL_VS_CHECKPOINT_TIME}× the checkpointed loop's time while holding no more
+than it, and (3b) the same for optimal given exactly the loop's bytes, which is the
+comparison at equal memory (5% of full()'s bytes can be more than the loop keeps, or far
+less: NOTE [matched memory]); (4) binomial's and optimal's time / full()'s ≤ {s.TARGET_PREDICTION_SLACK}× the
+ratio predicted from their simulated step counts, (F·f + T·b) / (T·(f + b)), with f and b
+the seconds per forward and per backward step measured inside full()'s own runs (the ratio
+column of target 4 is measured / predicted; the prediction leaves out planning the schedule
+and copying stored states, which is what the small-T misses are made of). Every row, every
+configuration: `targets.csv`.
+
+{_fused_note(s, rows)}
+
+{_memory_note(s, rows, targets)}
+
+## Time
+
+Median wall time in milliseconds over the timed rounds (ratio to torch fused in brackets).
+
+{_common.md_table(time_table)}
+![time](time.png)
+{ratios_figure}
+## Memory
+
+MiB held for the backward pass: this library's exact `peak_bytes`; torch's saved-tensor
+bytes (see Method). The last two columns are tracemalloc's peak over a whole run, which also
+counts grads, transposed weight copies and the chunk buffers (NOTE [chunked products] in
+`bptt_memory/engine.py`).
+
+{_common.md_table(mem_table)}
+![memory](memory.png)
+
+## Where the time goes
+{prof_text}
+## Method
+
+- One process; per configuration one untimed warm-up run of every contender, which also
+  measures its memory (this library under tracemalloc, torch under a `saved_tensors_hooks`
+  pack hook) and compares its gradient with torch fused's, then {s.REPEATS} timed rounds, each
+  running every contender once in an order that rotates from round to round. {big_note}
+  Medians of wall time are reported; CPU time (`time.process_time`) is in `results.csv` too.
+- numpy's BLAS pinned to {s.THREADS} thread(s) with threadpoolctl, torch to the same with
+  `torch.set_num_threads`; `gc.collect()` before the timed rounds, the collector off during
+  each timed run (as `timeit` does).
+- torch's memory: the unique storages a `torch.autograd.graph.saved_tensors_hooks` pack
+  hook sees during the forward pass, by `untyped_storage().nbytes()`, leaving out parameters
+  and the input/target tensors. For the checkpointed loop that is what checkpoint keeps (the
+  boundary states), plus the saved bytes of its longest segment run once uncheckpointed,
+  because backward holds one recomputed segment at a time.
+- The machine may be shared: the 1-minute load average was between {min(loads):.2f} and
+  {max(loads):.2f} during the measurements (per configuration in `results.json`), on
+  {os.cpu_count()} CPUs. Interleaving makes the ratios fair; absolute times are noisier.
+- The whole study took {seconds:.0f} s.
+
+{_common.provenance(command)}
+"""
+    return _common.write_text(d / "report.md", text)
+
+
+# -- run -----------------------------------------------------------------------------------------
+
+
+def run(out: Path | str = _common.DEFAULT_OUT, *, small: bool = False, quiet: bool = False) -> Path:
+    """Measure the grid, write reports/speed_vs_torch/; return the report's path."""
+    start = time.perf_counter()
+    s = _settings(small)
+    d = _common.report_dir(out, NAME)
+    torch = _load_torch()
+    configs = [(kind, H, T, dt) for dt in s.DTYPES for H in s.HIDDEN for T in s.STEPS
+               for kind in s.CELLS]
+    rows: list[dict] = []
+    meta: dict[str, dict] = {}
+    threads = torch.get_num_threads() if torch is not None else None
+    try:
+        if torch is not None:
+            torch.set_num_threads(s.THREADS)
+        with _common.pinned_blas(s.THREADS):
+            for kind, H, T, dt in _common.progress(configs, quiet=quiet, desc=NAME):
+                r, m = measure_config(s, torch, kind, H, T, dt)
+                rows += r
+                meta[f"{kind} H={H} T={T} {dt}"] = m
+    finally:
+        if torch is not None:
+            torch.set_num_threads(threads)
+    targets = evaluate_targets(s, rows)
+    profiles = profile_misses(s, targets)
+    seconds = time.perf_counter() - start
+    _common.write_csv(d / "results.csv", rows)
+    _common.write_csv(d / "targets.csv", targets)
+    _common.write_json(d / "results.json", {
+        "settings": vars(s), "torch": None if torch is None else torch.__version__,
+        "rows": rows, "targets": targets, "profiles": profiles, "configs": meta,
+        "seconds": seconds})
+    _common.save_figure(plot_time(s, rows), d / "time.png")
+    _common.save_figure(plot_memory(s, rows), d / "memory.png")
+    if torch is not None:
+        _common.save_figure(plot_ratios(s, rows), d / "ratios.png")
+    with _common.pinned_blas(s.THREADS):  # so the provenance shows the pinned BLAS
+        return write_report(d, s, rows, targets, profiles, meta, seconds,
+                            _common.command_line(NAME, small),
+                            None if torch is None else torch.__version__)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    _common.study_main(NAME, run, __doc__, argv)
+
+
+if __name__ == "__main__":
+    main()

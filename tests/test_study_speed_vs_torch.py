@@ -1,0 +1,114 @@
+"""studies.speed_vs_torch at toy size, end to end: every file is written and parses.
+
+Timings are not asserted (they depend on the machine); what is checked is that every
+contender ran on every configuration, that the memory numbers are the exact ones, and
+that the study works, minus its torch contenders, where torch is not installed.
+"""
+
+import csv
+import json
+
+import numpy as np
+
+import bptt_memory as bm
+from studies import speed_vs_torch as study
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _configs():
+    s = study._settings(small=True)
+    return {(kind, H, T, dt) for kind in s.CELLS for H in s.HIDDEN for T in s.STEPS
+            for dt in s.DTYPES}
+
+
+def _check_common(d, contenders):
+    rows = _csv(d / "results.csv")
+    configs = _configs()
+    got = {(r["cell"], int(r["H"]), int(r["T"]), r["dtype"], r["contender"]) for r in rows}
+    assert got == {c + (name,) for c in configs for name in contenders}
+    s = study._settings(small=True)
+    for r in rows:
+        assert float(r["wall_median"]) > 0 and float(r["cpu_median"]) >= 0
+        assert float(r["wall_min"]) <= float(r["wall_median"]) <= float(r["wall_max"])
+        assert int(r["memory_bytes"]) > 0
+        if r["library"] == "bptt_memory":
+            assert int(r["memory_bytes"]) <= int(r["traced_peak_bytes"])
+            assert int(r["forward_steps"]) >= int(r["T"]) == int(r["backward_steps"])
+            assert float(r["forward_seconds"]) > 0 and float(r["backward_seconds"]) > 0
+        if r["contender"].startswith("optimal"):
+            assert int(r["memory_bytes"]) <= int(r["budget_bytes"])
+        if r["contender"] == "full":  # the exact formula: T steps of residuals
+            cell = getattr(bm, r["cell"])(s.N_IN, int(r["H"]))
+            assert int(r["memory_bytes"]) == int(r["T"]) * cell.residual_bytes(s.BATCH, r["dtype"])
+            assert float(r["ratio_to_full"]) == 1.0
+    data = json.loads((d / "results.json").read_text())
+    assert len(data["rows"]) == len(rows) and data["settings"]["STEPS"] == list(s.STEPS)
+    assert set(data["configs"]) == {f"{k} H={H} T={T} {dt}" for k, H, T, dt in configs}
+    for fig in ("time.png", "memory.png"):
+        assert (d / fig).read_bytes()[:8] == PNG
+    assert not list(d.glob("*.tmp")) and not list(d.glob(".*"))
+    return rows, _csv(d / "targets.csv")
+
+
+def test_small_run_writes_a_report_figures_and_data(tmp_path):
+    path = study.run(tmp_path, small=True, quiet=True)
+    d = tmp_path / "speed_vs_torch"
+    assert path == d / "report.md"
+    text = path.read_text()
+    assert text.startswith("# Speed against PyTorch on the CPU")
+    assert "python -m studies.speed_vs_torch --small" in text and "## Targets" in text
+    has_torch = study._load_torch() is not None
+    contenders = study.OURS + (study.MATCHED + study.THEIRS if has_torch else ())
+    rows, targets = _check_common(d, contenders)
+
+    assert {t["target"] for t in targets} == ({"1", "2", "3", "3b", "4"} if has_torch else {"4"})
+    for t in targets:
+        assert float(t["ratio"]) > 0 and float(t["limit"]) > 0 and t["met"] in ("True", "False")
+    n = len(_configs())
+    assert sum(t["target"] == "4" for t in targets) == 2 * n  # binomial and optimal
+    if has_torch:
+        assert (d / "ratios.png").read_bytes()[:8] == PNG
+        assert sum(t["target"] == "2" for t in targets) == n
+        s = study._settings(small=True)
+        for r in rows:  # optimal given the checkpointed loop's bytes: NOTE [matched memory]
+            if r["contender"] == "optimal_matched":
+                ckpt = next(x for x in rows if x["contender"] == "torch_checkpoint"
+                            and all(x[k] == r[k] for k in ("cell", "H", "T", "dtype")))
+                rb = getattr(bm, r["cell"])(s.N_IN, int(r["H"])).residual_bytes(s.BATCH, r["dtype"])
+                assert int(r["budget_bytes"]) == max(rb, int(ckpt["memory_bytes"]))
+        for r in rows:  # the same problem: every gradient agrees with torch fused's
+            tol = 1e-10 if r["dtype"] == "float64" else 1e-4
+            assert float(r["grad_rel_error"]) < tol, r
+        assert "torch fused" in text
+
+
+def test_small_run_without_torch_skips_its_contenders(tmp_path, monkeypatch):
+    monkeypatch.setattr(study, "_load_torch", lambda: None)
+    path = study.run(tmp_path, small=True, quiet=True)
+    d = tmp_path / "speed_vs_torch"
+    text = path.read_text()
+    assert "torch is not installed" in text
+    rows, targets = _check_common(d, study.OURS)
+    assert {t["target"] for t in targets} == {"4"}
+    assert not (d / "ratios.png").exists()
+    assert all(r["grad_rel_error"] == "" for r in rows)
+
+
+def test_predicted_ratio_is_full_for_full_itself():
+    """Target 4's model: (F·f + T·b) / (T·(f + b)) is 1 when nothing is recomputed."""
+    s = study._settings(small=True)
+    row = dict(cell="lstm", H=8, T=10, dtype="float64", wall_median=1.0, cpu_median=1.0,
+               memory_bytes=1, forward_seconds=0.3, backward_seconds=0.7, forward_steps=10,
+               backward_steps=10, contender="full")
+    rows = [row] + [dict(row, contender=n, forward_steps=20, wall_median=1.3) for n in
+                    ("binomial", "optimal")]
+    (binomial, optimal) = study.evaluate_targets(s, rows)
+    predicted = (20 * 0.03 + 10 * 0.07) / (10 * 0.1)  # 1.3
+    assert np.isclose(binomial["ratio"], 1.3 / predicted) and binomial["met"]
+    assert optimal["target"] == "4" and optimal["contender"] == "optimal"

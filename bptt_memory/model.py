@@ -233,8 +233,9 @@ class Stats:
         traced_peak_bytes: tracemalloc's peak over the run when run with
             ``trace_memory=True`` (else None). It also sees the grads and transient
             temporaries, so peak_bytes ≤ traced_peak_bytes ≤ peak_bytes + `traced_allowance`.
-        traced_allowance: that documented allowance in bytes: the size of the grads and
-            of the input-projection chunks, plus 16 step-sized (B, 4H) temporaries.
+        traced_allowance: that documented allowance in bytes (its formula is in
+            `bptt_memory.engine.traced_allowance`: grads and weight copies, chunk
+            buffers, step temporaries and Python object overhead).
     """
 
     peak_bytes: int = 0

@@ -10,17 +10,10 @@ import numpy as np
 import pytest
 
 import bptt_memory as bm
+from cell_zoo import CELLS
 
 N_IN, B, H = 3, 4, 5
 
-# name -> factory(n_in, n_hidden): every cell kind and every vanilla activation.
-CELLS = {
-    "vanilla-tanh": lambda i, h: bm.vanilla(i, h, "tanh"),
-    "vanilla-sigmoid": lambda i, h: bm.vanilla(i, h, "sigmoid"),
-    "vanilla-relu": lambda i, h: bm.vanilla(i, h, "relu"),
-    "lstm": bm.lstm,
-    "gru": bm.gru,
-}
 # Items of (B, H) one recorded step keeps, and one state holds, per kind (issue's formulas).
 RESIDUAL_ITEMS = {"vanilla": 2, "lstm": 7, "gru": 5}
 STATE_ITEMS = {"vanilla": 1, "lstm": 2, "gru": 1}

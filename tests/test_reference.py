@@ -9,22 +9,15 @@ import numpy as np
 import pytest
 
 import bptt_memory as bm
+from cell_zoo import CELLS
 
 T, B, N_IN, H, N_OUT = 5, 2, 2, 3, 3
 EPS = 1e-6
 RTOL = 1e-7
 
-CELLS = {
-    "vanilla-tanh": lambda: bm.vanilla(N_IN, H, "tanh"),
-    "vanilla-sigmoid": lambda: bm.vanilla(N_IN, H, "sigmoid"),
-    "vanilla-relu": lambda: bm.vanilla(N_IN, H, "relu"),
-    "lstm": lambda: bm.lstm(N_IN, H),
-    "gru": lambda: bm.gru(N_IN, H),
-}
-
 
 def _problem(rng, cell_name, loss):
-    model = bm.Model(CELLS[cell_name](), n_out=N_OUT, loss=loss)
+    model = bm.Model(CELLS[cell_name](N_IN, H), n_out=N_OUT, loss=loss)
     # Larger than PyTorch's init so every gate and the recurrence matter.
     params = {k: rng.uniform(-1.0, 1.0, v.shape) for k, v in model.init(rng).items()}
     xs = rng.standard_normal((T, B, N_IN))

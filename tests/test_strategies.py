@@ -15,17 +15,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import bptt_memory as bm
+from cell_zoo import CELLS
 
 B, N_IN, H, N_OUT = 2, 3, 4, 3
 TOL = 1e-12
 
-CELLS = {
-    "vanilla-tanh": lambda i, h: bm.vanilla(i, h, "tanh"),
-    "vanilla-sigmoid": lambda i, h: bm.vanilla(i, h, "sigmoid"),
-    "vanilla-relu": lambda i, h: bm.vanilla(i, h, "relu"),
-    "lstm": bm.lstm,
-    "gru": bm.gru,
-}
 
 
 def _exact_configs(name, cell, batch, T, dtype=np.float64):

@@ -81,7 +81,8 @@ def _sigmoid(z: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
 
 # --------------------------------------------------------------------------------------
 # vanilla: h' = act(x·W_ihᵀ + b_ih + h·W_hhᵀ + b_hh)
-# residuals: (h_prev, h')  -- act'(z) is read off the output h' for all three activations
+# residuals: (h_prev, h')  -- act'(z) is read off the output h' for all three activations;
+# h_prev links to the previous step's h' (NOTE [linked steps])
 
 
 def _act_tanh(z: np.ndarray) -> np.ndarray:
@@ -135,10 +136,9 @@ def _vanilla_step(cell: Cell, w: _Weights, xp: np.ndarray, state: State) -> Stat
 
 def _vanilla_record(cell: Cell, w: _Weights, xp: np.ndarray, state: State,
                     res: Residuals) -> State:
-    h_prev, h_new = res
-    np.copyto(h_prev, state[0])
-    # The new state shares memory with the residual h': states are never mutated.
-    return (_vanilla_forward(cell, w, xp, h_prev, h_new),)
+    # The new state shares memory with the residual h' (states are never mutated), so
+    # the next recorded step can link its h_prev to it (NOTE [linked steps]).
+    return (_vanilla_forward(cell, w, xp, state[0], res[1]),)
 
 
 def _vanilla_output(cell: Cell, res: Residuals, out: np.ndarray | None = None) -> np.ndarray:
@@ -157,7 +157,9 @@ def _vanilla_vjp(cell: Cell, w: _Weights, res: Residuals, dstate: State, dz: np.
 
 # --------------------------------------------------------------------------------------
 # LSTM, gates (i, f, g, o):  i,f,o = σ(·), g = tanh(·);  c' = f⊙c + i⊙g;  h' = o⊙tanh(c')
-# residuals: (h_prev, c_prev, gates=[i f g o] after activation, tanh(c'))
+# residuals: (h_prev, c_prev, gates=[i f g o] after activation, c'); c_prev links to the
+# previous step's c' (NOTE [linked steps]), and tanh(c') is recomputed going backward: one
+# tanh per step buys one B·H array less per step
 
 
 def _lstm_gates(w: _Weights, xp: np.ndarray, h: np.ndarray, out: np.ndarray) -> np.ndarray:
@@ -174,10 +176,10 @@ def _lstm_gates(w: _Weights, xp: np.ndarray, h: np.ndarray, out: np.ndarray) -> 
     return out
 
 
-def _lstm_new_c(gates: np.ndarray, c: np.ndarray) -> np.ndarray:
+def _lstm_new_c(gates: np.ndarray, c: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     H = c.shape[1]
     i, f, g = gates[:, :H], gates[:, H : 2 * H], gates[:, 2 * H : 3 * H]
-    c_new = f * c
+    c_new = np.multiply(f, c, out=out)
     c_new += i * g
     return c_new
 
@@ -195,26 +197,27 @@ def _lstm_step(cell: Cell, w: _Weights, xp: np.ndarray, state: State) -> State:
 def _lstm_record(cell: Cell, w: _Weights, xp: np.ndarray, state: State,
                  res: Residuals) -> State:
     h, c = state
-    h_prev, c_prev, gates, tanh_c = res
-    np.copyto(h_prev, h)
-    np.copyto(c_prev, c)
+    _, _, gates, c_new = res
     _lstm_gates(w, xp, h, gates)
-    c_new = _lstm_new_c(gates, c)
-    np.tanh(c_new, out=tanh_c)
+    # c' is written into the residual and is the new state's c: states are never mutated
+    _lstm_new_c(gates, c, out=c_new)
     return (_lstm_output(cell, res), c_new)
 
 
 def _lstm_output(cell: Cell, res: Residuals, out: np.ndarray | None = None) -> np.ndarray:
     H = cell.n_hidden
-    return np.multiply(res[2][:, 3 * H :], res[3], out=out)  # h' = o ⊙ tanh(c')
+    h = np.tanh(res[3], out=out)  # h' = o ⊙ tanh(c')
+    h *= res[2][:, 3 * H :]
+    return h
 
 
 def _lstm_vjp(cell: Cell, w: _Weights, res: Residuals, dstate: State, dpre: np.ndarray,
               dhp: np.ndarray) -> State:
-    h_prev, c_prev, gates, tanh_c = res
+    h_prev, c_prev, gates, c = res
     dh, dc = dstate
     H = cell.n_hidden
     i, f, g, o = (gates[:, k * H : (k + 1) * H] for k in range(4))
+    tanh_c = np.tanh(c)  # (B, H)
     # dL/dc' through h' and through the next step: dc + dh ⊙ o ⊙ (1 - tanh²c')
     dc_total = np.multiply(tanh_c, tanh_c)  # (B, H)
     np.subtract(1.0, dc_total, out=dc_total)
@@ -276,9 +279,8 @@ def _gru_step(cell: Cell, w: _Weights, xp: np.ndarray, state: State) -> State:
 
 def _gru_record(cell: Cell, w: _Weights, xp: np.ndarray, state: State,
                 res: Residuals) -> State:
-    h_prev, gates, hn = res
-    np.copyto(h_prev, state[0])
-    return (_gru_forward(w, xp, h_prev, gates, hn),)
+    _, gates, hn = res
+    return (_gru_forward(w, xp, state[0], gates, hn),)
 
 
 def _gru_output(cell: Cell, res: Residuals, out: np.ndarray | None = None) -> np.ndarray:
@@ -318,11 +320,23 @@ def _gru_vjp(cell: Cell, w: _Weights, res: Residuals, dstate: State, dxp: np.nda
 # --------------------------------------------------------------------------------------
 
 
+# NOTE [linked steps] A recorded step's first residuals are the state entering it
+# (h_prev, and c_prev for an LSTM): a reversal then needs nothing but its own residuals.
+# But the entering state is the previous step's new state, and where a cell keeps that in
+# its own residuals (vanilla's h', LSTM's c'), a step recorded while the previous step's
+# residuals are still held *links* to those arrays instead of copying them: full() keeps
+# h once per step, not twice. Steps are reversed last first, so a linked step always
+# dies before the step it links to. `Cell.link_bytes` is what a linked step saves;
+# `simulate` and the executor apply the same rule, so peak_bytes stays exact. The kernels
+# never write the entering-state slots: their callers fill them (`Cell.enter`).
+
+
 class _Kernels(NamedTuple):
     n_gates: int
     state_names: tuple[str, ...]
     residual_widths: tuple[int, ...]  # in units of H, one per residual array
-    residual_names: tuple[str, ...]
+    residual_names: tuple[str, ...]  # the first len(state_names) are the entering state
+    links: tuple[int | None, ...]  # per state component: the residual holding the new one
     bias_hh_in_projection: bool  # False only for GRU, whose b_hn is gated by r
     sigma_gates: tuple[int, ...] | None  # LSTM: 1 per σ gate, 0 per tanh gate, in order
     step: Callable  # (cell, w, xp, state) -> state'
@@ -332,11 +346,12 @@ class _Kernels(NamedTuple):
 
 
 _KERNELS: dict[str, _Kernels] = {
-    "vanilla": _Kernels(1, ("h",), (1, 1), ("h_prev", "h"), True,
+    "vanilla": _Kernels(1, ("h",), (1, 1), ("h_prev", "h"), (1,), True,
                         None, _vanilla_step, _vanilla_record, _vanilla_output, _vanilla_vjp),
-    "lstm": _Kernels(4, ("h", "c"), (1, 1, 4, 1), ("h_prev", "c_prev", "gates", "tanh_c"),
-                     True, (1, 1, 0, 1), _lstm_step, _lstm_record, _lstm_output, _lstm_vjp),
-    "gru": _Kernels(3, ("h",), (1, 3, 1), ("h_prev", "gates", "hn"), False, None,
+    "lstm": _Kernels(4, ("h", "c"), (1, 1, 4, 1), ("h_prev", "c_prev", "gates", "c"),
+                     (None, 3), True, (1, 1, 0, 1),
+                     _lstm_step, _lstm_record, _lstm_output, _lstm_vjp),
+    "gru": _Kernels(3, ("h",), (1, 3, 1), ("h_prev", "gates", "hn"), (None,), False, None,
                     _gru_step, _gru_record, _gru_output, _gru_vjp),
 }
 
@@ -398,8 +413,34 @@ class Cell:
         return len(self.state_names) * batch * self.n_hidden * np.dtype(dtype).itemsize
 
     def residual_bytes(self, batch: int, dtype: np.dtype | type) -> int:
-        """Bytes one recorded step keeps: vanilla 2·B·H, LSTM 7·B·H, GRU 5·B·H items."""
+        """Bytes one recorded step keeps on its own: vanilla 2·B·H, LSTM 7·B·H, GRU 5·B·H
+        items. A step linked to the previous one keeps `link_bytes` less."""
         return sum(self._k.residual_widths) * batch * self.n_hidden * np.dtype(dtype).itemsize
+
+    def link_bytes(self, batch: int, dtype: np.dtype | type) -> int:
+        """Bytes a recorded step shares with the previous step when that step's residuals
+        are still held (NOTE [linked steps]): vanilla h_prev, LSTM c_prev (B·H items
+        each); GRU none (its h' is not among its residuals)."""
+        n = sum(j is not None for j in self._k.links)
+        return n * batch * self.n_hidden * np.dtype(dtype).itemsize
+
+    def sizes(self, batch: int, dtype: np.dtype | type) -> dict[str, int]:
+        """state_bytes, residual_bytes and link_bytes as keywords, for `simulate` and
+        the schedules: ``simulate(plan, **cell.sizes(B, dtype))``."""
+        return {"state_bytes": self.state_bytes(batch, dtype),
+                "residual_bytes": self.residual_bytes(batch, dtype),
+                "link_bytes": self.link_bytes(batch, dtype)}
+
+    def recorded_bytes(self, n_steps: int, batch: int, dtype: np.dtype | type) -> int:
+        """Bytes held by n consecutive recorded steps: full()'s peak_bytes for n = T.
+
+        >>> cell = vanilla(3, 4)   # 2·B·H for the first step, B·H for each linked one
+        >>> cell.recorded_bytes(10, batch=2, dtype="float64") == (2 + 9) * 2 * 4 * 8
+        True
+        """
+        _check_size("Cell.recorded_bytes", "n_steps", n_steps)
+        rb = self.residual_bytes(batch, dtype)
+        return rb + (n_steps - 1) * (rb - self.link_bytes(batch, dtype))
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         GH, H, I = self.n_gates * self.n_hidden, self.n_hidden, self.n_in
@@ -420,8 +461,35 @@ class Cell:
     def new_residuals(self, batch: int, dtype: np.dtype | type) -> Residuals:
         return tuple(np.empty(s, dtype) for s in self.residual_shapes(batch))
 
+    def enter(self, state: State, previous: Residuals | None = None
+              ) -> tuple[Residuals, tuple[np.ndarray, ...]]:
+        """(res, owned): residual arrays for a step entering `state`, and those of them
+        that are new.
+
+        The entering-state slots hold a copy of `state`, except that, given `previous`
+        (the residuals of the step just before, still held), a slot the cell links is
+        that step's very array (NOTE [linked steps]); `owned` leaves those out.
+        """
+        B, dtype = state[0].shape[0], state[0].dtype
+        shapes = self.residual_shapes(B)
+        res, owned = [], []
+        for j, shape in enumerate(shapes):
+            if j < len(state):
+                link = self._k.links[j]
+                if previous is not None and link is not None:
+                    res.append(previous[link])
+                    continue
+                a = state[j].copy()
+            else:
+                a = np.empty(shape, dtype)
+            res.append(a)
+            owned.append(a)
+        return tuple(res), tuple(owned)
+
     def record(self, params: Params, xp: np.ndarray, state: State, res: Residuals) -> State:
         """One step that fills `res` (from `new_residuals`) in place; returns the new state."""
+        for slot, s in zip(res, state):  # the entering state (NOTE [linked steps])
+            np.copyto(slot, s)
         return self._k.record(self, _weights(self, params), xp, state, res)
 
     def output(self, res: Residuals) -> np.ndarray:
@@ -456,7 +524,8 @@ def _check_size(where: str, name: str, value: object) -> None:
 def vanilla(n_in: int, n_hidden: int, activation: str = "tanh") -> Cell:
     """Elman cell h' = act(x·W_ihᵀ + b_ih + h·W_hhᵀ + b_hh), like ``torch.nn.RNN``.
 
-    Stores 2·B·H numbers per recorded step (h_prev and h') against B·H per state.
+    Stores 2·B·H numbers per recorded step (h_prev and h') against B·H per state, B·H
+    when the step before is still recorded (h_prev is its h').
 
     >>> vanilla(3, 4, activation="relu").param_shapes()["weight_hh"]
     (4, 4)
@@ -467,9 +536,10 @@ def vanilla(n_in: int, n_hidden: int, activation: str = "tanh") -> Cell:
 def lstm(n_in: int, n_hidden: int) -> Cell:
     """LSTM cell with PyTorch's gate order (i, f, g, o); state ``(h, c)``.
 
-    Stores 7·B·H numbers per recorded step (h_prev, c_prev, four gates, tanh c')
-    against 2·B·H per state: residuals cost 3.5 states, which is why mixing the
-    two kinds of storage (``optimal``) pays off.
+    Stores 7·B·H numbers per recorded step (h_prev, c_prev, four gates, c'), 6·B·H when
+    the step before is still recorded (c_prev is its c'), against 2·B·H per state:
+    residuals cost 3 to 3.5 states, which is why mixing the two kinds of storage
+    (``optimal``) pays off.
 
     >>> lstm(3, 4).residual_bytes(batch=2, dtype="float64")
     448

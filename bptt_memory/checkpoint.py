@@ -86,11 +86,11 @@ class Binomial(ScheduledStrategy):
         return f"binomial(slots={self.slots})"
 
     def schedule(self, n_steps: int, state_bytes: int | None = None,
-                 residual_bytes: int | None = None) -> tuple[Action, ...]:
+                 residual_bytes: int | None = None, link_bytes: int = 0) -> tuple[Action, ...]:
         return tuple(self.iter_schedule(n_steps))
 
     def iter_schedule(self, n_steps: int, state_bytes: int | None = None,
-                      residual_bytes: int | None = None) -> Iterator[Action]:
+                      residual_bytes: int | None = None, link_bytes: int = 0) -> Iterator[Action]:
         T = _check_steps("binomial().schedule", n_steps)
         # Pending left parts (n0, n1, snapshots, n1 stored?), at most slots + 1 deep.
         stack = [(0, T, int(self.slots) + 1, False)]
@@ -146,26 +146,34 @@ MAX_UNITS = 2048
 _BLOCK = 32
 
 
-def _tables(state_u: int, residual_u: int, n_cap: int, m_cap: int
-            ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Cost and choice tables (D, E, choice_d, choice_e) for n <= n_cap, m <= m_cap.
+def _tables(state_u: int, residual_u: int, linked_u: int, n_cap: int, m_cap: int
+            ) -> tuple[np.ndarray, ...]:
+    """Cost and choice tables (D, L, E, choice_d, choice_l, choice_e) for n <= n_cap,
+    m <= m_cap.
 
-    NOTE [optimal programme] Three subproblems, for n steps and m free memory units:
+    NOTE [optimal programme] Four subproblems, for n steps and m free memory units:
     C[n]:    the state entering the first step is h0 (the caller's: never stored or freed);
     D[n, m]: it is only the working state;
+    L[n, m]: it is the working state, and the step before was just recorded, so recording
+             the first step costs only R' = R − (linked units) (NOTE [linked steps]);
     E[n, m]: it is stored by us (its S units already taken from m), and is freed at its
              last use, which frees S units for the rest of the work.
     Their options:
-        D: record the first step, then D[n−1, m−R]                cost 1 + D[n−1, m−R]
+        D: record the first step, then L[n−1, m−R]                cost 1 + L[n−1, m−R]
            store the working state, then E[n, m−S]                cost E[n, m−S]
-        E: free the entry, record the first step, D[n−1, m+S−R]   cost 1 + D[n−1, m+S−R]
+        L: record the first step, then L[n−1, m−R']               cost 1 + L[n−1, m−R']
+           store the working state, then E[n, m−S]                cost E[n, m−S]
+        E: free the entry, record the first step, L[n−1, m+S−R]   cost 1 + L[n−1, m+S−R]
            advance y steps, solve D[n−y, m], restore, E[y, m]     cost y + D[n−y, m] + E[y, m]
-        C: like E, but h0 is never freed: 1 + D[n−1, M−R] or y + D[n−y, M] + C[y]
-    with D[0, m] = 0. A stored hidden state (S units) or a recorded step (R units) are the
-    two kinds of storage of Gruslys et al.'s BPTT-MSM. D and E do not depend on T or on
-    the budget M, so one table answers every shorter sequence and smaller budget
-    (memoised); C runs at the budget M only (m never changes along the h0 chain), so
-    `_top_column` computes it per budget in O(T²).
+        C: like E, but h0 is never freed: 1 + L[n−1, M−R] or y + D[n−y, M] + C[y]
+    with D[0, m] = L[0, m] = 0. A stored hidden state (S units) or a recorded step (R
+    units) are the two kinds of storage of Gruslys et al.'s BPTT-MSM. A record is priced
+    as linked only where the step before is certain to be held; where the executor finds
+    more links (E's record, when the step before the stored entry happens to be held),
+    the plan holds less than the programme counted, never more. Without links (R' = R)
+    L is D. D, L and E do not depend on T or on the budget M, so one table answers every
+    shorter sequence and smaller budget (memoised); C runs at the budget M only (m never
+    changes along the h0 chain), so `_top_column` computes it per budget in O(T²).
 
     NOTE [split pruning] Every step is run at least once, so D[k, ·] >= k and E[y, ·] >= y,
     and a split at y costs at least y + (n − y) + y = n + y. It can only beat the best
@@ -173,15 +181,18 @@ def _tables(state_u: int, residual_u: int, n_cap: int, m_cap: int
     budgets the first column bounds the useful y for all of it: with a generous budget
     only short first segments are tried. Work is at most O(n_cap²·m_cap), vectorised.
     """
-    S, R = state_u, residual_u
-    D = np.full((n_cap + 1, m_cap + 1), _INF, dtype=np.int32)
-    E = np.full((n_cap + 1, m_cap + 1), _INF, dtype=np.int32)
-    choice_d = np.zeros((n_cap + 1, m_cap + 1), dtype=np.int8)  # 0: record, 1: store
-    choice_e = np.zeros((n_cap + 1, m_cap + 1), dtype=np.int32)  # 0: record, y: advance y
-    D[0] = 0
+    S, R, R1 = state_u, residual_u, linked_u
+    shape = (n_cap + 1, m_cap + 1)
+    D = np.full(shape, _INF, dtype=np.int32)
+    L = D if R1 == R else np.full(shape, _INF, dtype=np.int32)
+    E = np.full(shape, _INF, dtype=np.int32)
+    choice_d = np.zeros(shape, dtype=np.int8)  # 0: record, 1: store
+    choice_l = choice_d if L is D else np.zeros(shape, dtype=np.int8)
+    choice_e = np.zeros(shape, dtype=np.int32)  # 0: record, y: advance y
+    D[0] = L[0] = 0
     ms = np.arange(m_cap + 1)
-    # E's record option reads D[n−1, m + S − R]. Only m <= m_cap − S is ever reached
-    # (E is entered from D's store option), so clamping the index above is harmless.
+    # E's record option reads L[n−1, m + S − R]. Only m <= m_cap − S is ever reached
+    # (E is entered from D's and L's store option), so clamping the index is harmless.
     freed = np.minimum(ms + S - R, m_cap)
     freed_ok = freed >= 0
     freed = np.maximum(freed, 0)
@@ -191,7 +202,7 @@ def _tables(state_u: int, residual_u: int, n_cap: int, m_cap: int
     buf = np.empty((n_cap, _BLOCK), dtype=np.int32)
     for n in range(1, n_cap + 1):
         best = E[n]
-        np.add(D[n - 1, freed], 1, out=best)
+        np.add(L[n - 1, freed], 1, out=best)
         best[~freed_ok] = _INF
         np.minimum(best, _INF, out=best)
         for m0 in range(0, m_cap + 1, _BLOCK) if n > 1 else ():
@@ -208,24 +219,27 @@ def _tables(state_u: int, residual_u: int, n_cap: int, m_cap: int
             best[m0:m1][better] = cost[better]
             choice_e[n, m0:m1][better] = arg[better] + 1
         np.minimum(best, _INF, out=best)
-        record[R:] = D[n - 1, : m_cap + 1 - R]
-        record[R:] += 1
-        np.minimum(record, _INF, out=record)
         if S <= m_cap:
             store[S:] = E[n, : m_cap + 1 - S]
-        use_store = store < record
-        D[n] = np.where(use_store, store, record)
-        choice_d[n] = use_store
-    return D, E, choice_d, choice_e
+        for table, choice, r in ((D, choice_d, R), (L, choice_l, R1))[: 1 if L is D else 2]:
+            record[:] = _INF
+            record[r:] = L[n - 1, : m_cap + 1 - r]
+            record[r:] += 1
+            np.minimum(record, _INF, out=record)
+            use_store = store < record
+            table[n] = np.where(use_store, store, record)
+            choice[n] = use_store
+    return D, L, E, choice_d, choice_l, choice_e
 
 
-def _top_column(D: np.ndarray, T: int, R: int, M: int) -> tuple[np.ndarray, np.ndarray]:
+def _top_column(D: np.ndarray, L: np.ndarray, T: int, R: int, M: int
+                ) -> tuple[np.ndarray, np.ndarray]:
     """C[n] and its choices at budget M, for n <= T: the h0 chain of NOTE [optimal programme]."""
     C = np.full(T + 1, _INF, dtype=np.int64)
     choice = np.zeros(T + 1, dtype=np.int64)
     col = D[:, M].astype(np.int64)
     for n in range(1, T + 1):
-        C[n] = 1 + D[n - 1, M - R] if M >= R else _INF
+        C[n] = 1 + L[n - 1, M - R] if M >= R else _INF
         if n > 1:
             split = np.arange(1, n) + col[n - 1 : 0 : -1] + C[1:n]  # advance y = 1 … n−1
             y = int(split.argmin())
@@ -240,7 +254,7 @@ def _round_up(x: int, step: int) -> int:
 
 
 class _TableMemo:
-    """Memo of `_tables` per (state units, residual units).
+    """Memo of `_tables` per (state units, residual units, linked residual units).
 
     Any table computed so far answers every shorter sequence and smaller budget than
     its own, so a sweep over budgets (largest first, or within one rounding step) runs
@@ -254,12 +268,13 @@ class _TableMemo:
         self._max = max_entries
         self._entries: list[tuple[tuple[int, int], tuple[np.ndarray, ...]]] = []
 
-    def get(self, state_u: int, residual_u: int, n: int, m: int) -> tuple[np.ndarray, ...]:
-        key = (state_u, residual_u)
+    def get(self, state_u: int, residual_u: int, linked_u: int, n: int, m: int
+            ) -> tuple[np.ndarray, ...]:
+        key = (state_u, residual_u, linked_u)
         for k, tables in self._entries:
             if k == key and tables[0].shape[0] > n and tables[0].shape[1] > m:
                 return tables
-        tables = _tables(state_u, residual_u, _round_up(n, 256), _round_up(m, 64))
+        tables = _tables(state_u, residual_u, linked_u, _round_up(n, 256), _round_up(m, 64))
         self._entries = [*self._entries[-(self._max - 1):], (key, tables)]
         return tables
 
@@ -287,41 +302,60 @@ class Optimal(ScheduledStrategy):
     def name(self) -> str:
         return f"optimal(budget_bytes={self.budget_bytes})"
 
-    def units(self, state_bytes: int, residual_bytes: int) -> tuple[int, int, int]:
+    def units(self, state_bytes: int, residual_bytes: int, link_bytes: int = 0
+              ) -> tuple[int, int, int]:
         """(state units, residual units, budget units) the programme works in.
 
-        The unit is gcd(state_bytes, residual_bytes), so costs are exact, unless the
-        budget would then exceed `MAX_UNITS` units: then the unit grows and item sizes
-        are rounded *up*, so a plan can only hold less than the budget, never more.
+        The unit is gcd(state_bytes, residual_bytes, residual_bytes − link_bytes), so
+        costs are exact, unless the budget would then exceed `MAX_UNITS` units: then the
+        unit grows and item sizes are rounded *up*, so a plan can only hold less than the
+        budget, never more.
         """
-        unit = math.gcd(state_bytes, residual_bytes)
+        S, M, R, _, _ = self._units(state_bytes, residual_bytes, link_bytes)
+        return S, R, M
+
+    def _units(self, sb: int, rb: int, lb: int) -> tuple[int, int, int, int, int]:
+        """(S, budget units, R, R − linked units, unit size): `units` and a linked step's."""
+        unit = math.gcd(sb, rb, rb - lb)
         if self.budget_bytes // unit > MAX_UNITS:
             unit = -(-self.budget_bytes // MAX_UNITS)
-        return -(-state_bytes // unit), -(-residual_bytes // unit), self.budget_bytes // unit
+        return -(-sb // unit), self.budget_bytes // unit, -(-rb // unit), -(-(rb - lb) // unit), unit
 
-    def _sizes(self, state_bytes: int | None, residual_bytes: int | None) -> tuple[int, int]:
+    def _sizes(self, state_bytes: int | None, residual_bytes: int | None,
+               link_bytes: int = 0) -> tuple[int, int, int]:
         if state_bytes is None or residual_bytes is None:
             raise ValueError(
                 "optimal().schedule: needs state_bytes and residual_bytes, e.g. "
-                "cell.state_bytes(B, dtype) and cell.residual_bytes(B, dtype)"
+                "**cell.sizes(B, dtype)"
             )
         _check_size("optimal().schedule", "state_bytes", state_bytes)
         _check_size("optimal().schedule", "residual_bytes", residual_bytes)
+        if (isinstance(link_bytes, bool) or not isinstance(link_bytes, (int, np.integer))
+                or not 0 <= link_bytes < residual_bytes):
+            raise ValueError(
+                f"optimal().schedule(link_bytes={link_bytes!r}): needs an int from 0 to below "
+                "residual_bytes, e.g. cell.link_bytes(B, dtype)"
+            )
         if self.budget_bytes < residual_bytes:
             raise ValueError(
                 f"optimal(budget_bytes={self.budget_bytes}): below the minimum of {residual_bytes} "
                 "bytes (one step's residuals for this cell, batch and dtype); raise the budget "
                 f"to at least {residual_bytes}"
             )
-        return int(state_bytes), int(residual_bytes)
+        return int(state_bytes), int(residual_bytes), int(link_bytes)
 
-    def forward_steps(self, n_steps: int, state_bytes: int, residual_bytes: int) -> int:
+    def _fits_all(self, T: int, rb: int, lb: int) -> bool:
+        """Whether the budget holds all T steps' residuals, recorded in one run (full())."""
+        return rb + (T - 1) * (rb - lb) <= self.budget_bytes
+
+    def forward_steps(self, n_steps: int, state_bytes: int, residual_bytes: int,
+                      link_bytes: int = 0) -> int:
         """Forward steps of this policy's plan, from the programme alone (no schedule)."""
         T = _check_steps("optimal().forward_steps", n_steps)
-        sb, rb = self._sizes(state_bytes, residual_bytes)
-        if T * rb <= self.budget_bytes:
+        sb, rb, lb = self._sizes(state_bytes, residual_bytes, link_bytes)
+        if self._fits_all(T, rb, lb):
             return T
-        plan = self._plan(T, sb, rb)
+        plan = self._plan(T, sb, rb, lb)
         if plan is None:
             return binomial_forward_steps(T, self._binomial_slots(sb, rb))
         return int(plan[0][T])
@@ -329,44 +363,45 @@ class Optimal(ScheduledStrategy):
     def _binomial_slots(self, sb: int, rb: int) -> int:
         return max(1, (self.budget_bytes - rb) // sb)
 
-    def _plan(self, T: int, sb: int, rb: int) -> tuple[np.ndarray, ...] | None:
-        """(C, choice_c, choice_d, choice_e), or None when binomial does at least as well.
+    def _plan(self, T: int, sb: int, rb: int, lb: int) -> tuple[np.ndarray, ...] | None:
+        """(C, choice_c, choice_d, choice_l, choice_e), or None when binomial does at
+        least as well.
 
         Binomial can only win when rounding sizes up to units cost the programme its
         optimality (budgets over `MAX_UNITS` units).
         """
-        s_u, r_u, m_u = self.units(sb, rb)
+        s_u, m_u, r_u, r1_u, _ = self._units(sb, rb, lb)
         if r_u > m_u:  # rounding up made one step's residuals not fit: binomial does
             return None
-        D, _, choice_d, choice_e = _MEMO.get(s_u, r_u, T, m_u)
-        C, choice_c = _top_column(D, T, r_u, m_u)
+        D, L, _, choice_d, choice_l, choice_e = _MEMO.get(s_u, r_u, r1_u, T, m_u)
+        C, choice_c = _top_column(D, L, T, r_u, m_u)
         slots = (self.budget_bytes - rb) // sb
         if slots >= 1 and binomial_forward_steps(T, slots) < C[T]:
             return None
-        return C, choice_c, choice_d, choice_e
+        return C, choice_c, choice_d, choice_l, choice_e
 
     def schedule(self, n_steps: int, state_bytes: int | None = None,
-                 residual_bytes: int | None = None) -> tuple[Action, ...]:
-        return tuple(self.iter_schedule(n_steps, state_bytes, residual_bytes))
+                 residual_bytes: int | None = None, link_bytes: int = 0) -> tuple[Action, ...]:
+        return tuple(self.iter_schedule(n_steps, state_bytes, residual_bytes, link_bytes))
 
     def iter_schedule(self, n_steps: int, state_bytes: int | None = None,
-                      residual_bytes: int | None = None) -> Iterator[Action]:
+                      residual_bytes: int | None = None, link_bytes: int = 0) -> Iterator[Action]:
         T = _check_steps("optimal().schedule", n_steps)
-        sb, rb = self._sizes(state_bytes, residual_bytes)
-        if T * rb <= self.budget_bytes:
+        sb, rb, lb = self._sizes(state_bytes, residual_bytes, link_bytes)
+        if self._fits_all(T, rb, lb):
             return iter((Record(0, T), Reverse(0, T)))
-        plan = self._plan(T, sb, rb)
+        plan = self._plan(T, sb, rb, lb)
         if plan is None:
             return Binomial(self._binomial_slots(sb, rb)).iter_schedule(T)
-        s_u, r_u, m_u = self.units(sb, rb)
-        return _coalesce(_walk(*plan[1:], T, s_u, r_u, m_u))
+        s_u, m_u, r_u, r1_u, _ = self._units(sb, rb, lb)
+        return _coalesce(_walk(*plan[1:], T, s_u, r_u, r1_u, m_u))
 
 
-def _walk(choice_c: np.ndarray, choice_d: np.ndarray, choice_e: np.ndarray, T: int,
-          S: int, R: int, M: int) -> Iterator[Action]:
+def _walk(choice_c: np.ndarray, choice_d: np.ndarray, choice_l: np.ndarray,
+          choice_e: np.ndarray, T: int, S: int, R: int, R1: int, M: int) -> Iterator[Action]:
     """Turn the programme's choices into actions, with an explicit stack (no recursion)."""
     pos = 0
-    # tasks: ("C"|"D"|"E", n0, n, m) subproblems, or a Reverse to emit
+    # tasks: ("C"|"D"|"L"|"E", n0, n, m) subproblems, or a Reverse to emit
     tasks: list = [("C", 0, T, M)]
     while tasks:
         task = tasks.pop()
@@ -376,8 +411,8 @@ def _walk(choice_c: np.ndarray, choice_d: np.ndarray, choice_e: np.ndarray, T: i
         kind, n0, n, m = task
         if n == 0:
             continue
-        if kind == "D":
-            if choice_d[n, m]:
+        if kind in "DL":
+            if (choice_d if kind == "D" else choice_l)[n, m]:
                 yield Store(n0)
                 tasks.append(("E", n0, n, m - S))
                 continue
@@ -397,7 +432,7 @@ def _walk(choice_c: np.ndarray, choice_d: np.ndarray, choice_e: np.ndarray, T: i
                 m += S
         yield Record(n0, n0 + 1)
         pos = n0 + 1
-        tasks += [Reverse(n0, n0 + 1), ("D", n0 + 1, n - 1, m - R)]
+        tasks += [Reverse(n0, n0 + 1), ("L", n0 + 1, n - 1, m - (R1 if kind == "L" else R))]
 
 
 def _coalesce(actions: Iterable[Action]) -> Iterator[Action]:
@@ -431,7 +466,11 @@ def optimal(budget_bytes: int = 1 << 20) -> Optimal:
     and the budget in units (see `Optimal.units`), memoised across budgets; T = 1000 at
     a budget of a few hundred states takes about a second.
 
+    Give it the cell's `link_bytes` as well (``**cell.sizes(B, dtype)``), as `run` does,
+    and it plans with what consecutive recorded steps share (NOTE [linked steps]).
+
     >>> from bptt_memory import simulate
+
     >>> plan = optimal(budget_bytes=100).schedule(n_steps=6, state_bytes=10, residual_bytes=35)
     >>> simulate(plan, state_bytes=10, residual_bytes=35).peak_bytes <= 100
     True

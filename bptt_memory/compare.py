@@ -40,7 +40,7 @@ def default_strategies(cell: Cell, n_steps: int, batch: int,
     """
     k = max(1, round(math.sqrt(n_steps)))
     rb = cell.residual_bytes(batch, dtype)
-    budget = max(rb, int(OPTIMAL_FRACTION * n_steps * rb))
+    budget = max(rb, int(OPTIMAL_FRACTION * cell.recorded_bytes(n_steps, batch, dtype)))
     return {
         "full": full(),
         "truncated": truncated(k, k),
@@ -204,8 +204,10 @@ def plan(cell: Cell, n_steps: int, batch: int, budget_bytes: int,
     then truncation (fits by choosing k2, but biased); then what does not fit.
     """
     T = n_steps
-    sb, rb = cell.state_bytes(batch, dtype), cell.residual_bytes(batch, dtype)
-    out = [Plan("full()", True, T * rb <= budget_bytes, T * rb, T, 1.0,
+    sizes = cell.sizes(batch, dtype)
+    sb, rb, lb = sizes["state_bytes"], sizes["residual_bytes"], sizes["link_bytes"]
+    full_bytes = cell.recorded_bytes(T, batch, dtype)
+    out = [Plan("full()", True, full_bytes <= budget_bytes, full_bytes, T, 1.0,
                 "stores every step's residuals")]
     if budget_bytes >= rb:
         slots = (budget_bytes - rb) // sb
@@ -213,14 +215,14 @@ def plan(cell: Cell, n_steps: int, batch: int, budget_bytes: int,
             f = binomial_forward_steps(T, slots)
             out.append(Plan(f"binomial(slots={slots})", True, True, min(slots, T) * sb + rb, f,
                             f / T, "states only; provably fewest recomputations for its slots"))
-        k = _best_uniform(T, sb, rb, budget_bytes)
+        k = _best_uniform(T, sb, rb, lb, budget_bytes)
         if k is not None:
-            cost = simulate(uniform(k).iter_schedule(T), n_steps=T, state_bytes=sb, residual_bytes=rb)
+            cost = simulate(uniform(k).iter_schedule(T), n_steps=T, **sizes)
             out.append(Plan(f"uniform(every={k})", True, True, cost.peak_bytes or 0,
                             cost.forward_steps, cost.recompute_factor, "Chen et al.'s segments"))
         opt = optimal(budget_bytes)
-        if T * T * opt.units(sb, rb)[2] <= OPTIMAL_PLAN_LIMIT or T * rb <= budget_bytes:
-            cost = simulate(opt.iter_schedule(T, sb, rb), n_steps=T, state_bytes=sb, residual_bytes=rb)
+        if T * T * opt.units(sb, rb, lb)[2] <= OPTIMAL_PLAN_LIMIT or full_bytes <= budget_bytes:
+            cost = simulate(opt.iter_schedule(T, **sizes), n_steps=T, **sizes)
             out.append(Plan(opt.name, True, True, cost.peak_bytes or 0, cost.forward_steps,
                             cost.recompute_factor, "mixes stored states and residuals"))
         else:
@@ -235,12 +237,12 @@ def plan(cell: Cell, n_steps: int, batch: int, budget_bytes: int,
     return out
 
 
-def _best_uniform(T: int, sb: int, rb: int, budget: int) -> int | None:
+def _best_uniform(T: int, sb: int, rb: int, lb: int, budget: int) -> int | None:
     """The segment length k with the fewest forward steps that fits the budget."""
     best = None
     for k in range(1, T + 1):
         m = -(-T // k)
-        peak = max(m - 2, 0) * sb + min(k, T) * rb
+        peak = max(m - 2, 0) * sb + rb + (min(k, T) - 1) * (rb - lb)  # a segment is one run
         if peak <= budget:
             steps = T + k * (m - 1)
             if best is None or steps < best[0]:

@@ -27,7 +27,7 @@ import numpy as np
 
 from .cells import Params, Residuals, State, _weights
 from .model import Model, Result, Stats
-from .schedule import Action, Advance, Free, Record, Restore, Reverse, Store, simulate
+from .schedule import Action, Advance, Cost, Free, Record, Restore, Reverse, Store, simulate
 
 __all__ = ["execute", "Sweep", "CHUNK_STEPS"]
 
@@ -114,12 +114,13 @@ class Sweep:
         return state
 
     def record(self, state: State, n0: int, n1: int,
-               residuals_for: Callable[[int], Residuals]) -> State:
-        """Run steps [n0, n1) keeping residuals in ``residuals_for(t)``'s arrays."""
+               residuals_for: Callable[[int, State], Residuals]) -> State:
+        """Run steps [n0, n1) keeping residuals in ``residuals_for(t, state)``'s arrays,
+        whose entering-state slots it has filled (`Cell.enter`)."""
         record, cell, w = self._kernels.record, self.cell, self._prepared()[0]
         for c0, xp in self._projections(n0, n1):
             for k, xp_t in enumerate(xp):
-                state = record(cell, w, xp_t, state, residuals_for(c0 + k))
+                state = record(cell, w, xp_t, state, residuals_for(c0 + k, state))
         self.forward_steps += n1 - n0
         return state
 
@@ -248,10 +249,9 @@ class Sweep:
     def zero_adjoint(self, like: State) -> State:
         return tuple(np.zeros_like(a) for a in like)
 
-    def stats(self, seconds: float, state_bytes: int, residual_bytes: int, **extra: int) -> Stats:
+    def stats(self, seconds: float, **extra: int) -> Stats:
         return Stats(peak_bytes=self.peak, forward_steps=self.forward_steps,
-                     backward_steps=self.backward_steps, seconds=seconds,
-                     state_bytes=state_bytes, residual_bytes=residual_bytes, **extra)
+                     backward_steps=self.backward_steps, seconds=seconds, **extra)
 
 
 def traced_allowance(model: Model, params: Params, batch: int, dtype: np.dtype,
@@ -327,36 +327,38 @@ def execute(schedule: Iterable[Action], model: Model, params: Params, xs: np.nda
     xs, ys, h0_, mask_ = model.check(params, xs, ys, h0, mask)
     T, B = xs.shape[:2]
     actions = tuple(schedule)
-    cell = model.cell
-    sb, rb = cell.state_bytes(B, xs.dtype), cell.residual_bytes(B, xs.dtype)
-    cost = simulate(actions, n_steps=T, state_bytes=sb, residual_bytes=rb)
+    sizes = model.cell.sizes(B, xs.dtype)
+    cost = simulate(actions, n_steps=T, **sizes)
 
     def run() -> Result:
-        return _execute(actions, model, params, xs, ys, h0_, mask_, sb, rb, cost.peak_states,
-                        cost.peak_residuals)
+        return _execute(actions, model, params, xs, ys, h0_, mask_, sizes, cost)
 
     return measure(run, model, params, B, xs.dtype) if trace_memory else run()
 
 
 def _execute(actions: Iterable[Action], model: Model, params: Params, xs: np.ndarray,
-             ys: np.ndarray, h0: State, mask: np.ndarray, state_bytes: int,
-             residual_bytes: int, peak_states: int, peak_residuals: int) -> Result:
-    """Walk already validated actions. Stats carry the simulator's peak counts, and in
+             ys: np.ndarray, h0: State, mask: np.ndarray, sizes: dict[str, int],
+             cost: Cost) -> Result:
+    """Walk already validated actions (``sizes`` as `Cell.sizes`, ``cost`` from
+    `simulate`). Stats carry the simulator's peak counts, and in
     ``stats.extra`` the wall seconds spent in forward steps (Advance, Record:
     ``forward_seconds``) and in backward steps (Reverse and the weight gradients:
     ``backward_seconds``), the rest being bookkeeping."""
     start = time.perf_counter()
     sweep = Sweep(model, params, xs, ys, mask)
-    B, dtype = xs.shape[1], xs.dtype
     cell = model.cell
     state = h0
     stored: dict[int, State] = {}
     residuals: dict[int, Residuals] = {}
+    owned: dict[int, tuple[np.ndarray, ...]] = {}  # what each recorded step added
     dstate = sweep.zero_adjoint(h0)
+    links = sizes["link_bytes"] > 0
 
-    def new_residuals(t: int) -> Residuals:
-        res = residuals[t] = cell.new_residuals(B, dtype)
-        sweep.hold(res)
+    def new_residuals(t: int, state: State) -> Residuals:
+        # NOTE [linked steps]: the same rule as `simulate`'s
+        res, owned[t] = cell.enter(state, residuals.get(t - 1) if links else None)
+        residuals[t] = res
+        sweep.hold(owned[t])
         return res
 
     forward_seconds = backward_seconds = 0.0
@@ -372,8 +374,8 @@ def _execute(actions: Iterable[Action], model: Model, params: Params, xs: np.nda
             for c0, c1, _ in sweep.windows(a.n0, a.n1):  # residuals die a piece at a time
                 chunk = [residuals.pop(t) for t in range(c0, c1)]
                 dstate = sweep.reverse_steps(c0, c1, chunk, dstate)
-                for res in chunk:
-                    sweep.release(res)
+                for t in range(c0, c1):
+                    sweep.release(owned.pop(t))
             backward_seconds += time.perf_counter() - t0
         elif isinstance(a, Store):
             stored[a.n] = tuple(s.copy() for s in state)
@@ -385,8 +387,8 @@ def _execute(actions: Iterable[Action], model: Model, params: Params, xs: np.nda
     t0 = time.perf_counter()
     sweep.finish()
     backward_seconds += time.perf_counter() - t0
-    stats = sweep.stats(time.perf_counter() - start, state_bytes, residual_bytes,
-                        peak_states=peak_states, peak_residuals=peak_residuals)
+    stats = sweep.stats(time.perf_counter() - start, **sizes,
+                        peak_states=cost.peak_states, peak_residuals=cost.peak_residuals)
     # where the time went: cell steps forward (advance, record) and backward (reverse)
     stats.extra.update(forward_seconds=forward_seconds, backward_seconds=backward_seconds)
     return Result(sweep.loss, sweep.grads, dstate, stats)

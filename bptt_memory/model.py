@@ -230,6 +230,8 @@ class Stats:
         seconds: wall time of the run.
         peak_states, peak_residuals: peak counts of stored states and recorded steps.
         state_bytes, residual_bytes: bytes of one stored state / one recorded step.
+        link_bytes: what a step recorded while the step before it is held shares with
+            it, so keeps less (NOTE [linked steps] in cells.py; 0 for truncated's ring).
         traced_peak_bytes: tracemalloc's peak over the run when run with
             ``trace_memory=True`` (else None). It also sees the grads and transient
             temporaries, so peak_bytes ≤ traced_peak_bytes ≤ peak_bytes + `traced_allowance`.
@@ -246,6 +248,7 @@ class Stats:
     peak_residuals: int = 0
     state_bytes: int = 0
     residual_bytes: int = 0
+    link_bytes: int = 0
     traced_peak_bytes: int | None = None
     traced_allowance: int | None = None
     extra: dict = field(default_factory=dict)

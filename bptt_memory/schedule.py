@@ -147,9 +147,10 @@ def format_schedule(actions: Iterable[Action]) -> str:
 class Cost:
     """What a schedule does and holds, from `simulate`.
 
-    ``peak_bytes`` is the peak of peak_states·state_bytes + residuals·residual_bytes taken
-    at every moment (not the sum of the two separate peaks), or None when the byte sizes
-    were not given.
+    ``peak_bytes`` is the peak of states·state_bytes + residuals·residual_bytes −
+    linked·link_bytes taken at every moment (not the sum of separate peaks), where
+    `linked` counts the recorded steps that were recorded while the step before them was
+    held (NOTE [linked steps] in cells.py); None when the byte sizes were not given.
     """
 
     n_steps: int
@@ -168,14 +169,16 @@ class Cost:
 
 def simulate(schedule: Iterable[Action], *, n_steps: int | None = None,
              state_bytes: int | None = None, residual_bytes: int | None = None,
-             budget_bytes: int | None = None, max_states: int | None = None,
-             max_residuals: int | None = None) -> Cost:
+             link_bytes: int = 0, budget_bytes: int | None = None,
+             max_states: int | None = None, max_residuals: int | None = None) -> Cost:
     """Walk a schedule symbolically; return its `Cost` or raise `ScheduleError`.
 
     Args:
         schedule: actions (a tuple or any iterable; it is walked once).
         n_steps: T. If None, T is the furthest boundary any Advance/Record reaches.
         state_bytes, residual_bytes: sizes for the byte count; both or neither.
+        link_bytes: what a step recorded while the step before it is held shares with
+            it, ``cell.link_bytes(B, dtype)``; 0 (the default) prices every step alone.
         budget_bytes, max_states, max_residuals: limits the schedule must respect.
 
     A valid schedule moves the working state only from where it is, stores a state at
@@ -200,11 +203,18 @@ def simulate(schedule: Iterable[Action], *, n_steps: int | None = None,
         raise ValueError(f"simulate(n_steps={n_steps!r}): needs an int >= 1")
     T = n_steps
     sb, rb = state_bytes or 0, residual_bytes or 0
+    if isinstance(link_bytes, bool) or not isinstance(link_bytes, int) or not 0 <= link_bytes <= rb:
+        raise ValueError(
+            f"simulate(link_bytes={link_bytes!r}): needs an int between 0 and residual_bytes, "
+            "e.g. cell.link_bytes(B, dtype)"
+        )
+    lb = link_bytes
 
     pos = 0  # boundary of the working state
     adjoint = T  # boundary the adjoint has reached
     stored: set[int] = set()
     recorded: set[int] = set()
+    linked: set[int] = set()  # recorded steps that share link_bytes with the step before
     forward = backward = peak_s = peak_r = peak_b = count = 0
 
     def fail(i: int, a: object, why: str) -> ScheduleError:
@@ -223,6 +233,8 @@ def simulate(schedule: Iterable[Action], *, n_steps: int | None = None,
                 again = recorded.intersection(range(a.n0, a.n1))
                 if again:
                     raise fail(i, a, f"step {min(again)} is already recorded; Reverse it first")
+                # every step of the run after the first links; the first if n0 − 1 is held
+                linked.update(range(a.n0 if a.n0 - 1 in recorded else a.n0 + 1, a.n1))
                 recorded.update(range(a.n0, a.n1))
             pos = a.n1
             forward += a.n1 - a.n0
@@ -232,6 +244,7 @@ def simulate(schedule: Iterable[Action], *, n_steps: int | None = None,
             missing = set(range(a.n0, a.n1)) - recorded
             if missing:
                 raise fail(i, a, f"step {max(missing)} has no residuals; Record it first")
+            linked.difference_update(range(a.n0, a.n1))
             recorded.difference_update(range(a.n0, a.n1))
             adjoint = a.n0
             backward += a.n1 - a.n0
@@ -253,7 +266,7 @@ def simulate(schedule: Iterable[Action], *, n_steps: int | None = None,
             if a.n not in stored:
                 raise fail(i, a, f"no state is stored at {a.n}")
             stored.discard(a.n)
-        held = len(stored) * sb + len(recorded) * rb
+        held = len(stored) * sb + len(recorded) * rb - len(linked) * lb
         peak_s, peak_r, peak_b = max(peak_s, len(stored)), max(peak_r, len(recorded)), max(peak_b, held)
         if budget_bytes is not None and held > budget_bytes:
             raise fail(i, a, f"holds {held} bytes, over budget_bytes={budget_bytes}")

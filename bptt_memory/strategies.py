@@ -59,25 +59,25 @@ class ScheduledStrategy(Strategy):
 
     @abstractmethod
     def schedule(self, n_steps: int, state_bytes: int | None = None,
-                 residual_bytes: int | None = None) -> tuple[Action, ...]:
+                 residual_bytes: int | None = None, link_bytes: int = 0) -> tuple[Action, ...]:
         """The actions for a sequence of n_steps, computed without touching arrays."""
 
     def iter_schedule(self, n_steps: int, state_bytes: int | None = None,
-                      residual_bytes: int | None = None) -> Iterator[Action]:
+                      residual_bytes: int | None = None, link_bytes: int = 0) -> Iterator[Action]:
         """Like `schedule`, lazily; strategies with O(1)-memory planners override it."""
-        return iter(self.schedule(n_steps, state_bytes, residual_bytes))
+        return iter(self.schedule(n_steps, state_bytes, residual_bytes, link_bytes))
 
     def run(self, model: Model, params: Params, xs: np.ndarray, ys: np.ndarray, *,
             h0: State | np.ndarray | None = None, mask: np.ndarray | None = None,
             trace_memory: bool = False) -> Result:
         xs, ys, h0_, mask_ = model.check(params, xs, ys, h0, mask)
         T, B = xs.shape[:2]
-        sb, rb = model.cell.state_bytes(B, xs.dtype), model.cell.residual_bytes(B, xs.dtype)
-        cost = simulate(self.iter_schedule(T, sb, rb), n_steps=T, state_bytes=sb, residual_bytes=rb)
+        sizes = model.cell.sizes(B, xs.dtype)
+        cost = simulate(self.iter_schedule(T, **sizes), n_steps=T, **sizes)
 
         def run() -> Result:
-            return _execute(self.iter_schedule(T, sb, rb), model, params, xs, ys, h0_, mask_,
-                            sb, rb, cost.peak_states, cost.peak_residuals)
+            return _execute(self.iter_schedule(T, **sizes), model, params, xs, ys, h0_, mask_,
+                            sizes, cost)
 
         return measure(run, model, params, B, xs.dtype) if trace_memory else run()
 
@@ -99,7 +99,7 @@ class Full(ScheduledStrategy):
         return "full()"
 
     def schedule(self, n_steps: int, state_bytes: int | None = None,
-                 residual_bytes: int | None = None) -> tuple[Action, ...]:
+                 residual_bytes: int | None = None, link_bytes: int = 0) -> tuple[Action, ...]:
         T = _check_steps("full().schedule", n_steps)
         return (Record(0, T), Reverse(0, T))
 
@@ -108,7 +108,9 @@ def full() -> Full:
     """Store every step's residuals going forward, then backpropagate once.
 
     The fastest exact strategy (T forward steps, T backward steps) and the most
-    memory-hungry: peak_bytes = T × cell.residual_bytes(B, dtype).
+    memory-hungry: peak_bytes = cell.recorded_bytes(T, B, dtype), which is
+    T × cell.residual_bytes(B, dtype) less (T − 1) × cell.link_bytes(B, dtype)
+    (NOTE [linked steps]).
 
     >>> full().schedule(n_steps=4)
     (Record(n0=0, n1=4), Reverse(n0=0, n1=4))
@@ -139,11 +141,11 @@ class Uniform(ScheduledStrategy):
         return self.every if self.every is not None else max(1, round(math.sqrt(n_steps)))
 
     def schedule(self, n_steps: int, state_bytes: int | None = None,
-                 residual_bytes: int | None = None) -> tuple[Action, ...]:
+                 residual_bytes: int | None = None, link_bytes: int = 0) -> tuple[Action, ...]:
         return tuple(self.iter_schedule(n_steps))
 
     def iter_schedule(self, n_steps: int, state_bytes: int | None = None,
-                      residual_bytes: int | None = None) -> Iterator[Action]:
+                      residual_bytes: int | None = None, link_bytes: int = 0) -> Iterator[Action]:
         T = _check_steps("uniform().schedule", n_steps)
         k = self.segment(T)
         starts = list(range(0, T, k))  # segment j is [starts[j], min(starts[j] + k, T))
@@ -234,8 +236,9 @@ class Truncated(Strategy):
                 if u.grad_h0 is not None:
                     grad_h0 = tuple(a + b for a, b in zip(grad_h0, u.grad_h0))
             cell = model.cell
-            stats = sweep.stats(time.perf_counter() - start, cell.state_bytes(B, xs.dtype),
-                                cell.residual_bytes(B, xs.dtype),
+            stats = sweep.stats(time.perf_counter() - start,
+                                state_bytes=cell.state_bytes(B, xs.dtype),
+                                residual_bytes=cell.residual_bytes(B, xs.dtype),
                                 peak_residuals=min(self.k2, T))
             return Result(loss, grads, grad_h0, stats)
 

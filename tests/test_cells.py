@@ -17,6 +17,8 @@ N_IN, B, H = 3, 4, 5
 # Items of (B, H) one recorded step keeps, and one state holds, per kind (issue's formulas).
 RESIDUAL_ITEMS = {"vanilla": 2, "lstm": 7, "gru": 5}
 STATE_ITEMS = {"vanilla": 1, "lstm": 2, "gru": 1}
+# ... and shared with the step before when both are recorded (vanilla h_prev, LSTM c_prev)
+LINK_ITEMS = {"vanilla": 1, "lstm": 1, "gru": 0}
 
 EPS = 1e-6
 RTOL = 1e-7
@@ -173,6 +175,42 @@ def test_residual_and_state_bytes_match_the_formulas_and_the_arrays(cell, dtype)
         assert cell.residual_bytes(batch, dtype) == sum(a.nbytes for a in res)
         assert cell.state_bytes(batch, dtype) == STATE_ITEMS[cell.kind] * batch * H * item
         assert len(cell.state_names) == STATE_ITEMS[cell.kind]
+        assert cell.link_bytes(batch, dtype) == LINK_ITEMS[cell.kind] * batch * H * item
+        assert cell.sizes(batch, dtype) == {"state_bytes": cell.state_bytes(batch, dtype),
+                                            "residual_bytes": cell.residual_bytes(batch, dtype),
+                                            "link_bytes": cell.link_bytes(batch, dtype)}
+        per_step = RESIDUAL_ITEMS[cell.kind] - LINK_ITEMS[cell.kind]
+        for n in (1, 2, 9):
+            expected = (RESIDUAL_ITEMS[cell.kind] + (n - 1) * per_step) * batch * H * item
+            assert cell.recorded_bytes(n, batch, dtype) == expected
+
+
+def test_a_linked_step_shares_the_previous_steps_arrays_and_reverses_the_same(cell, rng):
+    """NOTE [linked steps]: the entering-state slots a cell links are the very arrays in
+    which the step before keeps its new state; the rest are new, and the VJP is the same."""
+    params, state = _params(cell, rng), _state(cell, rng)
+    xp1, xp2 = (cell.project(params, rng.standard_normal((B, N_IN))) for _ in range(2))
+    first, owned = cell.enter(state)
+    assert len(owned) == len(first) and all(a is b for a, b in zip(first, owned))
+    assert all(np.array_equal(first[j], state[j]) for j in range(len(state)))
+    mid = cell._k.record(cell, bm.cells._weights(cell, params), xp1, state, first)
+    linked, owned = cell.enter(mid, previous=first)
+    alone, _ = cell.enter(mid)
+    assert sum(a.nbytes for a in owned) == (cell.residual_bytes(B, np.float64)
+                                            - cell.link_bytes(B, np.float64))
+    shared = [a for a in linked if any(a is b for b in first)]
+    assert sum(a.nbytes for a in shared) == cell.link_bytes(B, np.float64)
+    w = bm.cells._weights(cell, params)
+    out_a = cell._k.record(cell, w, xp2, mid, linked)
+    out_b = cell._k.record(cell, w, xp2, mid, alone)
+    assert all(np.array_equal(a, b) for a, b in zip(out_a, out_b))
+    assert all(np.array_equal(a, b) for a, b in zip(linked, alone))
+    dstate = tuple(rng.standard_normal(a.shape) for a in state)
+    grads_a = {k: np.zeros_like(v) for k, v in params.items()}
+    grads_b = {k: np.zeros_like(v) for k, v in params.items()}
+    da, dxa = cell.vjp(params, linked, dstate, grads_a)
+    db, dxb = cell.vjp(params, alone, dstate, grads_b)
+    assert all(np.array_equal(a, b) for a, b in zip(da, db)) and np.array_equal(dxa, dxb)
 
 
 def test_state_bytes_match_a_real_state(cell, rng):

@@ -75,40 +75,45 @@ def msm_cost(T, S, R, M):
         sys.setrecursionlimit(old)
 
 
-def exhaustive_forward_steps(T, state_bytes, residual_bytes, budget_bytes):
+def exhaustive_forward_steps(T, state_bytes, residual_bytes, budget_bytes, link_bytes=0):
     """The fewest forward steps of *any* schedule `simulate` accepts within the budget.
 
     A 0-1 breadth-first search over (working boundary, adjoint boundary, stored set,
-    recorded set), sets as bitmasks; one-step Advance/Record cost 1 (a longer one is the
-    same as its one-step pieces), Store/Restore/Free/Reverse cost 0. Tiny T only.
+    recorded set, linked set), sets as bitmasks; one-step Advance/Record cost 1 (a longer
+    one is the same as its one-step pieces), Store/Restore/Free/Reverse cost 0. A step
+    recorded while the step before it is recorded is linked and holds link_bytes less.
+    Tiny T only.
     """
-    start, goal_cost = (0, T, 0, 0), None
+    start, goal_cost = (0, T, 0, 0, 0), None
     best = {start: 0}
     queue = deque([(0, start)])
     while queue:
         d, node = queue.popleft()
         if best[node] < d:
             continue
-        pos, adj, stored, rec = node
+        pos, adj, stored, rec, lnk = node
         if adj == 0 and not stored and not rec:
             goal_cost = d
             break
         moves = []
         if pos < T:
-            moves.append((1, (pos + 1, adj, stored, rec)))  # advance
+            moves.append((1, (pos + 1, adj, stored, rec, lnk)))  # advance
             if not rec >> pos & 1:
-                moves.append((1, (pos + 1, adj, stored, rec | 1 << pos)))  # record
+                links = lnk | (1 << pos if pos and rec >> (pos - 1) & 1 else 0)
+                moves.append((1, (pos + 1, adj, stored, rec | 1 << pos, links)))  # record
         if adj and rec >> (adj - 1) & 1:
-            moves.append((0, (pos, adj - 1, stored, rec & ~(1 << (adj - 1)))))  # reverse
+            gone = ~(1 << (adj - 1))
+            moves.append((0, (pos, adj - 1, stored, rec & gone, lnk & gone)))  # reverse
         if 0 < pos < T and not stored >> pos & 1:
-            moves.append((0, (pos, adj, stored | 1 << pos, rec)))  # store
+            moves.append((0, (pos, adj, stored | 1 << pos, rec, lnk)))  # store
         for n in range(T):
             if (n == 0 or stored >> n & 1) and n != pos:
-                moves.append((0, (n, adj, stored, rec)))  # restore
+                moves.append((0, (n, adj, stored, rec, lnk)))  # restore
             if stored >> n & 1:
-                moves.append((0, (pos, adj, stored & ~(1 << n), rec)))  # free
+                moves.append((0, (pos, adj, stored & ~(1 << n), rec, lnk)))  # free
         for cost, nxt in moves:
-            held = bin(nxt[2]).count("1") * state_bytes + bin(nxt[3]).count("1") * residual_bytes
+            held = (bin(nxt[2]).count("1") * state_bytes + bin(nxt[3]).count("1") * residual_bytes
+                    - bin(nxt[4]).count("1") * link_bytes)
             if held <= budget_bytes and d + cost < best.get(nxt, math.inf):
                 best[nxt] = d + cost
                 (queue.appendleft if cost == 0 else queue.append)((d + cost, nxt))
@@ -117,6 +122,8 @@ def exhaustive_forward_steps(T, state_bytes, residual_bytes, budget_bytes):
 
 # Byte sizes per cell in units of B·H·itemsize: (state, one step's residuals).
 LSTM, GRU, VANILLA = (2, 7), (1, 5), (1, 2)
+# ... and what a step recorded right after the step before shares with it (link bytes)
+LSTM_LINKED, VANILLA_LINKED = (2, 7, 1), (1, 2, 1)
 
 
 # -- t(n, s): the formula itself -------------------------------------------------------
@@ -278,6 +285,32 @@ def test_optimal_equals_an_exhaustive_search_for_tiny_T(sizes, T):
         assert bm.optimal(budget).forward_steps(T, sb, rb) == found, budget
 
 
+@pytest.mark.parametrize("sizes", [LSTM_LINKED, VANILLA_LINKED], ids=["lstm", "vanilla"])
+def test_optimal_with_links_matches_exhaustive_search(sizes):
+    """With links (NOTE [linked steps]) the programme prices a record as linked only
+    where the step before is sure to be held; on tiny T that still finds the best of
+    every schedule the simulator accepts."""
+    sb, rb, lb = sizes
+    for T in range(1, 6):
+        for budget in range(rb, rb + (T - 1) * (rb - lb) + 1):
+            found = exhaustive_forward_steps(T, sb, rb, budget, lb)
+            assert bm.optimal(budget).forward_steps(T, sb, rb, lb) == found, (T, budget)
+
+
+@settings(max_examples=150, deadline=None)
+@given(sizes=st.sampled_from([LSTM_LINKED, VANILLA_LINKED]), T=st.integers(1, 60), data=st.data())
+def test_optimal_with_links_fits_and_never_needs_more_steps(sizes, T, data):
+    sb, rb, lb = sizes
+    full_bytes = rb + (T - 1) * (rb - lb)
+    budget = data.draw(st.integers(rb, full_bytes + 2 * sb), label="budget")
+    policy = bm.optimal(budget)
+    cost = simulate(policy.schedule(T, sb, rb, lb), n_steps=T, state_bytes=sb, residual_bytes=rb,
+                    link_bytes=lb, budget_bytes=budget)
+    assert cost.forward_steps == policy.forward_steps(T, sb, rb, lb)
+    assert cost.forward_steps <= policy.forward_steps(T, sb, rb)  # links only help
+    assert (cost.forward_steps == T) == (budget >= full_bytes)
+
+
 # A valid 6-step schedule within 4 bytes at vanilla sizes (state 1, residuals 2), found by
 # `exhaustive_forward_steps`: 11 forward steps. Its trick is "restore, then free": the last
 # time a stored state is restored, its copy can be dropped at once — the working state
@@ -399,10 +432,11 @@ def _checkpointing(sb, rb, T):
 def test_every_checkpointing_strategy_measures_what_simulate_predicts(cell, rng):
     T, B = 13, 2
     model, params, xs, ys = _problem(cell, T, B, rng)
-    sb, rb = cell.state_bytes(B, np.float64), cell.residual_bytes(B, np.float64)
+    sizes = cell.sizes(B, np.float64)
+    sb, rb = sizes["state_bytes"], sizes["residual_bytes"]
     ref = bm.full().run(model, params, xs, ys)
     for strategy in _checkpointing(sb, rb, T):
-        cost = simulate(strategy.schedule(T, sb, rb), state_bytes=sb, residual_bytes=rb)
+        cost = simulate(strategy.schedule(T, **sizes), **sizes)
         stats = strategy.run(model, params, xs, ys).stats
         measured = (stats.forward_steps, stats.backward_steps, stats.peak_bytes,
                     stats.peak_states, stats.peak_residuals)
@@ -426,15 +460,18 @@ def test_binomial_run_counts_griewanks_steps(rng):
 def test_optimal_lstm_run_stays_within_its_budget(rng):
     T, B = 30, 2
     model, params, xs, ys = _problem(bm.lstm(3, 4), T, B, rng)
-    sb, rb = model.cell.state_bytes(B, np.float64), model.cell.residual_bytes(B, np.float64)
+    sizes = model.cell.sizes(B, np.float64)
+    sb, rb = sizes["state_bytes"], sizes["residual_bytes"]
     ref = bm.full().run(model, params, xs, ys)
-    for budget in (rb, rb + sb, 3 * rb + 2 * sb, 10 * sb, T * rb // 3, T * rb):
+    full_bytes = model.cell.recorded_bytes(T, B, np.float64)
+    for budget in (rb, rb + sb, 3 * rb + 2 * sb, 10 * sb, T * rb // 3, full_bytes - 1, full_bytes):
         policy = bm.optimal(budget)
         res = policy.run(model, params, xs, ys)
-        cost = simulate(policy.schedule(T, sb, rb), state_bytes=sb, residual_bytes=rb)
+        cost = simulate(policy.schedule(T, **sizes), **sizes)
         assert res.stats.peak_bytes <= budget
         assert res.stats.peak_bytes == cost.peak_bytes
-        assert res.stats.forward_steps == cost.forward_steps == policy.forward_steps(T, sb, rb)
+        assert res.stats.forward_steps == cost.forward_steps == policy.forward_steps(T, **sizes)
+        assert (res.stats.forward_steps == T) == (budget >= full_bytes)
         _assert_same_gradients(res, ref)
     with pytest.raises(ValueError, match=f"below the minimum of {rb} bytes"):
         bm.optimal(rb - 1).run(model, params, xs, ys)

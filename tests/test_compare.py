@@ -13,7 +13,8 @@ def test_default_strategies_cover_the_registry_and_fit_their_sizes():
     assert set(strategies) == set(bm.STRATEGIES)
     assert strategies["binomial"].slots == 10
     assert strategies["truncated"].k1 == strategies["truncated"].k2 == 10
-    assert strategies["optimal"].budget_bytes == int(0.05 * 100 * cell.residual_bytes(2, np.float64))
+    full_bytes = (7 + 99 * 6) * 2 * 4 * 8  # full()'s: LSTM steps after the first link
+    assert strategies["optimal"].budget_bytes == int(0.05 * full_bytes)
 
 
 def test_grad_error_is_zero_for_equal_and_detects_scaling():
@@ -84,3 +85,20 @@ def test_plan_with_room_for_everything_picks_full():
     options = plan(cell, 10, 1, 10 * cell.residual_bytes(1, np.float64))
     assert options[0].strategy in ("full()", "optimal(budget_bytes=2400)")
     assert options[0].forward_steps == 10
+
+
+def test_plan_prices_full_and_uniform_with_linked_steps():
+    """full() and a uniform segment record consecutive steps, which share their h or c
+    (NOTE [linked steps]); plan's figures must be what a run holds."""
+    cell, T, B = bm.vanilla(2, 3), 12, 1
+    full_bytes = cell.recorded_bytes(T, B, np.float64)
+    assert full_bytes < T * cell.residual_bytes(B, np.float64)
+    options = {o.strategy.split("(")[0]: o for o in plan(cell, T, B, full_bytes)}
+    assert options["full"].fits and options["full"].peak_bytes == full_bytes
+    model = bm.Model(cell, n_out=1)
+    params = model.init(np.random.default_rng(0))
+    xs, ys = np.ones((T, B, 2)), np.zeros((T, B, 1))
+    k = int(options["uniform"].strategy.split("=")[1].rstrip(")"))
+    stats = bm.uniform(every=k).run(model, params, xs, ys).stats
+    assert stats.peak_bytes == options["uniform"].peak_bytes <= full_bytes
+    assert stats.forward_steps == options["uniform"].forward_steps

@@ -29,7 +29,7 @@ def _forbid_cell_work(monkeypatch):
     def no_work(*args, **kwargs):
         raise AssertionError("a cell kernel ran before the input was rejected")
 
-    for name in ("project", "step", "record", "vjp", "output", "new_residuals"):
+    for name in ("project", "step", "record", "vjp", "output", "new_residuals", "enter"):
         monkeypatch.setattr(bm.Cell, name, no_work)
 
 

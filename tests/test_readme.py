@@ -13,7 +13,9 @@ def test_readme_tour_runs(tmp_path, capsys):
     script = tmp_path / "tour.py"
     script.write_text("\n".join(blocks))
     ns = runpy.run_path(str(script))
-    assert ns["res"].stats.peak_bytes == 1000 * ns["cell"].residual_bytes(16, "float64")
+    cell = ns["cell"]  # an LSTM: 7·B·H for the first step, 6·B·H for each linked one
+    assert ns["res"].stats.peak_bytes == (7 + 999 * 6) * 16 * 64 * 8
+    assert ns["res"].stats.peak_bytes == cell.recorded_bytes(1000, 16, "float64")
     assert ns["cheap"].stats.peak_bytes <= ns["budget"]
     assert abs(ns["cheap"].loss - ns["res"].loss) <= 1e-12 * abs(ns["res"].loss)
     assert ns["update"].t == 200

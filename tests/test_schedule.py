@@ -183,6 +183,28 @@ def test_simulate_peak_bytes_is_the_peak_of_the_sum_not_the_sum_of_peaks():
     assert cost.peak_bytes == max(2 * 5 + 4, 3 * 4)
 
 
+def test_simulate_prices_linked_steps():
+    # NOTE [linked steps]: a step recorded while the step before is held keeps link_bytes less
+    plan = (Advance(0, 2), Store(2), Record(2, 5), Reverse(2, 5), Restore(0), Record(0, 2),
+            Reverse(0, 2), Free(2))
+    cost = simulate(plan, state_bytes=10, residual_bytes=7, link_bytes=3)
+    assert cost.peak_bytes == 10 + 3 * 7 - 2 * 3  # steps 3 and 4 link; 2 does not
+    assert simulate(plan, state_bytes=10, residual_bytes=7).peak_bytes == 10 + 3 * 7
+    # steps 0 and 1 recorded separately in order link; 2 recorded before 1 does not
+    # link to it, even once 1 is recorded: the rule looks back at the record only
+    in_order = (Record(0, 1), Record(1, 2), Reverse(1, 2), Reverse(0, 1))
+    assert simulate(in_order, state_bytes=1, residual_bytes=7, link_bytes=3).peak_bytes == 11
+    out_of_order = (Advance(0, 2), Record(2, 3), Restore(0), Advance(0, 1), Record(1, 2),
+                    Reverse(1, 3), Restore(0), Record(0, 1), Reverse(0, 1))
+    cost = simulate(out_of_order, state_bytes=1, residual_bytes=7, link_bytes=3)
+    assert cost.peak_bytes == 2 * 7
+    # the budget sees the linked bytes
+    assert simulate(in_order, state_bytes=1, residual_bytes=7, link_bytes=3,
+                    budget_bytes=11).peak_bytes == 11
+    with pytest.raises(ScheduleError, match="over budget_bytes=10"):
+        simulate(in_order, state_bytes=1, residual_bytes=7, link_bytes=3, budget_bytes=10)
+
+
 def test_simulate_walks_any_iterable_once_when_n_steps_is_given():
     walked = []
 
@@ -298,6 +320,10 @@ def test_simulate_budget_is_inclusive():
     ({"n_steps": 0}, ValueError, r"simulate\(n_steps=0\): needs an int >= 1"),
     ({"n_steps": 2.0}, ValueError, r"needs an int >= 1"),
     ({"n_steps": True}, ValueError, r"needs an int >= 1"),
+    ({"state_bytes": 1, "residual_bytes": 4, "link_bytes": 5}, ValueError,
+     r"simulate\(link_bytes=5\): needs an int between 0 and residual_bytes"),
+    ({"state_bytes": 1, "residual_bytes": 4, "link_bytes": -1}, ValueError, "link_bytes=-1"),
+    ({"state_bytes": 1, "residual_bytes": 4, "link_bytes": 1.0}, ValueError, "link_bytes=1.0"),
 ])
 def test_simulate_rejects_bad_arguments(kwargs, error, message):
     with pytest.raises(error, match=message):

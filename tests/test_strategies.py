@@ -36,8 +36,9 @@ def _exact_configs(name, cell, batch, T, dtype=np.float64):
     if name == "binomial":
         return [factory(1), factory(2), factory(3), factory(max(1, T - 1)), factory(T), factory(T + 4)]
     if name == "optimal":  # from one step's residuals up to everything and beyond
+        linked = cell.recorded_bytes(T, batch, dtype)  # full()'s bytes
         budgets = [rb, rb + sb, rb + 2 * sb, 2 * rb, 2 * rb + 3 * sb, max(rb, (T // 2) * rb + sb),
-                   max(rb, T * rb - 1), T * rb, 10 * T * rb]
+                   max(rb, linked - 1), linked, max(rb, T * rb - 1), T * rb, 10 * T * rb]
         return [factory(budget_bytes=b) for b in budgets]
     raise AssertionError(f"strategy {name!r} is in bm.STRATEGIES but has no exact configuration here")
 
@@ -290,9 +291,12 @@ def test_full_stats_are_exact(rng, cell_name, T, dtype):
     stats = bm.full().run(model, params, xs, ys, h0=h0, mask=mask).stats
     cell = model.cell
     assert stats.forward_steps == stats.backward_steps == T
-    assert stats.peak_bytes == T * cell.residual_bytes(B, dtype)
+    # every step after the first links to the step before (NOTE [linked steps])
+    assert stats.peak_bytes == T * cell.residual_bytes(B, dtype) - (T - 1) * cell.link_bytes(B, dtype)
+    assert stats.peak_bytes == cell.recorded_bytes(T, B, dtype)
     assert stats.peak_residuals == T and stats.peak_states == 0
     assert stats.residual_bytes == cell.residual_bytes(B, dtype)
+    assert stats.link_bytes == cell.link_bytes(B, dtype)
     assert stats.state_bytes == cell.state_bytes(B, dtype)
     assert stats.traced_peak_bytes is None and stats.traced_allowance is None
     assert stats.seconds >= 0.0
@@ -303,10 +307,11 @@ def test_full_stats_are_exact(rng, cell_name, T, dtype):
 def test_scheduled_stats_are_what_the_simulator_predicts(rng, name, cell_name):
     T = 13
     model, params, xs, ys, mask, h0 = _problem(rng, cell_name, "mse", T)
-    sb, rb = model.cell.state_bytes(B, np.float64), model.cell.residual_bytes(B, np.float64)
+    sizes = model.cell.sizes(B, np.float64)
+    sb, rb = sizes["state_bytes"], sizes["residual_bytes"]
     for strategy in _exact_configs(name, model.cell, B, T):
         stats = strategy.run(model, params, xs, ys, h0=h0, mask=mask).stats
-        cost = bm.simulate(strategy.schedule(T, sb, rb), n_steps=T, state_bytes=sb, residual_bytes=rb)
+        cost = bm.simulate(strategy.schedule(T, **sizes), n_steps=T, **sizes)
         assert stats.backward_steps == T, strategy.name
         assert stats.forward_steps == cost.forward_steps, strategy.name
         assert stats.peak_bytes == cost.peak_bytes, strategy.name
@@ -315,7 +320,7 @@ def test_scheduled_stats_are_what_the_simulator_predicts(rng, name, cell_name):
         if isinstance(strategy, bm.Optimal):
             assert stats.peak_bytes <= strategy.budget_bytes, strategy.name
         if isinstance(strategy, bm.Optimal):
-            assert stats.forward_steps == strategy.forward_steps(T, sb, rb), strategy.name
+            assert stats.forward_steps == strategy.forward_steps(T, **sizes), strategy.name
         if isinstance(strategy, bm.Binomial):
             assert stats.peak_states <= strategy.slots and stats.peak_residuals == 1, strategy.name
             assert stats.forward_steps == bm.binomial_forward_steps(T, strategy.slots), strategy.name
@@ -388,8 +393,10 @@ def test_execute_runs_a_valid_hand_written_schedule_exactly(rng):
     assert all(_rel(res.grads[k], ref_grads[k]) <= TOL for k in params)
     assert all(_rel(a, b) <= TOL for a, b in zip(res.grad_h0, ref_h0))
     rb, sb = model.cell.residual_bytes(B, np.float64), model.cell.state_bytes(B, np.float64)
+    lb = model.cell.link_bytes(B, np.float64)
     assert res.stats.forward_steps == 7 and res.stats.backward_steps == 5
-    assert res.stats.peak_bytes == sb + 3 * rb
+    # the state at 2 and steps 2, 3, 4 held at once; 3 and 4 link to the step before
+    assert res.stats.peak_bytes == sb + 3 * rb - 2 * lb
 
 
 T_BAD = 5
@@ -417,7 +424,7 @@ def test_execute_rejects_an_invalid_schedule_before_any_work(rng, monkeypatch, c
     def no_work(*args, **kwargs):
         raise AssertionError("a step ran before the schedule was rejected")
 
-    for name in ("project", "step", "record", "vjp", "output", "new_residuals"):
+    for name in ("project", "step", "record", "vjp", "output", "new_residuals", "enter"):
         monkeypatch.setattr(bm.Cell, name, no_work)
     with pytest.raises(bm.ScheduleError, match="schedule"):
         bm.execute(INVALID_SCHEDULES[case], model, params, xs, ys, h0=h0, mask=mask)

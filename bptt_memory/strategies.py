@@ -13,6 +13,7 @@ with Sublinear Memory Cost" (uniform checkpoints); checkpointing policies in
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from abc import ABC, abstractmethod
@@ -24,7 +25,7 @@ import numpy as np
 from .cells import Params, State, _check_size
 from .engine import Sweep, _execute, measure
 from .model import Model, Result
-from .schedule import Action, Advance, Free, Record, Restore, Reverse, Store, simulate
+from .schedule import Action, Advance, Cost, Free, Record, Restore, Reverse, Store, simulate
 
 __all__ = ["Strategy", "ScheduledStrategy", "full", "truncated", "uniform", "Full", "Truncated",
            "Uniform", "Update"]
@@ -73,13 +74,53 @@ class ScheduledStrategy(Strategy):
         xs, ys, h0_, mask_ = model.check(params, xs, ys, h0, mask)
         T, B = xs.shape[:2]
         sizes = model.cell.sizes(B, xs.dtype)
-        cost = simulate(self.iter_schedule(T, **sizes), n_steps=T, **sizes)
+        actions, cost = _PLANS.get(self, T, sizes)
 
         def run() -> Result:
-            return _execute(self.iter_schedule(T, **sizes), model, params, xs, ys, h0_, mask_,
-                            sizes, cost)
+            plan = self.iter_schedule(T, **sizes) if actions is None else actions
+            return _execute(plan, model, params, xs, ys, h0_, mask_, sizes, cost)
 
         return measure(run, model, params, B, xs.dtype) if trace_memory else run()
+
+
+class _PlanMemo:
+    """Memo of checked plans per (strategy, T, sizes): (actions or None, `Cost`).
+
+    NOTE [plan memo] A training loop runs the same strategy on sequences of the same
+    shape again and again; planning (optimal's programme, then `simulate` walking every
+    action) is pure, so it is done once. Plans of more than `max_actions` actions are
+    not kept (binomial at T = 10⁶ has millions): their actions are generated again,
+    lazily, for the executor, and only their `Cost` is kept. A pure function's cache:
+    what `run` does never depends on what ran before, only how long planning takes.
+    """
+
+    def __init__(self, max_entries: int = 16, max_actions: int = 100_000) -> None:
+        self._max, self._max_actions = max_entries, max_actions
+        self._entries: dict[tuple, tuple[tuple[Action, ...] | None, Cost]] = {}
+
+    def get(self, strategy: ScheduledStrategy, T: int, sizes: dict[str, int]
+            ) -> tuple[tuple[Action, ...] | None, Cost]:
+        key = (strategy, T, *sizes.values())
+        try:
+            hash(key)
+        except TypeError:  # a user's strategy that is not a frozen dataclass: plan each time
+            key = None
+        if key is None or key not in self._entries:
+            schedule = strategy.iter_schedule(T, **sizes)
+            head = tuple(itertools.islice(schedule, self._max_actions + 1))
+            if len(head) <= self._max_actions:
+                entry = (head, simulate(head, n_steps=T, **sizes))
+            else:
+                entry = (None, simulate(itertools.chain(head, schedule), n_steps=T, **sizes))
+            if key is None:
+                return entry
+            if len(self._entries) >= self._max:
+                del self._entries[next(iter(self._entries))]  # the oldest
+            self._entries[key] = entry
+        return self._entries[key]
+
+
+_PLANS = _PlanMemo()
 
 
 def _check_steps(where: str, n_steps: object) -> int:

@@ -7,6 +7,7 @@ bytes each strategy says it held, tracemalloc's cross-check, and the executor's 
 of invalid hand-written schedules before any work.
 """
 
+import dataclasses
 import tracemalloc
 
 import numpy as np
@@ -440,3 +441,36 @@ def test_execute_checks_its_inputs_first(rng):
     model, params, xs, ys, mask, h0 = _problem(rng, "gru", "mse", 5)
     with pytest.raises(ValueError, match="^xs"):
         bm.execute((bm.Record(0, 5), bm.Reverse(0, 5)), model, params, xs[:, :, :-1], ys)
+
+
+# ---- the plan memo (NOTE [plan memo])
+
+
+def test_plan_memo_keeps_short_plans_and_only_the_cost_of_long_ones():
+    from bptt_memory.strategies import _PlanMemo
+
+    sizes = bm.gru(2, 3).sizes(4, np.float64)
+    memo = _PlanMemo(max_entries=2, max_actions=40)
+    short, long_ = bm.binomial(2), bm.binomial(1)
+    actions, cost = memo.get(short, 6, sizes)
+    assert actions == short.schedule(6)
+    assert cost == bm.simulate(short.schedule(6), n_steps=6, **sizes)
+    assert memo.get(short, 6, sizes)[0] is actions  # planned once
+    actions, cost = memo.get(long_, 30, sizes)  # 1 slot at T = 30: hundreds of actions
+    assert actions is None and cost == bm.simulate(long_.schedule(30), n_steps=30, **sizes)
+    memo.get(bm.binomial(3), 6, sizes)  # a third entry pushes out the oldest
+    assert memo.get(short, 6, sizes)[0] is not actions
+
+
+def test_a_strategy_that_cannot_be_hashed_is_planned_every_time(rng):
+    @dataclasses.dataclass(eq=True)  # not frozen: no __hash__
+    class Plain(bm.ScheduledStrategy):
+        name = "plain"
+
+        def schedule(self, n_steps, state_bytes=None, residual_bytes=None, link_bytes=0):
+            return (bm.Record(0, n_steps), bm.Reverse(0, n_steps))
+
+    model, params, xs, ys, mask, h0 = _problem(rng, "lstm", "mse", 4)
+    res = Plain().run(model, params, xs, ys, h0=h0, mask=mask)
+    ref = bm.full().run(model, params, xs, ys, h0=h0, mask=mask)
+    assert res.loss == ref.loss and res.stats.peak_bytes == ref.stats.peak_bytes

@@ -82,11 +82,13 @@ def strategies(s: SimpleNamespace) -> dict[str, bm.Strategy]:
     """Every strategy trained, by label; the exact ones first."""
     cell, T = _model(s).cell, s.T
     rb = cell.residual_bytes(s.BATCH, np.float64)
+    # OPTIMAL_FRACTION of full()'s bytes, its linked steps counted (`Cell.recorded_bytes`)
+    full_bytes = cell.recorded_bytes(T, s.BATCH, np.float64)
     out: dict[str, bm.Strategy] = {
         "full": bm.full(),
         "uniform": bm.uniform(),
         "binomial": bm.binomial(slots=max(1, round(math.sqrt(T)))),
-        "optimal": bm.optimal(budget_bytes=max(rb, int(OPTIMAL_FRACTION * T * rb))),
+        "optimal": bm.optimal(budget_bytes=max(rb, int(OPTIMAL_FRACTION * full_bytes))),
         f"truncated({s.LONG_K1}, {T})": bm.truncated(s.LONG_K1, T),
     }
     for k in s.SHORT_K:

@@ -21,6 +21,7 @@ Run: ``python -m studies.memory_scaling [--small]``.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -69,10 +70,13 @@ RUN_MAX_T = 10_000
 # hours at T = 10⁵; it is neither run nor predicted above this T
 OPTIMAL_MAX_T = 1_000
 FIT_MIN_T = 1_000  # slopes are fitted on T >= this: past every fixed-size strategy's knee
-OPTIMAL_FIT_MIN_T = 100  # optimal's, as it stops at OPTIMAL_MAX_T: past its knee at 32 steps
+# optimal's, as it stops at OPTIMAL_MAX_T: past its knee, where full() would outgrow the
+# budget (`_optimal_knee`): T = 33 (gru) to 64 (vanilla, whose linked steps add rb/2 each)
+OPTIMAL_FIT_MIN_T = 100
 # -- fresh processes: what the kernel sees (RSS), sampled by memory_profiler ----------------
 # Memory over time, at a size where residuals dominate the process: one recorded LSTM step
-# keeps 7·B·H = 28 672 float64 numbers (224 KiB); full() at T = 600 holds 131 MiB
+# keeps 7·B·H = 28 672 float64 numbers (224 KiB), 6·B·H (192 KiB) once its c_prev links to
+# the step before (NOTE [linked steps] in bptt_memory/cells.py); full() at T = 600 holds 113 MiB
 TIMELINE = dict(cell="lstm", batch=32, hidden=128, n_in=8, T=600)
 TIMELINE_STRATEGIES = ("full", "uniform", "binomial", "truncated")
 # The sweep's own LSTM problem at its largest T, each strategy in its own process: the
@@ -89,7 +93,7 @@ SAMPLE_INTERVAL = 0.005  # seconds between memory_profiler's RSS samples
 MALLOC_MMAP_THRESHOLD = 16_384
 # -- toy sizes for --small (seconds) --------------------------------------------------------
 SMALL = dict(STEPS=(10, 30, 100, 300), K_TRUNCATED=8, SLOTS=4, OPTIMAL_BUDGET_STEPS=8,
-             RUN_MAX_T=100, OPTIMAL_MAX_T=100, FIT_MIN_T=10, OPTIMAL_FIT_MIN_T=10,
+             RUN_MAX_T=100, OPTIMAL_MAX_T=100, FIT_MIN_T=10, OPTIMAL_FIT_MIN_T=30,
              TIMELINE=dict(cell="lstm", batch=4, hidden=32, n_in=8, T=100),
              TIMELINE_STRATEGIES=("full", "binomial", "truncated"),
              LONG=dict(cell="lstm", batch=BATCH, hidden=HIDDEN, n_in=N_IN, T=300),
@@ -118,6 +122,14 @@ def _kwargs(s: SimpleNamespace, family: str, residual_bytes: int) -> dict:
             "optimal": dict(budget_bytes=s.OPTIMAL_BUDGET_STEPS * residual_bytes)}[family]
 
 
+def _optimal_knee(s: SimpleNamespace, kind: str) -> int:
+    """The first T at which full() would hold more than optimal's budget: below it optimal
+    records every step, from it on its peak stays within the budget."""
+    cell = _cell(kind, s.N_IN, s.HIDDEN)
+    budget = _kwargs(s, "optimal", cell.residual_bytes(s.BATCH, DTYPE))["budget_bytes"]
+    return next(T for T in itertools.count(1) if cell.recorded_bytes(T, s.BATCH, DTYPE) > budget)
+
+
 def _label(s: SimpleNamespace, family: str) -> str:
     """A family's strategy as the sweep builds it, the same for every cell."""
     return {"full": "full()", "truncated": f"truncated(k1={s.K_TRUNCATED}, k2={s.K_TRUNCATED})",
@@ -125,14 +137,18 @@ def _label(s: SimpleNamespace, family: str) -> str:
             "optimal": f"optimal({s.OPTIMAL_BUDGET_STEPS} steps' residual bytes)"}[family]
 
 
-def _predicted_peak(strategy: bm.Strategy, T: int, sb: int, rb: int) -> int:
-    """The peak bytes a strategy will hold on T steps, without running it."""
+def _predicted_peak(strategy: bm.Strategy, T: int, sizes: dict[str, int]) -> int:
+    """The peak bytes a strategy will hold on T steps, without running it.
+
+    `sizes` is ``cell.sizes(B, dtype)``: with its link_bytes, `simulate` prices linked
+    steps as the executor holds them (NOTE [linked steps] in bptt_memory/cells.py).
+    """
     if isinstance(strategy, bm.ScheduledStrategy):
-        cost = bm.simulate(strategy.iter_schedule(T, sb, rb), n_steps=T, state_bytes=sb,
-                           residual_bytes=rb)
+        cost = bm.simulate(strategy.iter_schedule(T, **sizes), n_steps=T, **sizes)
         return int(cost.peak_bytes or 0)
-    # truncated keeps no schedule, only its ring of min(k2, T) recorded steps (`truncated`)
-    return min(strategy.k2, T) * rb  # type: ignore[attr-defined]
+    # truncated keeps no schedule, only its ring of min(k2, T) recorded steps, which do not
+    # link (`truncated`)
+    return min(strategy.k2, T) * sizes["residual_bytes"]  # type: ignore[attr-defined]
 
 
 # -- part 1: the sweep, in this process -------------------------------------------------------
@@ -151,11 +167,11 @@ def sweep(s: SimpleNamespace, quiet: bool) -> list[dict]:
         for kind, family, T in points:
             cell = _cell(kind, s.N_IN, s.HIDDEN)
             model = bm.Model(cell, n_out=s.N_OUT)
-            sb, rb = cell.state_bytes(s.BATCH, DTYPE), cell.residual_bytes(s.BATCH, DTYPE)
-            strategy = bm.STRATEGIES[family](**_kwargs(s, family, rb))
+            sizes = cell.sizes(s.BATCH, DTYPE)
+            strategy = bm.STRATEGIES[family](**_kwargs(s, family, sizes["residual_bytes"]))
             row = dict(cell=kind, family=family, strategy=strategy.name, T=T, source="predicted",
                        peak_bytes=None, traced_peak_bytes=None, traced_allowance=None,
-                       predicted_peak_bytes=_predicted_peak(strategy, T, sb, rb),
+                       predicted_peak_bytes=_predicted_peak(strategy, T, sizes),
                        forward_steps=None, seconds_traced=None)
             if T <= s.RUN_MAX_T:
                 if problem[:2] != (kind, T):
@@ -180,7 +196,8 @@ def slopes(s: SimpleNamespace, rows: Sequence[dict]) -> list[dict]:
 
     optimal's from OPTIMAL_FIT_MIN_T, as it is only run up to OPTIMAL_MAX_T.
     Three fits: the exact peak at measured points, tracemalloc's peak at the same points,
-    and the exact peak over every point, predicted ones included.
+    and the exact peak over every point, predicted ones included; and the slope expected
+    at the measured points (`_expected_slope`).
     """
     out = []
     for kind in s.CELLS:
@@ -190,7 +207,8 @@ def slopes(s: SimpleNamespace, rows: Sequence[dict]) -> list[dict]:
                   and r["T"] >= fit_min]
             meas = [r for r in rs if r["source"] == "measured"]
             out.append(dict(
-                cell=kind, family=family, expected=EXPECTED[family][0], order=EXPECTED[family][1],
+                cell=kind, family=family, order=EXPECTED[family][1],
+                expected=_expected_slope(s, kind, family, [r["T"] for r in meas or rs]),
                 slope_measured=_slope([r["T"] for r in meas], [r["peak_bytes"] for r in meas]),
                 slope_traced=_slope([r["T"] for r in meas], [r["traced_peak_bytes"] for r in meas]),
                 measured_T=_span(meas),
@@ -199,6 +217,20 @@ def slopes(s: SimpleNamespace, rows: Sequence[dict]) -> list[dict]:
                 all_T=_span(rs),
             ))
     return out
+
+
+def _expected_slope(s: SimpleNamespace, kind: str, family: str, Ts: Sequence[int]) -> float:
+    """The log-log slope a family's peak should show over these T.
+
+    full() holds rb + (T − 1)·(rb − lb) (`Cell.recorded_bytes`): each step after the first
+    adds rb − lb, as it shares lb with the step before (NOTE [linked steps] in
+    bptt_memory/cells.py), so its slope is 1 only as T grows; that of the exact formula over
+    the same T is expected. The others, their order's slope.
+    """
+    if family != "full" or len(Ts) < 2:
+        return EXPECTED[family][0]
+    cell = _cell(kind, s.N_IN, s.HIDDEN)
+    return _slope(Ts, [cell.recorded_bytes(T, s.BATCH, DTYPE) for T in Ts])
 
 
 def _slope(T: Sequence[int], y: Sequence[float]) -> float:
@@ -426,19 +458,22 @@ def _range(values: Sequence[float]) -> str:
 
 def _python_overhead(s: SimpleNamespace, rows: Sequence[dict],
                      kind: str) -> tuple[int, float] | None:
-    """(residual bytes, traced bytes per recorded step beyond them) of full() on a cell.
+    """(bytes a step adds, traced bytes per recorded step beyond them) of full() on a cell.
 
-    From the two largest measured T: d traced / d T − residual_bytes, i.e. what tracemalloc
-    sees per stored step besides the numbers (array headers, the residuals' tuple, the dict
-    entry holding it).
+    From the two largest measured T: d traced / d T − (rb − lb), the bytes each step after
+    the first adds to full()'s exact peak (NOTE [linked steps] in bptt_memory/cells.py),
+    i.e. what tracemalloc sees per stored step besides the numbers (array headers, the
+    residuals' tuple, the dict entry holding it).
     """
     meas = sorted((r for r in rows if r["cell"] == kind and r["family"] == "full"
                    and r["source"] == "measured"), key=lambda r: r["T"])
     if len(meas) < 2:
         return None
     a, b = meas[-2], meas[-1]
-    rb = _cell(kind, s.N_IN, s.HIDDEN).residual_bytes(s.BATCH, DTYPE)
-    return rb, (b["traced_peak_bytes"] - a["traced_peak_bytes"]) / (b["T"] - a["T"]) - rb
+    cell = _cell(kind, s.N_IN, s.HIDDEN)
+    per_step = cell.residual_bytes(s.BATCH, DTYPE) - cell.link_bytes(s.BATCH, DTYPE)
+    traced_per_step = (b["traced_peak_bytes"] - a["traced_peak_bytes"]) / (b["T"] - a["T"])
+    return per_step, traced_per_step - per_step
 
 
 def _traced_growth(rows: Sequence[dict], kind: str, family: str) -> float | None:
@@ -483,11 +518,16 @@ def _peak_table(s: SimpleNamespace, rows: Sequence[dict], kind: str) -> str:
 def write_report(d: Path, s: SimpleNamespace, rows: Sequence[dict], fits: Sequence[dict],
                  rss: Sequence[dict], checks: dict, seconds: float, command: str) -> Path:
     lt, tl = s.LONG, s.TIMELINE
+    tl_sizes = _cell(tl["cell"], tl["n_in"], tl["hidden"]).sizes(tl["batch"], DTYPE)
     findings = []
     for f in bm.STRATEGIES:
         fs = [r for r in fits if r["family"] == f]
+        expected = (f"{EXPECTED[f][0]:g} expected" if f != "full" else
+                    f"{_range([r['expected'] for r in fs])} expected at the measured T, that "
+                    "of its exact peak rb + (T − 1)·(rb − lb), rb being a recorded step's "
+                    "bytes and lb what a step shares with the one before it")
         findings.append(
-            f"- **{f}** ({EXPECTED[f][1]}; slope {EXPECTED[f][0]:g} expected): fitted slope of "
+            f"- **{f}** ({EXPECTED[f][1]}; slope {expected}): fitted slope of "
             f"the exact peak {_range([r['slope_measured'] for r in fs])} on measured points, "
             f"{_range([r['slope_with_predicted'] for r in fs])} with the predicted ones; "
             f"tracemalloc's peak {_range([r['slope_traced'] for r in fs])} (range over "
@@ -513,8 +553,8 @@ def write_report(d: Path, s: SimpleNamespace, rows: Sequence[dict], fits: Sequen
         f"- tracemalloc saw at least the exact peak at {n - checks['traced_below_exact']} "
         f"of {n} measured points, and at most exact + "
         f"`Stats.traced_allowance` at {checks['within_allowance']}. Per step that full() "
-        "records it sees, beyond the residuals' numbers, "
-        + ", ".join(f"{k} {o:.0f} B on {rb} B" for k, (rb, o) in overheads)
+        "records it sees, beyond the rb − lb bytes of numbers the step adds, "
+        + ", ".join(f"{k} {o:.0f} B on {b} B" for k, (b, o) in overheads)
         + ": array headers, the residuals' tuple and its dict entry, which the exact count "
         f"leaves out by design and which matter at B·H = {s.BATCH * s.HIDDEN}.")
 
@@ -589,7 +629,7 @@ def write_report(d: Path, s: SimpleNamespace, rows: Sequence[dict], fits: Sequen
 
     fit_table = _common.md_table([
         {"cell": r["cell"], "strategy": r["family"], "order": r["order"],
-         "expected": f"{r['expected']:g}", "exact, measured": _f3(r["slope_measured"]),
+         "expected": f"{r['expected']:.4g}", "exact, measured": _f3(r["slope_measured"]),
          "tracemalloc, measured": _f3(r["slope_traced"]), "T measured": r["measured_T"],
          "exact, with predicted": _f3(r["slope_with_predicted"]), "T all": r["all_T"]}
         for r in fits])
@@ -612,10 +652,16 @@ T ≥ {s.OPTIMAL_FIT_MIN_T}), is each strategy's order.
 ## Slopes
 
 Least-squares slope of log(peak bytes) against log(T) for T ≥ {s.FIT_MIN_T} (optimal:
-T ≥ {s.OPTIMAL_FIT_MIN_T}, past its knee at {s.OPTIMAL_BUDGET_STEPS} steps). "Measured": only
+T ≥ {s.OPTIMAL_FIT_MIN_T}, past its knee, the T from which full() would hold more than its
+budget: {', '.join(f'{k} {_optimal_knee(s, k)}' for k in s.CELLS)}). "Measured": only
 points that were run (under tracemalloc, T ≤ {s.RUN_MAX_T}). "With predicted": also the points
 whose exact peak comes from `simulate` without running (up to T = {max(s.STEPS)}; optimal only
-to T = {s.OPTIMAL_MAX_T}, beyond which its O(T²·m) programme is not affordable).
+to T = {s.OPTIMAL_MAX_T}, beyond which its O(T²·m) programme is not affordable). "Expected":
+the order's slope, except full()'s: its exact peak is rb + (T − 1)·(rb − lb)
+(`Cell.recorded_bytes`; rb = `residual_bytes`, lb = `link_bytes`), as a step recorded right
+after another shares lb bytes with it (vanilla h_prev, LSTM c_prev; GRU none), so it grows
+by rb − lb per step and its slope, that of this formula at the measured T, is 1 only as T
+grows.
 
 {fit_table}
 ## Peak bytes, LSTM
@@ -643,8 +689,8 @@ at T = {lt['T']} below. optimal() is neither run nor predicted above T = {s.OPTI
 ## Memory over time, fresh processes
 
 Each strategy ran in its own interpreter ({tl['cell']}, B = {tl['batch']}, H = {tl['hidden']},
-I = {tl['n_in']}, T = {tl['T']}: one recorded step is
-{format_bytes(_cell(tl['cell'], tl['n_in'], tl['hidden']).residual_bytes(tl['batch'], DTYPE))}),
+I = {tl['n_in']}, T = {tl['T']}: one recorded step is {format_bytes(tl_sizes['residual_bytes'])},
+{format_bytes(tl_sizes['residual_bytes'] - tl_sizes['link_bytes'])} once linked to the step before),
 sampled by memory_profiler's `memory_usage` every {s.SAMPLE_INTERVAL * 1000:g} ms from the
 study's process. Run times: {durations}. The children ran with
 `MALLOC_MMAP_THRESHOLD_={s.MALLOC_MMAP_THRESHOLD}`, so glibc hands every freed array of

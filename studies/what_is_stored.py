@@ -1,7 +1,8 @@
 """What must be kept to backpropagate through time? The states and activations, not the weights.
 
 For each cell this study lists the arrays one recorded step keeps for its VJP (names,
-shapes, bytes), against the bytes of one state and of the weights, and measures with
+shapes, bytes, and which one a step recorded right after another shares with it), against
+the bytes of one state and of the weights, and measures with
 tracemalloc how full() memory grows with T while the weights stay fixed: the evidence
 that BPTT's memory is the per-step activations, and what each strategy keeps instead.
 """
@@ -46,22 +47,30 @@ def run(out: Path | str = C.DEFAULT_OUT, *, small: bool = False, quiet: bool = F
     d = C.report_dir(out, NAME)
     item = np.dtype(DTYPE).itemsize
 
-    # 1. the arrays a recorded step keeps, per cell
+    # 1. the arrays a recorded step keeps, per cell, and those it shares with the step
+    # before when that one is still held (NOTE [linked steps] in bptt_memory/cells.py)
     per_cell, arrays = [], []
     for label, cell in _cells(I, H).items():
         model = bm.Model(cell, OUTPUTS)
         weights = sum(int(np.prod(s)) for s in model.param_shapes().values()) * item
-        res = cell.new_residuals(B, DTYPE)
+        before = cell.new_residuals(B, DTYPE)
+        res, _ = cell.enter(tuple(np.zeros((B, H), DTYPE) for _ in cell.state_names), before)
         for name, a in zip(cell.residual_names, res):
-            arrays.append({"cell": label, "array": name, "shape": str(a.shape), "bytes": a.nbytes})
+            linked = next((n for n, b in zip(cell.residual_names, before) if a is b), None)
+            arrays.append({"cell": label, "array": name, "shape": str(a.shape), "bytes": a.nbytes,
+                           "linked to": f"the step before's {linked}" if linked else ""})
+        sb, rb, lb = (cell.state_bytes(B, DTYPE), cell.residual_bytes(B, DTYPE),
+                      cell.link_bytes(B, DTYPE))
         per_cell.append({
             "cell": label,
             "state": " + ".join(cell.state_names),
-            "state_bytes": cell.state_bytes(B, DTYPE),
-            "residual_bytes": cell.residual_bytes(B, DTYPE),
-            "residuals_per_state": cell.residual_bytes(B, DTYPE) / cell.state_bytes(B, DTYPE),
+            "state_bytes": sb,
+            "residual_bytes": rb,
+            "link_bytes": lb,
+            "bytes_per_step_in_run": rb - lb,
+            "residuals_per_state": rb / sb,
             "weight_bytes": weights,
-            "steps_to_match_weights": weights / cell.residual_bytes(B, DTYPE),
+            "steps_to_match_weights": weights / (rb - lb),
         })
 
     # 2. measured: full()'s traced peak grows with T; the weights do not
@@ -80,18 +89,18 @@ def run(out: Path | str = C.DEFAULT_OUT, *, small: bool = False, quiet: bool = F
     # 3. what each strategy keeps instead (exact, from the simulator: no arrays)
     T = cfg["STRATEGY_STEPS"]
     cell = bm.lstm(I, H)
-    sb, rb = cell.state_bytes(B, DTYPE), cell.residual_bytes(B, DTYPE)
+    sizes = cell.sizes(B, DTYPE)
     kept = []
     for name, s in default_strategies(cell, T, B, DTYPE).items():
         if isinstance(s, bm.ScheduledStrategy):
-            cost = bm.simulate(s.iter_schedule(T, sb, rb), n_steps=T, state_bytes=sb, residual_bytes=rb)
+            cost = bm.simulate(s.iter_schedule(T, **sizes), n_steps=T, **sizes)
             states, residuals, peak = cost.peak_states, cost.peak_residuals, cost.peak_bytes
             fwd = cost.forward_steps
-        else:  # truncated keeps a ring of k2 recorded steps and nothing else
+        else:  # truncated keeps a ring of k2 recorded steps, which do not link, and nothing else
             states, residuals, fwd = 0, min(s.k2, T), T
-            peak = residuals * rb
+            peak = residuals * sizes["residual_bytes"]
         kept.append({"strategy": s.name, "stored states (peak)": states,
-                     "recorded steps (peak)": residuals, "peak_bytes": format_bytes(peak),
+                     "recorded steps (peak)": residuals, "peak_bytes": peak,
                      "forward steps": f"{fwd / T:.2f}×T", "exact": name != "truncated"})
 
     C.write_csv(d / "residual_arrays.csv", arrays)
@@ -107,13 +116,23 @@ def run(out: Path | str = C.DEFAULT_OUT, *, small: bool = False, quiet: bool = F
         f"recorded step keeps for its vector-Jacobian product (B={B}, I={I}, H={H}, float64).",
         "",
         C.md_table(arrays),
+        "A step's first arrays are the state entering it, which is the new state of the step",
+        "before. A step recorded right after the previous one, while that one's arrays are",
+        "still held, shares them instead of copying (*linked*): vanilla's h_prev is the step",
+        "before's h, the LSTM's c_prev the step before's c; the GRU keeps no h' of its own to",
+        "share. So a run of n recorded steps holds rb + (n − 1)·(rb − lb) bytes",
+        "(`Cell.recorded_bytes`, rb = `residual_bytes`, lb = `link_bytes`).",
+        "",
         "Per step, against one stored state and against all the weights:",
         "",
-        C.md_table([{**r, "state_bytes": format_bytes(r["state_bytes"]),
-                     "residual_bytes": format_bytes(r["residual_bytes"]),
-                     "weight_bytes": format_bytes(r["weight_bytes"])} for r in per_cell]),
-        "- `steps_to_match_weights`: after this many steps, full() already holds more",
-        "  than every weight of the model.",
+        C.md_table([{**r, **{k: format_bytes(r[k]) for k in (
+            "state_bytes", "residual_bytes", "link_bytes", "bytes_per_step_in_run",
+            "weight_bytes")}} for r in per_cell]),
+        "- `residual_bytes`: one recorded step on its own; `link_bytes`: what it shares with",
+        "  the step before when linked; `bytes_per_step_in_run`: what each step after the",
+        "  first adds to a long recorded run such as full()'s (residual_bytes − link_bytes).",
+        "- `steps_to_match_weights`: weight_bytes / bytes_per_step_in_run: after about this",
+        "  many steps, full() already holds more than every weight of the model.",
         "- `residuals_per_state`: a recorded step costs this many stored states. This is why",
         "  a checkpointing strategy stores *states* and recomputes, and why `optimal`, which",
         "  may also keep residuals, beats `binomial` when the budget is in bytes.",
@@ -131,7 +150,9 @@ def run(out: Path | str = C.DEFAULT_OUT, *, small: bool = False, quiet: bool = F
         "",
         f"## What each strategy keeps instead (LSTM, T={T}, exact counts from the simulator)",
         "",
-        C.md_table(kept),
+        C.md_table([{**k, "peak_bytes": format_bytes(k["peak_bytes"])} for k in kept]),
+        "- `peak_bytes` counts each step recorded right after a held one at",
+        "  residual_bytes − link_bytes (linked); truncated's ring does not link.",
         "- `full()` keeps every step's residuals; `truncated` a ring of k2 of them (biased",
         "  gradient); `uniform`, `binomial` and `optimal` keep a few states (and, for",
         "  `optimal`, some residuals) and recompute the rest: exact gradients for more",
@@ -145,12 +166,15 @@ def _figure(per_cell: list[dict], growth: list[dict], path: Path) -> None:
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
     labels = [r["cell"] for r in per_cell]
     x = np.arange(len(labels))
-    a.bar(x - 0.2, [r["state_bytes"] / 2**10 for r in per_cell], 0.4, label="one stored state")
-    a.bar(x + 0.2, [r["residual_bytes"] / 2**10 for r in per_cell], 0.4, label="one recorded step")
+    a.bar(x - 0.27, [r["state_bytes"] / 2**10 for r in per_cell], 0.27, label="one stored state")
+    a.bar(x, [r["residual_bytes"] / 2**10 for r in per_cell], 0.27, label="one recorded step")
+    a.bar(x + 0.27, [r["bytes_per_step_in_run"] / 2**10 for r in per_cell], 0.27,
+          label="a step in a long recorded run (linked)")
     a.set_xticks(x, labels)
     a.set_ylabel("KiB")
     a.set_title("Bytes per step")
-    a.legend()
+    a.set_ylim(0, 1.4 * max(r["residual_bytes"] for r in per_cell) / 2**10)  # room for the legend
+    a.legend(fontsize=8, loc="upper left")
     for label in labels:
         pts = [g for g in growth if g["cell"] == label]
         b.plot([g["T"] for g in pts], [g["traced_peak_bytes"] / 2**20 for g in pts], "o-",

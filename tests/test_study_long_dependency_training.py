@@ -2,7 +2,22 @@ import csv
 import json
 import math
 
+import numpy as np
+import pytest
+
+from bptt_memory.compare import OPTIMAL_FRACTION
 from studies import long_dependency_training as ldt
+
+
+@pytest.mark.parametrize("cell", sorted(ldt.CELL_FACTORIES))
+def test_optimal_budget_is_a_fraction_of_fulls_bytes(cell):
+    s = ldt._settings(small=False)
+    s.CELL = cell
+    model = ldt._model(s)
+    sizes = model.cell.sizes(s.BATCH, np.float64)  # full()'s bytes, linked steps priced
+    full = ldt.bm.simulate(ldt.bm.full().schedule(s.T, **sizes), n_steps=s.T, **sizes)
+    budget = ldt.strategies(s)["optimal"].budget_bytes
+    assert budget == int(OPTIMAL_FRACTION * full.peak_bytes) >= sizes["residual_bytes"]
 
 
 def test_small_run_writes_a_consistent_report(tmp_path):

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import math
 
 import matplotlib.figure
 import numpy as np
@@ -68,12 +69,23 @@ def test_every_cell_and_strategy_is_measured_and_predicted(scaling):
                     assert r["peak_bytes"] == "" and r["traced_peak_bytes"] == "", r
 
 
+def _full_peak(s, kind, T):
+    """full()'s exact peak from the cell's sizes: rb for the first step, rb − lb for each
+    linked one after it (NOTE [linked steps])."""
+    cell = ms._cell(kind, s.N_IN, s.HIDDEN)
+    rb, lb = cell.residual_bytes(s.BATCH, np.float64), cell.link_bytes(s.BATCH, np.float64)
+    return rb + (T - 1) * (rb - lb)
+
+
 def test_full_grows_linearly_in_T(scaling):
-    for cell in ms._settings(small=True).CELLS:
+    s = ms._settings(small=True)
+    for cell in s.CELLS:
         points = _measured(scaling, cell, "full")
         assert len(points) >= 3
         slope = _common.fit_loglog_slope([T for T, _, _ in points], [p for _, p, _ in points])
         assert 0.9 <= slope <= 1.1, (cell, slope)
+        for T, peak, _ in points:  # rb − lb per step, not rb
+            assert peak == _full_peak(s, cell, T), (cell, T)
 
 
 def test_truncated_peak_is_constant_once_T_reaches_k2(scaling):
@@ -90,14 +102,40 @@ def test_exact_peak_never_exceeds_traced(scaling):
         assert 0 < int(r["peak_bytes"]) <= int(r["traced_peak_bytes"]), r
 
 
-def test_slopes_table_matches_the_orders(report):
+def test_slopes_table_matches_the_orders(report, scaling):
+    s = ms._settings(small=True)
     fits = _rows(report.parent / "slopes.csv")
     for r in fits:
         expected, measured = float(r["expected"]), float(r["slope_measured"])
-        if r["family"] == "uniform":  # round(√T) segments: 0.5 only asymptotically
+        if r["family"] == "full":  # the slope of rb + (T − 1)(rb − lb) over the same T
+            Ts = [T for T, _, _ in _measured(scaling, r["cell"], "full") if T >= s.FIT_MIN_T]
+            exact = _common.fit_loglog_slope(Ts, [_full_peak(s, r["cell"], T) for T in Ts])
+            assert expected == pytest.approx(exact, rel=1e-12), r
+            assert measured == pytest.approx(expected, rel=1e-9), r
+        elif r["family"] == "uniform":  # round(√T) segments: 0.5 only asymptotically
             assert 0.4 <= measured <= 0.65, r
-        else:  # optimal's plans fill its budget to within a state or two
-            assert abs(measured - expected) < 0.01, r
+        elif r["family"] == "optimal":  # past its knee, its plans fill the budget to within
+            cell = ms._cell(r["cell"], s.N_IN, s.HIDDEN)  # a state or two, so the slope of
+            sb = cell.state_bytes(s.BATCH, np.float64)  # two points is at most this
+            budget = s.OPTIMAL_BUDGET_STEPS * cell.residual_bytes(s.BATCH, np.float64)
+            points = [(T, p) for T, p, _ in _measured(scaling, r["cell"], "optimal")
+                      if T >= s.OPTIMAL_FIT_MIN_T]
+            assert len(points) == 2 and all(budget - 2 * sb < p <= budget for _, p in points), r
+            (T0, _), (T1, _) = points
+            assert abs(measured) <= math.log(budget / (budget - 2 * sb)) / math.log(T1 / T0), r
+        else:  # a fixed number of steps or states once T is past k2 or slots
+            assert expected == 0 and abs(measured) < 1e-9, r
+
+
+@pytest.mark.parametrize("small", [False, True])
+def test_optimal_is_fitted_past_its_knee(small):
+    s = ms._settings(small)
+    for kind in s.CELLS:
+        knee = ms._optimal_knee(s, kind)
+        cell = ms._cell(kind, s.N_IN, s.HIDDEN)
+        budget = s.OPTIMAL_BUDGET_STEPS * cell.residual_bytes(s.BATCH, np.float64)
+        assert _full_peak(s, kind, knee - 1) <= budget < _full_peak(s, kind, knee), kind
+        assert knee <= s.OPTIMAL_FIT_MIN_T, kind
 
 
 def test_fresh_processes_report_the_kernels_view(report):
@@ -115,7 +153,7 @@ def test_fresh_processes_report_the_kernels_view(report):
         assert mib and all(m > 0 for m in mib), family
     long_full = next(r for r in rss if r["part"] == "long" and r["family"] == "full")
     cell = ms.bm.lstm(s.N_IN, s.HIDDEN)
-    assert int(long_full["peak_bytes"]) == s.LONG["T"] * cell.residual_bytes(s.BATCH, np.float64)
+    assert int(long_full["peak_bytes"]) == cell.recorded_bytes(s.LONG["T"], s.BATCH, np.float64)
 
 
 class _Interrupted(BaseException):

@@ -81,16 +81,15 @@ import json, sys, time
 import bptt_memory as bm
 a = json.loads(sys.argv[1])
 start = time.perf_counter()
-cost = bm.simulate(bm.optimal(a["budget"]).iter_schedule(a["T"], a["sb"], a["rb"]),
-                   n_steps=a["T"], state_bytes=a["sb"], residual_bytes=a["rb"],
-                   budget_bytes=a["budget"])
+cost = bm.simulate(bm.optimal(a["budget"]).iter_schedule(a["T"], **a["sizes"]),
+                   n_steps=a["T"], **a["sizes"], budget_bytes=a["budget"])
 print(json.dumps([time.perf_counter() - start, cost.forward_steps, cost.peak_bytes]))
 """
 
 
-def _plan_optimal(T: int, sb: int, rb: int, budget: int) -> bm.Cost:
-    return bm.simulate(bm.optimal(budget).iter_schedule(T, sb, rb), n_steps=T,
-                       state_bytes=sb, residual_bytes=rb, budget_bytes=budget)
+def _plan_optimal(T: int, sizes: dict[str, int], budget: int) -> bm.Cost:
+    return bm.simulate(bm.optimal(budget).iter_schedule(T, **sizes), n_steps=T, **sizes,
+                       budget_bytes=budget)
 
 
 def planning(s: SimpleNamespace) -> list[dict]:
@@ -104,17 +103,18 @@ def planning(s: SimpleNamespace) -> list[dict]:
                      warm_s=None, forward=cost.forward_steps, binomial=cost.forward_steps,
                      peak=f"{cost.peak_states} states + {cost.peak_residuals} step"))
 
-    sb, rb = _sizes(s)
+    sizes = _sizes(s)
+    sb, rb = sizes["state_bytes"], sizes["residual_bytes"]
     T = s.DP_STEPS
     for states in s.DP_BUDGET_STATES:
         budget = states * sb
-        args = json.dumps(dict(T=T, sb=sb, rb=rb, budget=budget))
+        args = json.dumps(dict(T=T, sizes=sizes, budget=budget))
         out = subprocess.run([sys.executable, "-c", _CHILD, args], check=True, text=True,
                              capture_output=True, env=dict(os.environ)).stdout
         cold, forward, peak = json.loads(out.splitlines()[-1])
-        _plan_optimal(T, sb, rb, budget)  # fill this process's memo
+        _plan_optimal(T, sizes, budget)  # fill this process's memo
         start = time.perf_counter()
-        cost = _plan_optimal(T, sb, rb, budget)
+        cost = _plan_optimal(T, sizes, budget)
         warm = time.perf_counter() - start
         if (cost.forward_steps, cost.peak_bytes) != (forward, peak) or peak > budget:
             raise RuntimeError(f"optimal({budget}): the fresh process planned {forward} steps "
@@ -126,9 +126,9 @@ def planning(s: SimpleNamespace) -> list[dict]:
     return rows
 
 
-def _sizes(s: SimpleNamespace) -> tuple[int, int]:
-    cell = bm.lstm(s.N_IN, s.HIDDEN)
-    return cell.state_bytes(s.BATCH, DTYPE), cell.residual_bytes(s.BATCH, DTYPE)
+def _sizes(s: SimpleNamespace) -> dict[str, int]:
+    """state_bytes, residual_bytes and link_bytes of the run's LSTM (`Cell.sizes`)."""
+    return bm.lstm(s.N_IN, s.HIDDEN).sizes(s.BATCH, DTYPE)
 
 
 # -- (b) the run ---------------------------------------------------------------------------
@@ -143,7 +143,7 @@ def timing(s: SimpleNamespace) -> tuple[list[dict], dict]:
     xs = rng.standard_normal((T, B, s.N_IN)).astype(DTYPE)
     ys = rng.standard_normal((T, B, s.N_OUT)).astype(DTYPE)
 
-    full_peak = T * model.cell.residual_bytes(B, DTYPE)
+    full_peak = model.cell.recorded_bytes(T, B, DTYPE)  # T steps, all linked but the first
     budget = int(s.BUDGET_FRACTION * full_peak)
     strategies = [bm.full(), bm.uniform(), bm.binomial(slots=max(1, round(T ** 0.5))),
                   bm.optimal(budget_bytes=budget)]
@@ -183,7 +183,8 @@ def timing(s: SimpleNamespace) -> tuple[list[dict], dict]:
 def report(s: SimpleNamespace, plan: list[dict], rows: list[dict], verdict: dict,
            command: str) -> str:
     dt = np.dtype(DTYPE).name
-    sb, rb = _sizes(s)
+    sizes = _sizes(s)
+    sb, rb, lb = sizes["state_bytes"], sizes["residual_bytes"], sizes["link_bytes"]
 
     def secs(v: float | None) -> str:
         return "-" if v is None else f"{v:.3f}"
@@ -197,8 +198,9 @@ def report(s: SimpleNamespace, plan: list[dict], rows: list[dict], verdict: dict
         "",
         f"Plans are walked lazily by `simulate`, which checks them. optimal's budgets are in "
         f"LSTM states at B={s.BATCH}, H={s.HIDDEN}, {dt} ({sb:,} B a state, {rb:,} B a step's "
-        "residuals); cold = a fresh interpreter, warm = repeated in-process with its tables "
-        "memoised.",
+        f"residuals on its own, {rb - lb:,} B when the step before it is still held: NOTE "
+        "[linked steps] in `bptt_memory/cells.py`); cold = a fresh interpreter, warm = "
+        "repeated in-process with its tables memoised.",
         "",
         "| policy | T | cold s | warm s | forward steps | binomial at that budget | peak held |",
         "|---|---:|---:|---:|---:|---:|---|",

@@ -1,15 +1,18 @@
 """Recompute against memory: what keeping less costs, in forward steps and in wall time.
 
-For an LSTM (one recorded step keeps 7·B·H numbers, one stored state 2·B·H: residuals
-cost 3.5 states) this study sweeps a memory budget from a fraction of a percent of
-full()'s peak bytes up to all of it, and at each budget gives every checkpointing
-strategy its parameter with the fewest forward steps that fits: uniform's segment length
-`every`, binomial's `slots`, optimal's `budget_bytes` itself. The forward-step counts at
-T = 1000 and T = 10 000 are exact, from `simulate` (no arrays), and are drawn against
-Griewank's binomial optimum T + t(T, s + 1). A subset is run for real at T = 1000, timed
-interleaved with full() in the same process, to check Gruslys et al.'s headline: at
-T = 1000 BPTT-MSM "saves 95% of memory usage while using only one third more time per
-iteration than the standard BPTT".
+For an LSTM (one stored state is 2·B·H numbers; a recorded step keeps 7·B·H on its own,
+3.5 states, and 6·B·H, 3 states, when the step before it is still held, because it then
+shares c_prev with that step: NOTE [linked steps] in bptt_memory/cells.py) this study
+sweeps a memory budget from a fraction of a percent of full()'s peak bytes (T steps
+recorded in one run, all linked but the first: `Cell.recorded_bytes`) up to all of it,
+and at each budget gives every checkpointing strategy its parameter with the fewest
+forward steps that fits: uniform's segment length `every`, binomial's `slots`, optimal's
+`budget_bytes` itself. The forward-step counts at T = 1000 and T = 10 000 are exact,
+from `simulate` (no arrays), and are drawn against Griewank's binomial optimum
+T + t(T, s + 1). A subset is run for real at T = 1000, timed interleaved with full() in
+the same process, to check Gruslys et al.'s headline: at T = 1000 BPTT-MSM "saves 95%
+of memory usage while using only one third more time per iteration than the standard
+BPTT".
 
 References: Chen et al. 2016, "Training Deep Nets with Sublinear Memory Cost" (uniform);
 Griewank & Walther 2000, "Algorithm 799: Revolve", eq. 2 (binomial); Gruslys et al. 2016,
@@ -53,14 +56,14 @@ SEED = 0
 # -- the frontier: exact forward-step counts from `simulate`, no arrays -------------------
 STEPS = (1000, 10_000)  # T
 FRACTIONS = (0.0015, 0.003, 0.006, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.2, 0.28,
-             0.4, 0.7, 1.0)  # budgets, as fractions of full()'s peak bytes T·residual_bytes
+             0.4, 0.7, 1.0)  # budgets, as fractions of full()'s peak bytes recorded_bytes(T)
 TINY_FRACTIONS = (0.00015, 0.0003, 0.0006)  # added at T >= 10 000: where optimal still runs
 # optimal's programme is O(T²·m) in the budget m in units (`Optimal.units`): skip budgets
 # whose T²·m exceeds this (3e10 is about a minute here; all of T = 1000 is under 2.1e9)
 OPTIMAL_MAX_WORK = 3e10
 # -- wall time: a subset run for real, interleaved with full() ------------------------------
 TIMED_STEPS = 1000  # T of the timed runs; one of STEPS
-TIMED_FRACTIONS = dict(uniform=(0.035, 0.05, 0.1, 0.2),  # uniform fits nothing under 3.3%
+TIMED_FRACTIONS = dict(uniform=(0.05, 0.1, 0.2),  # nothing under its floor (`_uniform_floor`)
                        binomial=(0.01, 0.02, 0.05, 0.1, 0.2),
                        optimal=(0.01, 0.02, 0.05, 0.1, 0.2, 0.4))
 REPEATS = 7  # timed rounds after one untimed warm-up round; medians are reported
@@ -95,37 +98,44 @@ def _fractions(s: SimpleNamespace, T: int) -> list[float]:
 # -- choosing each strategy's parameter for a budget ----------------------------------------
 
 
-def _uniform_every(T: int, sb: int, rb: int, budget: int) -> int | None:
+def _uniform_peak(T: int, k: int, sb: int, rb: int, lb: int) -> int:
+    """uniform(every=k)'s peak bytes, from its documented costs with m = ⌈T/k⌉ segments:
+    max(m − 2, 0) stored states and one segment of k steps recorded in one run, whose
+    steps after the first are linked (NOTE [linked steps]): rb + (k − 1)·(rb − lb)."""
+    return max(-(-T // k) - 2, 0) * sb + rb + (k - 1) * (rb - lb)
+
+
+def _uniform_every(T: int, sb: int, rb: int, lb: int, budget: int) -> int | None:
     """The segment length with the fewest forward steps (then the least memory) within budget.
 
     From `uniform`'s documented costs with m = ⌈T/k⌉ segments: T + k·(m − 1) forward
-    steps, max(m − 2, 0) stored states and k recorded steps at the peak. `simulate`
-    confirms the choice afterwards.
+    steps, and `_uniform_peak` bytes. `simulate` confirms the choice afterwards.
     """
     best = None
     for k in range(1, T + 1):
         m = -(-T // k)
-        peak = max(m - 2, 0) * sb + k * rb
+        peak = _uniform_peak(T, k, sb, rb, lb)
         if peak <= budget:
             key = (T + k * (m - 1), peak, k)
             best = key if best is None or key < best else best
     return None if best is None else best[2]
 
 
-def _choose(name: str, T: int, sb: int, rb: int, budget: int
+def _choose(name: str, T: int, sb: int, rb: int, lb: int, budget: int
             ) -> tuple[bm.ScheduledStrategy, str, int] | None:
     """(strategy, parameter name, value) with the fewest forward steps within budget, or None."""
     if name == "uniform":
-        k = _uniform_every(T, sb, rb, budget)
+        k = _uniform_every(T, sb, rb, lb, budget)
         return None if k is None else (bm.uniform(every=k), "every", k)
     if name == "binomial":
-        # one recorded step is always held; h0 is free, so more than T − 1 slots change nothing
+        # one recorded step is always held (binomial records one at a time, so never linked);
+        # h0 is free, so more than T − 1 slots change nothing
         slots = min(T - 1, (budget - rb) // sb)
         return None if slots < 1 else (bm.binomial(slots), "slots", slots)
     return None if budget < rb else (bm.optimal(budget), "budget_bytes", budget)
 
 
-def _predicted_steps(strategy: bm.ScheduledStrategy, T: int, sb: int, rb: int) -> int:
+def _predicted_steps(strategy: bm.ScheduledStrategy, T: int, sb: int, rb: int, lb: int) -> int:
     """The forward steps each strategy's own formula promises, to check `simulate` against."""
     if isinstance(strategy, bm.Uniform):
         k = strategy.segment(T)
@@ -133,7 +143,7 @@ def _predicted_steps(strategy: bm.ScheduledStrategy, T: int, sb: int, rb: int) -
     if isinstance(strategy, bm.Binomial):
         return bm.binomial_forward_steps(T, strategy.slots)  # Griewank eq. 2
     if isinstance(strategy, bm.Optimal):
-        return strategy.forward_steps(T, sb, rb)  # read off the programme's cost table
+        return strategy.forward_steps(T, sb, rb, lb)  # read off the programme's cost table
     return T
 
 
@@ -151,11 +161,10 @@ def frontier(s: SimpleNamespace, T: int, quiet: bool) -> tuple[list[dict], list[
     the first table built answers all the others, and the timed runs (same T, budgets
     from this grid) follow in the same process and reuse it.
     """
-    cell = bm.lstm(s.N_IN, s.HIDDEN)
-    sb, rb = cell.state_bytes(s.BATCH, DTYPE), cell.residual_bytes(s.BATCH, DTYPE)
-    full_bytes = T * rb
+    sizes, full_bytes = _sizes(s), _full_bytes(s, T)
+    sb, rb, lb = sizes["state_bytes"], sizes["residual_bytes"], sizes["link_bytes"]
     rows = [_row(T, "full", "", "", 1.0, full_bytes, bm.simulate(
-        bm.full().schedule(T), n_steps=T, state_bytes=sb, residual_bytes=rb), T, 0.0, full_bytes)]
+        bm.full().schedule(T), n_steps=T, **sizes), T, 0.0, full_bytes)]
     skipped = []
     fractions = _fractions(s, T)
     bar = _common.progress(total=len(STRATEGIES) * len(fractions), quiet=quiet,
@@ -164,22 +173,32 @@ def frontier(s: SimpleNamespace, T: int, quiet: bool) -> tuple[list[dict], list[
         for f in reversed(fractions) if name == "optimal" else fractions:
             bar.update()
             budget = int(f * full_bytes)
-            chosen = _choose(name, T, sb, rb, budget)
+            chosen = _choose(name, T, sb, rb, lb, budget)
             if chosen is None:
                 continue
             strategy, parameter, value = chosen
             if (isinstance(strategy, bm.Optimal) and budget < full_bytes
-                    and T * T * strategy.units(sb, rb)[2] > s.OPTIMAL_MAX_WORK):
+                    and T * T * strategy.units(sb, rb, lb)[2] > s.OPTIMAL_MAX_WORK):
                 skipped.append(f)
                 continue
             t0 = time.perf_counter()
-            cost = bm.simulate(strategy.iter_schedule(T, sb, rb), n_steps=T, state_bytes=sb,
-                               residual_bytes=rb, budget_bytes=budget)
+            cost = bm.simulate(strategy.iter_schedule(T, **sizes), n_steps=T, **sizes,
+                               budget_bytes=budget)
             seconds = time.perf_counter() - t0
             rows.append(_row(T, name, parameter, value, f, budget, cost,
-                             _predicted_steps(strategy, T, sb, rb), seconds, full_bytes))
+                             _predicted_steps(strategy, T, sb, rb, lb), seconds, full_bytes))
     bar.close()
     return rows, skipped
+
+
+def _sizes(s: SimpleNamespace) -> dict[str, int]:
+    """The study's LSTM's state_bytes, residual_bytes and link_bytes (`Cell.sizes`)."""
+    return bm.lstm(s.N_IN, s.HIDDEN).sizes(s.BATCH, DTYPE)
+
+
+def _full_bytes(s: SimpleNamespace, T: int) -> int:
+    """full()'s peak bytes: T consecutive recorded steps, all linked but the first."""
+    return bm.lstm(s.N_IN, s.HIDDEN).recorded_bytes(T, s.BATCH, DTYPE)
 
 
 def _row(T: int, name: str, parameter: str, value: int | str, fraction: float, budget: int,
@@ -194,10 +213,10 @@ def _row(T: int, name: str, parameter: str, value: int | str, fraction: float, b
 
 def binomial_curve(s: SimpleNamespace, T: int) -> list[dict]:
     """Griewank's optimum for states only: T + t(T, s + 1) forward steps with s slots."""
-    cell = bm.lstm(s.N_IN, s.HIDDEN)
-    sb, rb = cell.state_bytes(s.BATCH, DTYPE), cell.residual_bytes(s.BATCH, DTYPE)
+    sizes, full_bytes = _sizes(s), _full_bytes(s, T)
+    sb, rb = sizes["state_bytes"], sizes["residual_bytes"]
     slots = sorted({int(round(x)) for x in np.geomspace(1, T - 1, 300)})
-    return [dict(T=T, slots=k, memory_fraction=(k * sb + rb) / (T * rb),
+    return [dict(T=T, slots=k, memory_fraction=(k * sb + rb) / full_bytes,
                  forward_steps=bm.binomial_forward_steps(T, k),
                  recompute_factor=bm.binomial_forward_steps(T, k) / T) for k in slots]
 
@@ -244,12 +263,13 @@ def timing(s: SimpleNamespace, quiet: bool) -> tuple[list[dict], dict]:
     rng = np.random.default_rng(s.SEED)
     params = model.init(rng, DTYPE)
     xs, ys = random_problem(model, T, B, rng, DTYPE)
-    sb, rb = cell.state_bytes(B, DTYPE), cell.residual_bytes(B, DTYPE)
+    sizes, full_bytes = cell.sizes(B, DTYPE), cell.recorded_bytes(T, B, DTYPE)
+    sb, rb, lb = sizes["state_bytes"], sizes["residual_bytes"], sizes["link_bytes"]
     runs: dict[str, tuple[str, str, int | str, float, bm.Strategy]] = {
         "full": ("full", "", "", 1.0, bm.full())}
     for name in STRATEGIES:
         for f in s.TIMED_FRACTIONS[name]:
-            chosen = _choose(name, T, sb, rb, int(f * T * rb))
+            chosen = _choose(name, T, sb, rb, lb, int(f * full_bytes))
             if chosen is not None:
                 runs[f"{name}@{f:g}"] = (name, chosen[1], chosen[2], f, chosen[0])
     keys = list(runs)
@@ -277,11 +297,11 @@ def timing(s: SimpleNamespace, quiet: bool) -> tuple[list[dict], dict]:
         st = results[k].stats
         med = statistics.median(times[k])
         rows.append(dict(strategy=name, parameter=parameter, value=value, budget_fraction=f,
-                         peak_bytes=st.peak_bytes, memory_fraction=st.peak_bytes / (T * rb),
+                         peak_bytes=st.peak_bytes, memory_fraction=st.peak_bytes / full_bytes,
                          forward_steps=st.forward_steps, recompute_factor=st.forward_steps / T,
                          seconds_median=med, seconds_min=min(times[k]), seconds_max=max(times[k]),
                          time_ratio=med / base, time_ratio_of_minima=min(times[k]) / min(times["full"]),
-                         actions=bm.simulate(strategy.iter_schedule(T, sb, rb), n_steps=T).actions,
+                         actions=bm.simulate(strategy.iter_schedule(T, **sizes), n_steps=T).actions,
                          grad_rel_error=grad_error(results[k].grads, exact.grads)[0]))
     meta = dict(T=T, raw_seconds=times, load_average_before=load_before,
                 load_average_after=load_after, cpus=os.cpu_count())
@@ -452,17 +472,18 @@ def _headline(s: SimpleNamespace, rows: Sequence[dict], timed: Sequence[dict]) -
 
 def _uniform_floor(s: SimpleNamespace, T: int) -> float:
     """The least memory uniform can run in, for any `every`, as a fraction of full()'s."""
-    cell = bm.lstm(s.N_IN, s.HIDDEN)
-    sb, rb = cell.state_bytes(s.BATCH, DTYPE), cell.residual_bytes(s.BATCH, DTYPE)
-    return min(max(-(-T // k) - 2, 0) * sb + k * rb for k in range(1, T + 1)) / (T * rb)
+    sizes = _sizes(s)
+    sb, rb, lb = sizes["state_bytes"], sizes["residual_bytes"], sizes["link_bytes"]
+    return min(_uniform_peak(T, k, sb, rb, lb) for k in range(1, T + 1)) / _full_bytes(s, T)
 
 
 def write_report(d: Path, s: SimpleNamespace, rows: list[dict], timed: list[dict], meta: dict,
                  skipped: dict, alphas: dict, violations: list[str], seconds: float,
                  command: str) -> Path:
     T0 = s.TIMED_STEPS
-    cell = bm.lstm(s.N_IN, s.HIDDEN)
-    sb, rb = cell.state_bytes(s.BATCH, DTYPE), cell.residual_bytes(s.BATCH, DTYPE)
+    sizes = _sizes(s)
+    sb, rb, lb = sizes["state_bytes"], sizes["residual_bytes"], sizes["link_bytes"]
+    unit = math.gcd(sb, rb, rb - lb)  # optimal's exact unit (`Optimal.units`)
     head_table, verdict = _headline(s, rows, timed)
     f = s.HEADLINE_FRACTION
     alpha, alpha_resid = alphas.get("all", (float("nan"), float("nan")))
@@ -536,7 +557,8 @@ def write_report(d: Path, s: SimpleNamespace, rows: list[dict], timed: list[dict
         f"{F(T0, 'uniform', f)} for `uniform`; the measured wall-time ratios are in the "
         "headline table below.",
         f"- **Gruslys et al.'s headline.** {verdict_text}",
-        "- **Keeping residuals as well as states pays** when residuals cost 3.5 states: "
+        f"- **Keeping residuals as well as states pays** when a recorded step costs "
+        f"{rb / sb:g} states on its own and {(rb - lb) / sb:g} linked to the one before: "
         + "; ".join(adv) + ", counting only budgets where binomial is below its T − 1 "
         "slots. Binomial is the optimum *for states only* (its points "
         "lie on Griewank's curve), so it never does fewer than 2T − 1 forward steps: every "
@@ -584,8 +606,12 @@ def write_report(d: Path, s: SimpleNamespace, rows: list[dict], timed: list[dict
 
 What does backpropagating through time cost, in forward steps and in wall time, when the
 memory for it is cut to a fraction of what full() keeps? For an LSTM (B = {s.BATCH},
-I = {s.N_IN}, H = {s.HIDDEN}, float64: one recorded step {format_bytes(rb)}, one stored
-state {format_bytes(sb)}, so residuals cost {rb / sb:g} states) at T = {', '.join(map(str, s.STEPS))}.
+I = {s.N_IN}, H = {s.HIDDEN}, float64: one stored state {format_bytes(sb)}; one recorded
+step {format_bytes(rb)} on its own, {rb / sb:g} states, and {format_bytes(rb - lb)},
+{(rb - lb) / sb:g} states, when the step before it is still held, because it then shares
+c_prev with that step (NOTE [linked steps] in `bptt_memory/cells.py`); full() records all
+T steps in one run, {format_bytes(rb)} + (T − 1)·{format_bytes(rb - lb)}) at
+T = {', '.join(map(str, s.STEPS))}.
 
 ## Findings
 
@@ -607,7 +633,8 @@ recomputation costs.
 Each strategy gets, at each budget, its parameter with the fewest forward steps that fits:
 uniform the best `every` (from its documented costs), binomial `slots` = ⌊(budget −
 one step's residuals) / state⌋ (at most T − 1), optimal the budget itself. Points are
-placed at the peak bytes `simulate` reports, as a fraction of full()'s T·{format_bytes(rb)};
+placed at the peak bytes `simulate` reports (linked steps priced as such), as a fraction
+of full()'s {format_bytes(rb)} + (T − 1)·{format_bytes(rb - lb)};
 the grey curve is Griewank's T + t(T, s + 1) placed at s states + one recorded step. The
 dotted line marks {_pct(f)}. Both axes are logarithmic.
 
@@ -619,8 +646,8 @@ dotted line marks {_pct(f)}. Both axes are logarithmic.
     text += f"""`optimal: states + steps` is the peak number of stored states and recorded steps
 of its plan. Optimal's programme is O(T²·m) in the budget m in units (`Optimal.units`);
 budgets with T²·m above {s.OPTIMAL_MAX_WORK:.3g} were not run: {skipped_text}.
-{_programme_cost(s, rows, skipped)} Above {format_bytes(2048 * math.gcd(sb, rb))} (2048 units of
-{format_bytes(math.gcd(sb, rb))}) optimal rounds item sizes up to a coarser unit, so its
+{_programme_cost(s, rows, skipped)} Above {format_bytes(2048 * unit)} (2048 units of
+{format_bytes(unit)}) optimal rounds item sizes up to a coarser unit, so its
 plans there can use less than the budget and be slightly off optimal.
 
 Planning time (the `simulate` walk, and optimal's cost tables when first built), summed
@@ -670,8 +697,8 @@ each round). The whole study took {seconds / 60:.1f} min.
 
 def _programme_cost(s: SimpleNamespace, rows: Sequence[dict], skipped: dict) -> str:
     """What optimal's skipped budgets would have cost, extrapolated from its largest table."""
-    cell = bm.lstm(s.N_IN, s.HIDDEN)
-    sb, rb = cell.state_bytes(s.BATCH, DTYPE), cell.residual_bytes(s.BATCH, DTYPE)
+    sizes = _sizes(s)
+    sb, rb, lb = sizes["state_bytes"], sizes["residual_bytes"], sizes["link_bytes"]
     out = []
     for T, fs in skipped.items():
         ran = [r for r in rows if r["T"] == T and r["strategy"] == "optimal"
@@ -679,8 +706,8 @@ def _programme_cost(s: SimpleNamespace, rows: Sequence[dict], skipped: dict) -> 
         if not fs or not ran:
             continue
         top = max(ran, key=lambda r: r["budget_bytes"])  # the first planned: it built the table
-        m_top = bm.optimal(top["budget_bytes"]).units(sb, rb)[2]
-        m_want = bm.optimal(int(s.HEADLINE_FRACTION * T * rb)).units(sb, rb)[2]
+        m_top = bm.optimal(top["budget_bytes"]).units(sb, rb, lb)[2]
+        m_want = bm.optimal(int(s.HEADLINE_FRACTION * _full_bytes(s, T))).units(sb, rb, lb)[2]
         out.append(
             f"At T = {T} the largest budget run ({m_top} units) took {top['plan_seconds']:.0f} s "
             f"to plan; the work grows linearly in m, so {_pct(s.HEADLINE_FRACTION)} of full "

@@ -14,6 +14,10 @@ import bptt_memory as bm
 from studies import speed_vs_torch as study
 
 PNG = b"\x89PNG\r\n\x1a\n"
+# B·H items a recorded step keeps: (on its own, linked to the step before) -- vanilla
+# (h_prev, h'), h_prev shared; LSTM (h_prev, c_prev, gates 4H, c'), c_prev shared; GRU
+# (h_prev, gates 3H, hn) shares nothing (NOTE [linked steps] in bptt_memory/cells.py)
+ITEMS_PER_STEP = {"vanilla": (2, 1), "lstm": (7, 6), "gru": (5, 5)}
 
 
 def _csv(path):
@@ -43,10 +47,17 @@ def _check_common(d, contenders):
             assert float(r["forward_seconds"]) > 0 and float(r["backward_seconds"]) > 0
         if r["contender"].startswith("optimal"):
             assert int(r["memory_bytes"]) <= int(r["budget_bytes"])
-        if r["contender"] == "full":  # the exact formula: T steps of residuals
-            cell = getattr(bm, r["cell"])(s.N_IN, int(r["H"]))
-            assert int(r["memory_bytes"]) == int(r["T"]) * cell.residual_bytes(s.BATCH, r["dtype"])
+        cell = getattr(bm, r["cell"])(s.N_IN, int(r["H"]))
+        T, dt = int(r["T"]), r["dtype"]
+        full_bytes = cell.recorded_bytes(T, s.BATCH, dt)
+        if r["contender"] == "full":  # the exact formula: T steps recorded in one run
+            alone, linked = ITEMS_PER_STEP[r["cell"]]
+            BH = s.BATCH * int(r["H"]) * np.dtype(dt).itemsize
+            assert int(r["memory_bytes"]) == full_bytes == (alone + linked * (T - 1)) * BH
             assert float(r["ratio_to_full"]) == 1.0
+        if r["contender"] == "optimal":  # a fraction of full()'s real bytes
+            assert int(r["budget_bytes"]) == max(cell.residual_bytes(s.BATCH, dt),
+                                                 int(s.OPTIMAL_FRACTION * full_bytes))
     data = json.loads((d / "results.json").read_text())
     assert len(data["rows"]) == len(rows) and data["settings"]["STEPS"] == list(s.STEPS)
     assert set(data["configs"]) == {f"{k} H={H} T={T} {dt}" for k, H, T, dt in configs}
@@ -86,6 +97,11 @@ def test_small_run_writes_a_report_figures_and_data(tmp_path):
             tol = 1e-10 if r["dtype"] == "float64" else 1e-4
             assert float(r["grad_rel_error"]) < tol, r
         assert "torch fused" in text
+        # target 2's note: full()'s per-step figures from the formula, a reason only if missed
+        assert "NOTE [linked steps]" in text
+        missed = [t for t in targets if t["target"] == "2" and t["met"] == "False"]
+        assert ("Missed at" in text) == bool(missed)
+        assert all(t["config"] in text for t in missed)
 
 
 def test_small_run_without_torch_skips_its_contenders(tmp_path, monkeypatch):
@@ -112,3 +128,25 @@ def test_predicted_ratio_is_full_for_full_itself():
     predicted = (20 * 0.03 + 10 * 0.07) / (10 * 0.1)  # 1.3
     assert np.isclose(binomial["ratio"], 1.3 / predicted) and binomial["met"]
     assert optimal["target"] == "4" and optimal["contender"] == "optimal"
+
+
+def test_memory_note_gives_a_reason_only_where_target_2_is_missed():
+    """Target 2's note: full()'s B·H per step from `Cell.recorded_bytes`; a miss is explained
+    by what torch keeps in that configuration, and no reason is given where it is met."""
+    s = study._settings(small=True)
+    H, T, dt = 8, 10, "float64"
+    ours = bm.vanilla(s.N_IN, H).recorded_bytes(T, s.BATCH, dt)
+    BH = s.BATCH * H * np.dtype(dt).itemsize
+    row = dict(cell="vanilla", H=H, T=T, dtype=dt, wall_median=1.0, cpu_median=1.0,
+               memory_bytes=ours, forward_seconds=0.3, backward_seconds=0.7, forward_steps=T,
+               backward_steps=T, contender="full")
+    ours_rows = [row] + [dict(row, contender=n) for n in ("binomial", "optimal")]
+    for theirs, met in ((2 * ours, True), (ours, False)):
+        rows = ours_rows + [dict(row, contender="torch_fused", memory_bytes=theirs)]
+        targets = study.evaluate_targets(s, rows)
+        (t2,) = [t for t in targets if t["target"] == "2"]
+        assert t2["met"] == met
+        note = study._memory_note(s, rows, targets)
+        assert f"vanilla {ours / (T * BH):.3g} against {theirs / (T * BH):.3g}" in note
+        assert "NOTE [linked steps]" in note and "vanilla 1 B·H" in note  # a linked step: h'
+        assert ("Missed at 1 of 1" in note) != met and (t2["config"] in note) != met

@@ -726,9 +726,11 @@ comparison at equal memory (5% of full()'s bytes can be more than the loop keeps
 less: NOTE [matched memory]); (4) binomial's and optimal's time / full()'s ≤ {s.TARGET_PREDICTION_SLACK}× the
 ratio predicted from their simulated step counts, (F·f + T·b) / (T·(f + b)), with f and b
 the seconds per forward and per backward step measured inside full()'s own runs (the ratio
-column of target 4 is measured / predicted; the prediction leaves out planning the schedule
-and copying stored states, which is what the small-T misses are made of). Every row, every
-configuration: `targets.csv`.
+column of target 4 is measured / predicted; the prediction leaves out copying stored
+states and the per-action work of the executor, which is what small-T misses are made of;
+planning is not in the timed rounds: a strategy plans a sequence shape once, in its warm-up
+run, NOTE [plan memo] in `bptt_memory/strategies.py`). Every row, every configuration:
+`targets.csv`.
 
 {_fused_note(s, rows)}
 

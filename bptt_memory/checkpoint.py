@@ -458,9 +458,10 @@ def optimal(budget_bytes: int = 1 << 20) -> Optimal:
 
     Trades compute for memory like `binomial`, but may keep whole steps' residuals as
     well as states, whichever mix needs the fewest forward steps, so for an LSTM (a
-    step's residuals cost 3.5 states) it beats binomial at intermediate budgets. Never
-    more forward steps than binomial at the same budget; exactly T once the budget holds
-    every step's residuals; peak_bytes <= budget_bytes always.
+    step's residuals cost 3.5 states, 3 when linked to the step before) it beats
+    binomial at intermediate budgets. Never more forward steps than binomial at the same
+    budget; exactly T once the budget holds every step's residuals (full()'s bytes,
+    ``cell.recorded_bytes(T, B, dtype)``); peak_bytes <= budget_bytes always.
 
     The budget must hold at least one step's residuals. The programme is O(T²·m) in T
     and the budget in units (see `Optimal.units`), memoised across budgets; T = 1000 at

@@ -400,6 +400,27 @@ def test_execute_runs_a_valid_hand_written_schedule_exactly(rng):
     assert res.stats.peak_bytes == sb + 3 * rb - 2 * lb
 
 
+@pytest.mark.parametrize("cell_name", ["vanilla-tanh", "lstm", "gru"])
+def test_execute_links_a_step_only_to_a_step_held_when_it_is_recorded(rng, cell_name):
+    """NOTE [linked steps]: step 1 is recorded before step 0, so neither links; step 2,
+    recorded after step 1 from a restored state, links to it."""
+    T = 4
+    model, params, xs, ys, mask, h0 = _problem(rng, cell_name, "mse", T)
+    plan = (bm.Advance(0, 3), bm.Record(3, 4), bm.Reverse(3, 4), bm.Restore(0), bm.Advance(0, 1),
+            bm.Record(1, 2), bm.Store(2), bm.Restore(0), bm.Record(0, 1), bm.Restore(2),
+            bm.Record(2, 3), bm.Reverse(0, 3), bm.Free(2))
+    sizes = model.cell.sizes(B, np.float64)
+    sb, rb, lb = sizes["state_bytes"], sizes["residual_bytes"], sizes["link_bytes"]
+    res = bm.execute(plan, model, params, xs, ys, h0=h0, mask=mask, trace_memory=True)
+    assert res.stats.peak_bytes == bm.simulate(plan, n_steps=T, **sizes).peak_bytes
+    assert res.stats.peak_bytes == sb + 3 * rb - lb
+    assert res.stats.traced_peak_bytes >= res.stats.peak_bytes
+    ref_loss, ref_grads, ref_h0 = bm.reference_gradients(model, params, xs, ys, h0=h0, mask=mask)
+    assert abs(res.loss - ref_loss) <= TOL * abs(ref_loss)
+    assert all(_rel(res.grads[k], ref_grads[k]) <= TOL for k in params)
+    assert all(_rel(a, b) <= TOL for a, b in zip(res.grad_h0, ref_h0))
+
+
 T_BAD = 5
 INVALID_SCHEDULES = {
     "reverse before record": (bm.Reverse(0, T_BAD),),

@@ -478,9 +478,17 @@ def profile_misses(s: SimpleNamespace, targets: Sequence[dict]) -> list[dict]:
                     or bm.optimal(budget_bytes=t["budget_bytes"]))
         prof = cProfile.Profile()
         with _common.pinned_blas(s.THREADS):
+            strategy.run(model, params, xs, ys)  # plans, as the warm-up run does (NOTE [plan memo])
             prof.enable()
             r = strategy.run(model, params, xs, ys)
             prof.disable()
+            # per step, against full()'s: which kind of step costs more than in full()
+            ref = bm.full().run(model, params, xs, ys).stats if t["contender"] != "full" else r.stats
+        T = t["T"]
+        per_step = dict(forward_us=r.stats.extra["forward_seconds"] / r.stats.forward_steps * 1e6,
+                        backward_us=r.stats.extra["backward_seconds"] / T * 1e6,
+                        full_forward_us=ref.extra["forward_seconds"] / T * 1e6,
+                        full_backward_us=ref.extra["backward_seconds"] / T * 1e6)
         buf = io.StringIO()
         stats = pstats.Stats(prof, stream=buf)
         stats.sort_stats("tottime").print_stats(s.PROFILE_LINES)
@@ -490,7 +498,7 @@ def profile_misses(s: SimpleNamespace, targets: Sequence[dict]) -> list[dict]:
         out.append(dict(target=t["target"], config=t["config"], contender=t["contender"],
                         ratio=t["ratio"], user_ratio=t.get("user_ratio"), forward_seconds=r.stats.extra["forward_seconds"],
                         backward_seconds=r.stats.extra["backward_seconds"],
-                        seconds=r.stats.seconds, profile=text.rstrip()))
+                        seconds=r.stats.seconds, profile=text.rstrip(), **per_step))
     return out
 
 
@@ -693,7 +701,14 @@ def write_report(d: Path, s: SimpleNamespace, rows: list[dict], targets: list[di
                       f"(ratio {p['ratio']:.3f}{user})\n\nOne profiled run: {p['seconds']:.3g} s, "
                       f"of which {p['forward_seconds']:.3g} s in forward steps (advance, record) "
                       f"and {p['backward_seconds']:.3g} s in backward steps (reverse, weight "
-                      f"gradients); cProfile's top functions by own time (numpy calls are "
+                      f"gradients). Per step: {p['forward_us']:.3g} µs forward and "
+                      f"{p['backward_us']:.3g} µs backward, against {p['full_forward_us']:.3g} "
+                      f"and {p['full_backward_us']:.3g} µs in a full() run just after"
+                      + ("" if p["contender"] != "binomial" else
+                         " (a step reversed alone, as binomial reverses every step, computes its "
+                         "readout and loss on its own, where full() does 16 steps' in one "
+                         "product)")
+                      + ". cProfile's top functions by own time (numpy calls are "
                       f"counted inside the kernel that makes them):\n\n```\n{p['profile']}\n```\n")
     if not prof_text:
         prof_text = "\nEvery time target was met; nothing to profile.\n"

@@ -250,8 +250,11 @@ class Sweep:
         return tuple(np.zeros_like(a) for a in like)
 
     def stats(self, seconds: float, **extra: int) -> Stats:
+        buffers = [self._fwd, *(self._rev or ())]
+        workspace = sum(b.nbytes for b in buffers if b is not None)
         return Stats(peak_bytes=self.peak, forward_steps=self.forward_steps,
-                     backward_steps=self.backward_steps, seconds=seconds, **extra)
+                     backward_steps=self.backward_steps, seconds=seconds,
+                     workspace_bytes=workspace, **extra)
 
 
 def traced_allowance(model: Model, params: Params, batch: int, dtype: np.dtype,

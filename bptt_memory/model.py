@@ -235,6 +235,12 @@ class Stats:
         traced_peak_bytes: tracemalloc's peak over the run when run with
             ``trace_memory=True`` (else None). It also sees the grads and transient
             temporaries, so peak_bytes ≤ traced_peak_bytes ≤ peak_bytes + `traced_allowance`.
+        workspace_bytes: the executor's reusable chunk buffers (input projections of
+            CHUNK_STEPS steps; gradient rows of as many), made once per run whatever the
+            strategy and T, overwritten by every chunk and holding nothing the backward
+            pass needs later: a fixed workspace like the grads, so not in peak_bytes, but
+            counted here exactly (truncated, which reverses one step at a time, has
+            one step's rows).
         traced_allowance: that documented allowance in bytes (its formula is in
             `bptt_memory.engine.traced_allowance`: grads and weight copies, chunk
             buffers, step temporaries and Python object overhead).
@@ -251,6 +257,7 @@ class Stats:
     link_bytes: int = 0
     traced_peak_bytes: int | None = None
     traced_allowance: int | None = None
+    workspace_bytes: int = 0
     extra: dict = field(default_factory=dict)
 
 

@@ -495,3 +495,22 @@ def test_a_strategy_that_cannot_be_hashed_is_planned_every_time(rng):
     res = Plain().run(model, params, xs, ys, h0=h0, mask=mask)
     ref = bm.full().run(model, params, xs, ys, h0=h0, mask=mask)
     assert res.loss == ref.loss and res.stats.peak_bytes == ref.stats.peak_bytes
+
+
+@pytest.mark.parametrize("cell_name", ["vanilla-tanh", "lstm", "gru"])
+def test_workspace_is_the_chunk_buffers_whatever_the_strategy_and_T(rng, cell_name):
+    """Stats.workspace_bytes: the executor's reused buffers, counted exactly, beside
+    (not in) peak_bytes: CHUNK_STEPS steps of input projections, of dL/dxp rows (and, for
+    the GRU, of dL/d(h·W_hhᵀ) rows), of h_prev, h and dL/do rows."""
+    from bptt_memory.engine import CHUNK_STEPS
+
+    seen = set()
+    for T in (20, 45):
+        model, params, xs, ys, mask, h0 = _problem(rng, cell_name, "mse", T)
+        cell = model.cell
+        G, H, O = cell.n_gates, cell.n_hidden, model.n_out
+        gated = 2 if cell.kind == "gru" else 1  # dxp, and GRU's separate dhp rows
+        expected = CHUNK_STEPS * B * ((1 + gated) * G * H + 2 * H + O) * 8
+        for strategy in (bm.full(), bm.binomial(2), bm.uniform()):
+            seen.add(strategy.run(model, params, xs, ys, h0=h0, mask=mask).stats.workspace_bytes)
+        assert seen == {expected}

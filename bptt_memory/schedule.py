@@ -233,8 +233,8 @@ def simulate(schedule: Iterable[Action], *, n_steps: int | None = None,
                 again = recorded.intersection(range(a.n0, a.n1))
                 if again:
                     raise fail(i, a, f"step {min(again)} is already recorded; Reverse it first")
-                # every step of the run after the first links; the first if n0 − 1 is held
-                linked.update(range(a.n0 if a.n0 - 1 in recorded else a.n0 + 1, a.n1))
+                if lb:  # every step of the run after the first links; the first if n0 − 1 is held
+                    linked.update(range(a.n0 if a.n0 - 1 in recorded else a.n0 + 1, a.n1))
                 recorded.update(range(a.n0, a.n1))
             pos = a.n1
             forward += a.n1 - a.n0
@@ -244,7 +244,8 @@ def simulate(schedule: Iterable[Action], *, n_steps: int | None = None,
             missing = set(range(a.n0, a.n1)) - recorded
             if missing:
                 raise fail(i, a, f"step {max(missing)} has no residuals; Record it first")
-            linked.difference_update(range(a.n0, a.n1))
+            if lb:
+                linked.difference_update(range(a.n0, a.n1))
             recorded.difference_update(range(a.n0, a.n1))
             adjoint = a.n0
             backward += a.n1 - a.n0

@@ -12,8 +12,9 @@ step (`xp`). Its gradient comes back from `vjp` as `dxp` and is turned into weig
 gradients by the caller, again in one matrix product.
 
 NOTE [kernel layout] Each kind has four kernels, forward beside VJP: `step` (new state
-only), `record` (fills the step's residuals in place), `output` (h' read off the
-residuals) and `vjp`. They take the recurrent weights as `_Weights`, so the executor can
+only), `record` (fills the step's residuals in place, all but the entering state: NOTE
+[linked steps]), `output` (h' read off the residuals) and `vjp`. They take the
+recurrent weights as `_Weights`, so the executor can
 hand them a row-major copy of W_hhᵀ made once per run (a plain product is faster than
 one through a transposed view) and gate constants laid out like the gates, while the
 `Cell` methods pass views of the caller's params. A `vjp` kernel writes dL/dxp and

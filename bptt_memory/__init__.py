@@ -20,8 +20,8 @@ from .model import LOSSES, Model, Result, Stats
 from .reference import reference_gradients
 from .schedule import (Action, Advance, Cost, Free, Record, Restore, Reverse, ScheduleError,
                        Store, format_schedule, simulate)
-from .strategies import (Full, ScheduledStrategy, Strategy, Truncated, Uniform, Update, full,
-                         truncated, uniform)
+from .strategies import (Full, ScheduledStrategy, Strategy, Truncated, Uniform, Update,
+                         best_uniform, full, truncated, uniform)
 
 __version__ = "0.1.0"
 
@@ -38,7 +38,7 @@ __all__ = [
     "Cell", "vanilla", "lstm", "gru",
     "Model", "Result", "Stats", "LOSSES",
     "Strategy", "ScheduledStrategy", "STRATEGIES",
-    "full", "truncated", "uniform", "binomial", "optimal",
+    "full", "truncated", "uniform", "binomial", "optimal", "best_uniform",
     "Full", "Truncated", "Uniform", "Binomial", "Optimal", "Update",
     "Action", "Advance", "Record", "Reverse", "Store", "Restore", "Free",
     "Cost", "ScheduleError", "simulate", "format_schedule", "execute",

@@ -21,7 +21,7 @@ from .cells import Cell, Params
 from .checkpoint import binomial, binomial_forward_steps, optimal
 from .model import Model, Result
 from .schedule import simulate
-from .strategies import Strategy, full, truncated, uniform
+from .strategies import Strategy, best_uniform, full, truncated, uniform
 
 __all__ = ["default_strategies", "compare", "Row", "plan", "Plan", "parse_bytes", "format_bytes",
            "parse_count", "grad_error"]
@@ -215,10 +215,10 @@ def plan(cell: Cell, n_steps: int, batch: int, budget_bytes: int,
             f = binomial_forward_steps(T, slots)
             out.append(Plan(f"binomial(slots={slots})", True, True, min(slots, T) * sb + rb, f,
                             f / T, "states only; provably fewest recomputations for its slots"))
-        k = _best_uniform(T, sb, rb, lb, budget_bytes)
-        if k is not None:
-            cost = simulate(uniform(k).iter_schedule(T), n_steps=T, **sizes)
-            out.append(Plan(f"uniform(every={k})", True, True, cost.peak_bytes or 0,
+        u = best_uniform(T, budget_bytes, **sizes)
+        if u is not None:
+            cost = simulate(u.iter_schedule(T), n_steps=T, **sizes)
+            out.append(Plan(u.name, True, True, cost.peak_bytes or 0,
                             cost.forward_steps, cost.recompute_factor, "Chen et al.'s segments"))
         opt = optimal(budget_bytes)
         if T * T * opt.units(sb, rb, lb)[2] <= OPTIMAL_PLAN_LIMIT or full_bytes <= budget_bytes:
@@ -235,16 +235,3 @@ def plan(cell: Cell, n_steps: int, batch: int, budget_bytes: int,
                         f"biased: cuts every dependency longer than {k2} steps"))
     out.sort(key=lambda p: (not p.fits, not p.exact, p.forward_steps, p.peak_bytes))
     return out
-
-
-def _best_uniform(T: int, sb: int, rb: int, lb: int, budget: int) -> int | None:
-    """The segment length k with the fewest forward steps that fits the budget."""
-    best = None
-    for k in range(1, T + 1):
-        m = -(-T // k)
-        peak = max(m - 2, 0) * sb + rb + (min(k, T) - 1) * (rb - lb)  # a segment is one run
-        if peak <= budget:
-            steps = T + k * (m - 1)
-            if best is None or steps < best[0]:
-                best = (steps, k)
-    return None if best is None else best[1]

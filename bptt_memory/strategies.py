@@ -27,8 +27,8 @@ from .engine import Sweep, _execute, measure
 from .model import Model, Result
 from .schedule import Action, Advance, Cost, Free, Record, Restore, Reverse, Store, simulate
 
-__all__ = ["Strategy", "ScheduledStrategy", "full", "truncated", "uniform", "Full", "Truncated",
-           "Uniform", "Update"]
+__all__ = ["Strategy", "ScheduledStrategy", "full", "truncated", "uniform", "best_uniform", "Full",
+           "Truncated", "Uniform", "Update"]
 
 
 class Strategy(ABC):
@@ -181,6 +181,21 @@ class Uniform(ScheduledStrategy):
         """k: the given `every`, or round(√T) when it is None."""
         return self.every if self.every is not None else max(1, round(math.sqrt(n_steps)))
 
+    def forward_steps(self, n_steps: int) -> int:
+        """T + k·(m − 1) with m = ⌈T/k⌉ segments: all but the last run twice."""
+        T = _check_steps("uniform().forward_steps", n_steps)
+        k = self.segment(T)
+        return T + k * (-(-T // k) - 1)
+
+    def peak_bytes(self, n_steps: int, state_bytes: int, residual_bytes: int,
+                   link_bytes: int = 0) -> int:
+        """max(m − 2, 0) stored states and one segment of min(k, T) steps recorded in one
+        run, its steps after the first linked (NOTE [linked steps]); what `simulate` finds."""
+        T = _check_steps("uniform().peak_bytes", n_steps)
+        k = min(self.segment(T), T)
+        stored = max(-(-T // k) - 2, 0) * state_bytes
+        return stored + residual_bytes + (k - 1) * (residual_bytes - link_bytes)
+
     def schedule(self, n_steps: int, state_bytes: int | None = None,
                  residual_bytes: int | None = None, link_bytes: int = 0) -> tuple[Action, ...]:
         return tuple(self.iter_schedule(n_steps))
@@ -221,6 +236,25 @@ def uniform(every: int | None = None) -> Uniform:
     19
     """
     return Uniform(every)
+
+
+def best_uniform(n_steps: int, budget_bytes: int, state_bytes: int, residual_bytes: int,
+                 link_bytes: int = 0) -> Uniform | None:
+    """The uniform(every=k) with the fewest forward steps (then the least memory) whose
+    peak fits budget_bytes, or None when none does; from the closed forms, no schedule.
+
+    >>> best_uniform(100, budget_bytes=20 * 8, state_bytes=8, residual_bytes=8)  # 8 states + 10 steps
+    Uniform(every=10)
+    """
+    T = _check_steps("best_uniform", n_steps)
+    best = None
+    for k in range(1, T + 1):
+        u = Uniform(k)
+        peak = u.peak_bytes(T, state_bytes, residual_bytes, link_bytes)
+        if peak <= budget_bytes:
+            key = (u.forward_steps(T), peak, k)
+            best = key if best is None or key < best else best
+    return None if best is None else Uniform(best[2])
 
 
 # --------------------------------------------------------------------------------------

@@ -98,35 +98,12 @@ def _fractions(s: SimpleNamespace, T: int) -> list[float]:
 # -- choosing each strategy's parameter for a budget ----------------------------------------
 
 
-def _uniform_peak(T: int, k: int, sb: int, rb: int, lb: int) -> int:
-    """uniform(every=k)'s peak bytes, from its documented costs with m = ⌈T/k⌉ segments:
-    max(m − 2, 0) stored states and one segment of k steps recorded in one run, whose
-    steps after the first are linked (NOTE [linked steps]): rb + (k − 1)·(rb − lb)."""
-    return max(-(-T // k) - 2, 0) * sb + rb + (k - 1) * (rb - lb)
-
-
-def _uniform_every(T: int, sb: int, rb: int, lb: int, budget: int) -> int | None:
-    """The segment length with the fewest forward steps (then the least memory) within budget.
-
-    From `uniform`'s documented costs with m = ⌈T/k⌉ segments: T + k·(m − 1) forward
-    steps, and `_uniform_peak` bytes. `simulate` confirms the choice afterwards.
-    """
-    best = None
-    for k in range(1, T + 1):
-        m = -(-T // k)
-        peak = _uniform_peak(T, k, sb, rb, lb)
-        if peak <= budget:
-            key = (T + k * (m - 1), peak, k)
-            best = key if best is None or key < best else best
-    return None if best is None else best[2]
-
-
 def _choose(name: str, T: int, sb: int, rb: int, lb: int, budget: int
             ) -> tuple[bm.ScheduledStrategy, str, int] | None:
     """(strategy, parameter name, value) with the fewest forward steps within budget, or None."""
     if name == "uniform":
-        k = _uniform_every(T, sb, rb, lb, budget)
-        return None if k is None else (bm.uniform(every=k), "every", k)
+        u = bm.best_uniform(T, budget, sb, rb, lb)
+        return None if u is None else (u, "every", u.every)
     if name == "binomial":
         # one recorded step is always held (binomial records one at a time, so never linked);
         # h0 is free, so more than T − 1 slots change nothing
@@ -138,8 +115,7 @@ def _choose(name: str, T: int, sb: int, rb: int, lb: int, budget: int
 def _predicted_steps(strategy: bm.ScheduledStrategy, T: int, sb: int, rb: int, lb: int) -> int:
     """The forward steps each strategy's own formula promises, to check `simulate` against."""
     if isinstance(strategy, bm.Uniform):
-        k = strategy.segment(T)
-        return T + k * (-(-T // k) - 1)
+        return strategy.forward_steps(T)  # Chen et al.'s T + k·(⌈T/k⌉ − 1)
     if isinstance(strategy, bm.Binomial):
         return bm.binomial_forward_steps(T, strategy.slots)  # Griewank eq. 2
     if isinstance(strategy, bm.Optimal):
@@ -474,7 +450,7 @@ def _uniform_floor(s: SimpleNamespace, T: int) -> float:
     """The least memory uniform can run in, for any `every`, as a fraction of full()'s."""
     sizes = _sizes(s)
     sb, rb, lb = sizes["state_bytes"], sizes["residual_bytes"], sizes["link_bytes"]
-    return min(_uniform_peak(T, k, sb, rb, lb) for k in range(1, T + 1)) / _full_bytes(s, T)
+    return min(bm.uniform(k).peak_bytes(T, sb, rb, lb) for k in range(1, T + 1)) / _full_bytes(s, T)
 
 
 def write_report(d: Path, s: SimpleNamespace, rows: list[dict], timed: list[dict], meta: dict,

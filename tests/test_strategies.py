@@ -328,9 +328,10 @@ def test_scheduled_stats_are_what_the_simulator_predicts(rng, name, cell_name):
         if isinstance(strategy, bm.Uniform):  # the formulas in uniform's docstring
             k = strategy.segment(T)
             m = -(-T // k)
-            assert stats.forward_steps == T + k * (m - 1), strategy.name
+            assert stats.forward_steps == T + k * (m - 1) == strategy.forward_steps(T), strategy.name
             assert stats.peak_states == max(0, m - 2), strategy.name
             assert stats.peak_residuals == min(k, T), strategy.name
+            assert stats.peak_bytes == strategy.peak_bytes(T, **sizes), strategy.name
 
 
 @pytest.mark.parametrize("cell_name", ["vanilla-tanh", "lstm", "gru"])
@@ -514,3 +515,19 @@ def test_workspace_is_the_chunk_buffers_whatever_the_strategy_and_T(rng, cell_na
         for strategy in (bm.full(), bm.binomial(2), bm.uniform()):
             seen.add(strategy.run(model, params, xs, ys, h0=h0, mask=mask).stats.workspace_bytes)
         assert seen == {expected}
+
+
+@pytest.mark.parametrize("sizes", [(2, 7, 1), (1, 2, 1), (1, 5, 0)], ids=["lstm", "vanilla", "gru"])
+def test_best_uniform_is_the_fewest_forward_steps_that_fit(sizes):
+    """Against every k, each priced by the simulator walking its schedule."""
+    sb, rb, lb = sizes
+    kw = dict(state_bytes=sb, residual_bytes=rb, link_bytes=lb)
+    for T in (1, 7, 30):
+        costs = {k: bm.simulate(bm.uniform(k).schedule(T), n_steps=T, **kw) for k in range(1, T + 1)}
+        for budget in range(rb, bm.uniform(T).peak_bytes(T, **kw) + 2):
+            fits = {k: (c.forward_steps, c.peak_bytes) for k, c in costs.items() if c.peak_bytes <= budget}
+            chosen = bm.best_uniform(T, budget, **kw)
+            if not fits:
+                assert chosen is None, (T, budget)
+                continue
+            assert (costs[chosen.every].forward_steps, costs[chosen.every].peak_bytes) == min(fits.values())

@@ -311,15 +311,15 @@ class Optimal(ScheduledStrategy):
         unit grows and item sizes are rounded *up*, so a plan can only hold less than the
         budget, never more.
         """
-        S, M, R, _, _ = self._units(state_bytes, residual_bytes, link_bytes)
+        S, R, _, M = self._units(state_bytes, residual_bytes, link_bytes)
         return S, R, M
 
-    def _units(self, sb: int, rb: int, lb: int) -> tuple[int, int, int, int, int]:
-        """(S, budget units, R, R − linked units, unit size): `units` and a linked step's."""
+    def _units(self, sb: int, rb: int, lb: int) -> tuple[int, int, int, int]:
+        """(S, R, R', M): `units`, with R' the units of a step linked to the one before."""
         unit = math.gcd(sb, rb, rb - lb)
         if self.budget_bytes // unit > MAX_UNITS:
             unit = -(-self.budget_bytes // MAX_UNITS)
-        return -(-sb // unit), self.budget_bytes // unit, -(-rb // unit), -(-(rb - lb) // unit), unit
+        return -(-sb // unit), -(-rb // unit), -(-(rb - lb) // unit), self.budget_bytes // unit
 
     def _sizes(self, state_bytes: int | None, residual_bytes: int | None,
                link_bytes: int = 0) -> tuple[int, int, int]:
@@ -370,7 +370,7 @@ class Optimal(ScheduledStrategy):
         Binomial can only win when rounding sizes up to units cost the programme its
         optimality (budgets over `MAX_UNITS` units).
         """
-        s_u, m_u, r_u, r1_u, _ = self._units(sb, rb, lb)
+        s_u, r_u, r1_u, m_u = self._units(sb, rb, lb)
         if r_u > m_u:  # rounding up made one step's residuals not fit: binomial does
             return None
         D, L, _, choice_d, choice_l, choice_e = _MEMO.get(s_u, r_u, r1_u, T, m_u)
@@ -393,8 +393,7 @@ class Optimal(ScheduledStrategy):
         plan = self._plan(T, sb, rb, lb)
         if plan is None:
             return Binomial(self._binomial_slots(sb, rb)).iter_schedule(T)
-        s_u, m_u, r_u, r1_u, _ = self._units(sb, rb, lb)
-        return _coalesce(_walk(*plan[1:], T, s_u, r_u, r1_u, m_u))
+        return _coalesce(_walk(*plan[1:], T, *self._units(sb, rb, lb)))
 
 
 def _walk(choice_c: np.ndarray, choice_d: np.ndarray, choice_l: np.ndarray,

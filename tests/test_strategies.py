@@ -63,6 +63,18 @@ def _rel(a, b):
     return err / scale if scale > 0 else err
 
 
+def _assert_matches_reference(res, model, params, xs, ys, h0, mask, where=""):
+    """res's loss, every gradient and grad_h0 against the plain reference, to TOL."""
+    ref_loss, ref_grads, ref_h0 = bm.reference_gradients(model, params, xs, ys, h0=h0, mask=mask)
+    assert abs(res.loss - ref_loss) <= TOL * abs(ref_loss), where
+    assert res.grads.keys() == ref_grads.keys(), where
+    for k in ref_grads:
+        assert _rel(res.grads[k], ref_grads[k]) <= TOL, (where, k)
+    assert len(res.grad_h0) == len(ref_h0), where
+    for got, want, n in zip(res.grad_h0, ref_h0, model.cell.state_names):
+        assert _rel(got, want) <= TOL, (where, f"grad_h0 ({n})")
+
+
 def test_every_registered_strategy_has_an_exact_configuration():
     cell = bm.gru(N_IN, H)
     for name, factory in bm.STRATEGIES.items():
@@ -79,17 +91,9 @@ def test_every_registered_strategy_has_an_exact_configuration():
 @pytest.mark.parametrize("name", sorted(bm.STRATEGIES))
 def test_exact_configurations_match_the_reference(rng, name, cell_name, loss, T):
     model, params, xs, ys, mask, h0 = _problem(rng, cell_name, loss, T)
-    ref_loss, ref_grads, ref_h0 = bm.reference_gradients(model, params, xs, ys, h0=h0, mask=mask)
     for strategy in _exact_configs(name, model.cell, B, T):
         res = strategy.run(model, params, xs, ys, h0=h0, mask=mask)
-        where = f"{strategy.name}, T={T}"
-        assert abs(res.loss - ref_loss) <= TOL * abs(ref_loss), where
-        assert res.grads.keys() == ref_grads.keys(), where
-        for k in ref_grads:
-            assert _rel(res.grads[k], ref_grads[k]) <= TOL, (where, k)
-        assert len(res.grad_h0) == len(ref_h0), where
-        for got, want, n in zip(res.grad_h0, ref_h0, model.cell.state_names):
-            assert _rel(got, want) <= TOL, (where, f"grad_h0 ({n})")
+        _assert_matches_reference(res, model, params, xs, ys, h0, mask, f"{strategy.name}, T={T}")
 
 
 @st.composite
@@ -120,13 +124,8 @@ def _any_exact_strategy(draw):
 def test_any_exact_configuration_matches_the_reference(case, loss, seed):
     cell_name, T, strategy = case
     model, params, xs, ys, mask, h0 = _problem(np.random.default_rng(seed), cell_name, loss, T)
-    ref_loss, ref_grads, ref_h0 = bm.reference_gradients(model, params, xs, ys, h0=h0, mask=mask)
     res = strategy.run(model, params, xs, ys, h0=h0, mask=mask)
-    assert abs(res.loss - ref_loss) <= TOL * abs(ref_loss)
-    for k in ref_grads:
-        assert _rel(res.grads[k], ref_grads[k]) <= TOL, k
-    for got, want in zip(res.grad_h0, ref_h0):
-        assert _rel(got, want) <= TOL
+    _assert_matches_reference(res, model, params, xs, ys, h0, mask, strategy.name)
 
 
 @pytest.mark.parametrize("name", sorted(bm.STRATEGIES))
@@ -390,10 +389,7 @@ def test_execute_runs_a_valid_hand_written_schedule_exactly(rng):
     plan = (bm.Advance(0, 2), bm.Store(2), bm.Record(2, 5), bm.Reverse(2, 5), bm.Restore(0),
             bm.Record(0, 2), bm.Reverse(0, 2), bm.Free(2))
     res = bm.execute(plan, model, params, xs, ys, h0=h0, mask=mask)
-    ref_loss, ref_grads, ref_h0 = bm.reference_gradients(model, params, xs, ys, h0=h0, mask=mask)
-    assert abs(res.loss - ref_loss) <= TOL * abs(ref_loss)
-    assert all(_rel(res.grads[k], ref_grads[k]) <= TOL for k in params)
-    assert all(_rel(a, b) <= TOL for a, b in zip(res.grad_h0, ref_h0))
+    _assert_matches_reference(res, model, params, xs, ys, h0, mask)
     rb, sb = model.cell.residual_bytes(B, np.float64), model.cell.state_bytes(B, np.float64)
     lb = model.cell.link_bytes(B, np.float64)
     assert res.stats.forward_steps == 7 and res.stats.backward_steps == 5
@@ -416,10 +412,7 @@ def test_execute_links_a_step_only_to_a_step_held_when_it_is_recorded(rng, cell_
     assert res.stats.peak_bytes == bm.simulate(plan, n_steps=T, **sizes).peak_bytes
     assert res.stats.peak_bytes == sb + 3 * rb - lb
     assert res.stats.traced_peak_bytes >= res.stats.peak_bytes
-    ref_loss, ref_grads, ref_h0 = bm.reference_gradients(model, params, xs, ys, h0=h0, mask=mask)
-    assert abs(res.loss - ref_loss) <= TOL * abs(ref_loss)
-    assert all(_rel(res.grads[k], ref_grads[k]) <= TOL for k in params)
-    assert all(_rel(a, b) <= TOL for a, b in zip(res.grad_h0, ref_h0))
+    _assert_matches_reference(res, model, params, xs, ys, h0, mask)
 
 
 T_BAD = 5

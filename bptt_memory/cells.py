@@ -440,8 +440,7 @@ class Cell:
         True
         """
         _check_size("Cell.recorded_bytes", "n_steps", n_steps)
-        rb = self.residual_bytes(batch, dtype)
-        return rb + (n_steps - 1) * (rb - self.link_bytes(batch, dtype))
+        return _run_bytes(n_steps, self.residual_bytes(batch, dtype), self.link_bytes(batch, dtype))
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         GH, H, I = self.n_gates * self.n_hidden, self.n_hidden, self.n_in
@@ -513,6 +512,11 @@ class Cell:
         grads["weight_hh"] += dhp.T @ res[0]  # res[0] is h_prev for every kind
         grads["bias_hh"] += dhp.sum(axis=0)
         return dstate_prev, dxp
+
+
+def _run_bytes(n_steps: int, residual_bytes: int, link_bytes: int) -> int:
+    """Bytes of n steps recorded one after another: the first alone, the rest linked."""
+    return residual_bytes + (n_steps - 1) * (residual_bytes - link_bytes)
 
 
 def _check_size(where: str, name: str, value: object) -> None:

@@ -20,7 +20,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from .cells import _check_size
+from .cells import _check_size, _run_bytes
 from .schedule import Action, Advance, Free, Record, Restore, Reverse, Store
 from .strategies import ScheduledStrategy, _check_steps
 
@@ -346,7 +346,7 @@ class Optimal(ScheduledStrategy):
 
     def _fits_all(self, T: int, rb: int, lb: int) -> bool:
         """Whether the budget holds all T steps' residuals, recorded in one run (full())."""
-        return rb + (T - 1) * (rb - lb) <= self.budget_bytes
+        return _run_bytes(T, rb, lb) <= self.budget_bytes
 
     def forward_steps(self, n_steps: int, state_bytes: int, residual_bytes: int,
                       link_bytes: int = 0) -> int:

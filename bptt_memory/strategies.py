@@ -22,7 +22,7 @@ from typing import Iterable, Iterator, NamedTuple
 
 import numpy as np
 
-from .cells import Params, State, _check_size
+from .cells import Params, State, _check_size, _run_bytes
 from .engine import Sweep, _execute, measure
 from .model import Model, Result
 from .schedule import Action, Advance, Cost, Free, Record, Restore, Reverse, Store, simulate
@@ -194,7 +194,7 @@ class Uniform(ScheduledStrategy):
         T = _check_steps("uniform().peak_bytes", n_steps)
         k = min(self.segment(T), T)
         stored = max(-(-T // k) - 2, 0) * state_bytes
-        return stored + residual_bytes + (k - 1) * (residual_bytes - link_bytes)
+        return stored + _run_bytes(k, residual_bytes, link_bytes)
 
     def schedule(self, n_steps: int, state_bytes: int | None = None,
                  residual_bytes: int | None = None, link_bytes: int = 0) -> tuple[Action, ...]:

@@ -63,16 +63,20 @@ def _rel(a, b):
     return err / scale if scale > 0 else err
 
 
+def _assert_same(res, loss, grads, grad_h0, where=""):
+    """res's loss, every gradient and grad_h0 against the expected ones, to TOL."""
+    assert abs(res.loss - loss) <= TOL * abs(loss), where
+    assert res.grads.keys() == grads.keys(), where
+    for k in grads:
+        assert _rel(res.grads[k], grads[k]) <= TOL, (where, k)
+    assert len(res.grad_h0) == len(grad_h0), where
+    for i, (got, want) in enumerate(zip(res.grad_h0, grad_h0)):
+        assert _rel(got, want) <= TOL, (where, f"grad_h0[{i}]")
+
+
 def _assert_matches_reference(res, model, params, xs, ys, h0, mask, where=""):
-    """res's loss, every gradient and grad_h0 against the plain reference, to TOL."""
-    ref_loss, ref_grads, ref_h0 = bm.reference_gradients(model, params, xs, ys, h0=h0, mask=mask)
-    assert abs(res.loss - ref_loss) <= TOL * abs(ref_loss), where
-    assert res.grads.keys() == ref_grads.keys(), where
-    for k in ref_grads:
-        assert _rel(res.grads[k], ref_grads[k]) <= TOL, (where, k)
-    assert len(res.grad_h0) == len(ref_h0), where
-    for got, want, n in zip(res.grad_h0, ref_h0, model.cell.state_names):
-        assert _rel(got, want) <= TOL, (where, f"grad_h0 ({n})")
+    """res against the plain reference (`_assert_same`)."""
+    _assert_same(res, *bm.reference_gradients(model, params, xs, ys, h0=h0, mask=mask), where)
 
 
 def test_every_registered_strategy_has_an_exact_configuration():
@@ -243,11 +247,7 @@ def test_truncated_is_tbptt_k1_k2_window_by_window(rng, cell_name, k1, k2):
             grad_h0 = tuple(a + b for a, b in zip(grad_h0, gh))
         last = t
     res = bm.truncated(k1, k2).run(model, params, xs, ys, h0=h0, mask=mask)
-    assert abs(res.loss - loss) <= TOL * abs(loss)
-    for k in params:
-        assert _rel(res.grads[k], grads[k]) <= TOL, k
-    for got, want in zip(res.grad_h0, grad_h0):
-        assert _rel(got, want) <= TOL
+    _assert_same(res, loss, grads, grad_h0)
 
 
 @pytest.mark.parametrize("name", sorted(bm.STRATEGIES))

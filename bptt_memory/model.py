@@ -79,9 +79,11 @@ class Model:
         """
         if self.loss == "mse":
             diff = o - y  # (B, O)
-            per_example = np.einsum("bo,bo->b", diff, diff) / self.n_out
-            diff *= (2.0 / self.n_out) * scale[:, None]
-            return float(per_example @ scale), diff
+            do = diff * ((2.0 / self.n_out) * scale)[:, None]
+            # Σ_b scale_b·|diff_b|²/O is half of do·diff: one dot, where a per-example
+            # reduction and then a weighted sum took four calls (B·O is small, so calls
+            # are what a step's loss costs; binomial pays them once per step)
+            return 0.5 * float(np.vdot(do, diff)), do
         shifted = o - o.max(axis=1, keepdims=True)
         with np.errstate(under="ignore"):  # exp of a logit far below the max is exactly 0
             exp = np.exp(shifted)

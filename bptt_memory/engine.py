@@ -137,15 +137,26 @@ class Sweep:
         product per window adds them, when the next window starts or at `finish`. A
         Reverse of one step (binomial) thus costs no more products than one of many.
         """
-        w, B = self._prepared()[0], self.xs.shape[1]
         for c0, c1, w0 in self.windows(n0, n1):
-            if self._pending is not None and self._pending[2] != w0:
-                self.finish()
-            hi = c1 if self._pending is None else self._pending[1]
-            self._pending = (c0, hi, w0)
-            dstate = self._reverse_rows(w, residuals[c0 - n0 : c1 - n0], dstate, self.xs[c0:c1],
-                                        self.ys[c0:c1], self.mask[c0:c1] / B, (c0 - w0) * B)
+            dstate = self.reverse_piece(c0, c1, w0, residuals[c0 - n0 : c1 - n0], dstate)
         return dstate
+
+    def reverse_piece(self, c0: int, c1: int, w0: int, residuals: list[Residuals],
+                      dstate: State) -> State:
+        """`reverse_steps` for one piece (c0, c1, w0) from `windows`: steps c1−1 … c0,
+        all in the gradient window that starts at w0."""
+        if self._pending is None or self._pending[2] != w0:
+            self.finish()
+            # the window's loss weights, mask/B, made once for all its pieces (the first
+            # window starts before step 0 when chunk does not divide T)
+            self._scale = self.mask[max(w0, 0) : w0 + self.chunk] / self.xs.shape[1]
+            self._pending = (c0, c1, w0)
+        else:
+            self._pending = (c0,) + self._pending[1:]
+        s0 = max(w0, 0)
+        return self._reverse_rows(self._prepared()[0], residuals, dstate, self.xs[c0:c1],
+                                  self.ys[c0:c1], self._scale[c0 - s0 : c1 - s0],
+                                  (c0 - w0) * self.xs.shape[1])
 
     def windows(self, n0: int, n1: int) -> Iterator[tuple[int, int, int]]:
         """(c0, c1, w0): the pieces [c0, c1) of [n0, n1), last first, each inside the
@@ -374,9 +385,9 @@ def _execute(actions: Iterable[Action], model: Model, params: Params, xs: np.nda
             state = sweep.record(state, a.n0, a.n1, new_residuals)
             forward_seconds += time.perf_counter() - t0
         elif isinstance(a, Reverse):
-            for c0, c1, _ in sweep.windows(a.n0, a.n1):  # residuals die a piece at a time
+            for c0, c1, w0 in sweep.windows(a.n0, a.n1):  # residuals die a piece at a time
                 chunk = [residuals.pop(t) for t in range(c0, c1)]
-                dstate = sweep.reverse_steps(c0, c1, chunk, dstate)
+                dstate = sweep.reverse_piece(c0, c1, w0, chunk, dstate)
                 for t in range(c0, c1):
                     sweep.release(owned.pop(t))
             backward_seconds += time.perf_counter() - t0

@@ -5,10 +5,11 @@ truncated BPTT reuses the same forward and reverse steps (`Sweep`) on its ring b
 The executor never decides anything: what is stored, recomputed and reversed is all in
 the schedule, which `simulate` has checked before a single array is touched.
 
-NOTE [where the loss is computed] The readout and loss of step t are evaluated when
-step t is *reversed*, from h_t read off its residuals. Each step is reversed exactly
-once, so the loss is counted once, and plain forward advances (recomputation) never
-touch the readout.
+NOTE [where the loss is computed] The readout and loss of step t are evaluated in the
+backward pass, at the latest when step t is reversed, from h_t read off its residuals
+or kept from a forward pass through step t (NOTE [readout rows] in `Sweep`). Each step
+is read out exactly once, so the loss is counted once; forward steps at most copy h_t,
+and never compute the readout.
 
 NOTE [memory accounting] `Sweep.hold`/`Sweep.release` add and subtract the `nbytes` of
 the real arrays a strategy keeps for the backward pass (stored states, residuals, ring
@@ -43,12 +44,12 @@ class Sweep:
     NOTE [chunked products] Only the recurrence h·W_hhᵀ is sequential. Everything else
     is batched over up to CHUNK_STEPS consecutive steps: going forward, the input
     projection x·W_ihᵀ + b of a chunk is one matrix product into a reused buffer; going
-    backward, the readout, loss and dL/dh_t of the outputs h_t of the steps a Reverse
-    hands over (read off their residuals) are one product each, the cell VJPs then run
-    step by step writing their dxp (and, for GRU, dL/d(h·W_hhᵀ)) rows into a buffer, and
-    the gradients of every weight and bias are one product each per window of steps
-    (NOTE [gradient windows]). This changes only the order in which float sums are
-    taken, never what is held between steps.
+    backward, the readout, loss and dL/dh_t of up to a chunk of outputs h_t are one
+    product each (NOTE [readout rows]), the cell VJPs then run step by step writing
+    their dxp (and, for GRU, dL/d(h·W_hhᵀ)) rows into a buffer, and the gradients of
+    every weight and bias are one product each per window of steps (NOTE [gradient
+    windows]). This changes only the order in which float sums are taken, never what
+    is held between steps.
     """
 
     def __init__(self, model: Model, params: Params, xs: np.ndarray | None = None,
@@ -69,6 +70,12 @@ class Sweep:
         self._w = None  # the executor's prepared weights, made on first use
         self._fwd = self._rev = None  # chunk buffers, made on first use
         self._pending = None  # (lo, hi, w0): steps whose weight gradients wait in _rev
+        # NOTE [readout rows]: the window whose outputs forward steps keep (it holds the
+        # last step not yet reversed), which of its rows hold a kept h_t (bits, from
+        # the window start), and the first of its steps already read out
+        T = 0 if xs is None else xs.shape[0]
+        self._window, self._kept, self._done = T - self.chunk, 0, T
+        self.stored: dict[int, State] = {}  # the executor's stored states, by step
 
     # -- memory --------------------------------------------------------------------
     def hold(self, arrays: Iterable[np.ndarray]) -> None:
@@ -105,37 +112,53 @@ class Sweep:
             xp += bias
             yield c0, xp.reshape(c1 - c0, B, -1)
 
-    def advance(self, state: State, n0: int, n1: int) -> State:
-        step, cell, w = self._kernels.step, self.cell, self._prepared()[0]
-        for _, xp in self._projections(n0, n1):
-            for xp_t in xp:
-                state = step(cell, w, xp_t, state)
+    def _steps(self, kernel: Callable, state: State, n0: int, n1: int,
+               residuals_for: Callable[[int, State], Residuals] | None) -> State:
+        """Run steps [n0, n1) with `kernel` (the cell's step, or its record given
+        residuals_for); keep the outputs the readout will want (NOTE [readout rows])."""
+        cell, w = self.cell, self._prepared()[0]
+        keep0, keep1 = max(n0, self._window, 0), min(n1, self._done)
+        for c0, xp in self._projections(n0, n1):
+            for k, xp_t in enumerate(xp):
+                t = c0 + k
+                if residuals_for is None:
+                    state = kernel(cell, w, xp_t, state)
+                else:
+                    state = kernel(cell, w, xp_t, state, residuals_for(t, state))
+                if keep0 <= t < keep1:
+                    self._keep(t, state[0])
         self.forward_steps += n1 - n0
         return state
+
+    def advance(self, state: State, n0: int, n1: int) -> State:
+        return self._steps(self._kernels.step, state, n0, n1, None)
 
     def record(self, state: State, n0: int, n1: int,
                residuals_for: Callable[[int, State], Residuals]) -> State:
         """Run steps [n0, n1) keeping residuals in ``residuals_for(t, state)``'s arrays,
         whose entering-state slots it has filled (`Cell.enter`)."""
-        record, cell, w = self._kernels.record, self.cell, self._prepared()[0]
-        for c0, xp in self._projections(n0, n1):
-            for k, xp_t in enumerate(xp):
-                state = record(cell, w, xp_t, state, residuals_for(c0 + k, state))
-        self.forward_steps += n1 - n0
-        return state
+        return self._steps(self._kernels.record, state, n0, n1, residuals_for)
+
+    def _keep(self, t: int, h: np.ndarray) -> None:
+        B = h.shape[0]
+        r = (t - self._window) * B
+        (self._rev or self._buffers(B, h.dtype))[3][r : r + B] = h
+        self._kept |= 1 << (t - self._window)
 
     # -- backward ------------------------------------------------------------------
     def reverse_steps(self, n0: int, n1: int, residuals: list[Residuals],
                       dstate: State) -> State:
         """Reverse steps n1−1 … n0 of this run's sequence (residuals[i] is step n0 + i),
-        losses included; return dL/dstate_n0.
+        losses included; return dL/dstate_n0. Steps are reversed last first: n1 − 1 is
+        the last step not yet reversed.
 
         NOTE [gradient windows] Steps are reversed from T − 1 down to 0, whatever actions
         do it, so the weight gradients are gathered in windows of `chunk` steps on a grid
         fixed from the end, [T − (j+1)·chunk, T − j·chunk): step t's rows (its dxp, h_prev,
-        h_t and readout gradient) sit in the buffers at (t − window start)·B, and one matrix
-        product per window adds them, when the next window starts or at `finish`. A
-        Reverse of one step (binomial) thus costs no more products than one of many.
+        h_t, dL/dh_t and readout gradient) sit in the buffers at (t − window start)·B, and
+        one matrix product per window adds them once its last step is reversed (or at
+        `finish`). A Reverse of one step (binomial) thus costs no more products than one
+        of many.
         """
         for c0, c1, w0 in self.windows(n0, n1):
             dstate = self.reverse_piece(c0, c1, w0, residuals[c0 - n0 : c1 - n0], dstate)
@@ -144,19 +167,55 @@ class Sweep:
     def reverse_piece(self, c0: int, c1: int, w0: int, residuals: list[Residuals],
                       dstate: State) -> State:
         """`reverse_steps` for one piece (c0, c1, w0) from `windows`: steps c1−1 … c0,
-        all in the gradient window that starts at w0."""
-        if self._pending is None or self._pending[2] != w0:
-            self.finish()
-            # the window's loss weights, mask/B, made once for all its pieces (the first
-            # window starts before step 0 when chunk does not divide T)
-            self._scale = self.mask[max(w0, 0) : w0 + self.chunk] / self.xs.shape[1]
+        all in the gradient window that starts at w0.
+
+        NOTE [readout rows] The readout and loss of step t need only its output h_t, and
+        the outputs of the current window's steps pass by before they are reversed: a
+        forward step (advance or record) through one not yet read out copies its h_t into
+        the window's h rows (`_keep`, B·H into the workspace), and so does each stored
+        state (the output of the step before it) when the window starts. A piece whose
+        steps are not yet read out then reads out, in one product each, its own steps
+        (h_t off their residuals where not kept) and every kept step just below them,
+        and reversing step t also keeps h_t−1 from its residuals. binomial and optimal
+        reverse one step at a time, but rebuild its state by passing through the steps
+        before it, so they read out a few steps or a whole window at once, nearly as
+        full() does. Each step is read out once (the rows already read out are never
+        kept again), and whichever pass kept h_t, it computed the same h_t.
+        """
+        B = self.xs.shape[1]
+        s0 = max(w0, 0)  # the first window starts before step 0 when chunk does not divide T
+        if self._pending is not None and self._pending[2] != w0:
+            self.finish()  # reverse_steps' caller skipped the rest of the last window
+        if self._pending is None:  # the window's first piece
+            # the window's loss weights, mask/B, made once for all its pieces
+            self._scale = self.mask[s0 : w0 + self.chunk] / B
             self._pending = (c0, c1, w0)
         else:
             self._pending = (c0,) + self._pending[1:]
-        s0 = max(w0, 0)
-        return self._reverse_rows(self._prepared()[0], residuals, dstate, self.xs[c0:c1],
-                                  self.ys[c0:c1], self._scale[c0 - s0 : c1 - s0],
-                                  (c0 - w0) * self.xs.shape[1])
+        h_rows = (self._rev or self._buffers(B, self.xs.dtype))[3]
+        if c0 < self._done:  # NOTE [readout rows]
+            if c0 > s0 and not self._kept >> (c0 - 1 - w0) & 1:
+                self._keep(c0 - 1, residuals[0][0])  # h_prev is the output of step c0 − 1
+            lo, hi = c0, self._done
+            while lo > s0 and self._kept >> (lo - 1 - w0) & 1:
+                lo -= 1
+            for t in range(c0, hi):
+                if not self._kept >> (t - w0) & 1:
+                    r = (t - w0) * B
+                    self._kernels.output(self.cell, residuals[t - c0], h_rows[r : r + B])
+            self._readout((lo - w0) * B, (hi - w0) * B, self.ys[lo:hi],
+                          self._scale[lo - s0 : hi - s0])
+            self._done = lo
+        dstate = self._reverse_rows(self._prepared()[0], residuals, dstate, (c0 - w0) * B,
+                                    readout=True)
+        if c0 == s0:  # the window is done: add its gradients before forward steps reuse its rows
+            self.finish()
+            self._window, self._kept, self._done = w0 - self.chunk, 0, c0
+            # a stored state n is the output of step n − 1: keep those the next window has
+            for n in range(max(self._window, 0) + 1, c0 + 1):
+                if n in self.stored:
+                    self._keep(n - 1, self.stored[n][0])
+        return dstate
 
     def windows(self, n0: int, n1: int) -> Iterator[tuple[int, int, int]]:
         """(c0, c1, w0): the pieces [c0, c1) of [n0, n1), last first, each inside the
@@ -180,10 +239,14 @@ class Sweep:
         Reads the weights from ``self.params`` at every call, so a stream's caller may
         update them between steps; its gradients are complete when it returns.
         """
-        dstate = self._reverse_rows(_weights(self.cell, self.params), [res], dstate, x[None],
-                                    None if y is None else y[None],
-                                    None if scale is None else scale[None], 0)
-        self._weight_grads(0, x.shape[0], x, readout=y is not None)
+        B = x.shape[0]
+        if y is not None:
+            h_rows = (self._rev or self._buffers(B, x.dtype))[3]
+            self._kernels.output(self.cell, res, h_rows[:B])
+            self._readout(0, B, y[None], scale[None])
+        dstate = self._reverse_rows(_weights(self.cell, self.params), [res], dstate, 0,
+                                    readout=y is not None)
+        self._weight_grads(0, B, x, readout=y is not None)
         return dstate
 
     def finish(self) -> None:
@@ -195,19 +258,19 @@ class Sweep:
             self._weight_grads((lo - w0) * B, (hi - w0) * B, self.xs[lo:hi], readout=True)
 
     def _buffers(self, B: int, dtype: np.dtype) -> tuple:
-        """Rows for `chunk` steps: dxp, dhp (GRU only), h_prev, h_t, dL/do_t."""
+        """Rows for `chunk` steps: dxp, dhp (GRU only), h_prev, h_t, dL/do_t, dL/dh_t."""
         if self._rev is None:
             k, H = self._kernels, self.cell.n_hidden
             n, GH = self.chunk * B, k.n_gates * H
             self._rev = (np.empty((n, GH), dtype),
                          None if k.bias_hh_in_projection else np.empty((n, GH), dtype),
                          np.empty((n, H), dtype), np.empty((n, H), dtype),
-                         np.empty((n, self.model.n_out), dtype))
+                         np.empty((n, self.model.n_out), dtype), np.empty((n, H), dtype))
         return self._rev
 
     def _weight_grads(self, r0: int, r1: int, x: np.ndarray, readout: bool) -> None:
         """Add the gradients of every weight and bias from buffer rows [r0, r1)."""
-        dxp_buf, dhp_buf, h_prev_buf, h_buf, do_buf = self._rev
+        dxp_buf, dhp_buf, h_prev_buf, h_buf, do_buf, _ = self._rev
         g = self.grads
         dxp = dxp_buf[r0:r1]  # (K·B, G·H)
         dhp = dxp if dhp_buf is None else dhp_buf[r0:r1]
@@ -221,40 +284,40 @@ class Sweep:
             g["weight_out"] += do.T @ h_buf[r0:r1]
             g["bias_out"] += do.sum(axis=0)
 
-    def _reverse_rows(self, w, residuals: list[Residuals], dstate: State, x: np.ndarray,
-                      y: np.ndarray | None, scale: np.ndarray | None, r0: int) -> State:
-        """Reverse K consecutive steps, last first, x (K, B, I), y (K, B, ...), scale (K, B),
-        writing their gradient rows from buffer row r0 on; the caller adds the weight
-        gradients (`_weight_grads`)."""
+    def _readout(self, r0: int, r1: int, y: np.ndarray, scale: np.ndarray) -> None:
+        """Readout and loss of the steps whose outputs h_t are in rows [r0, r1), y (K, B,
+        ...), scale (K, B): add their loss, write their dL/do_t and dL/dh_t rows
+        (NOTE [where the loss is computed])."""
+        p = self.params
+        _, _, _, h_buf, do_buf, dh_buf = self._rev
+        n = r1 - r0
+        o = h_buf[r0:r1] @ p["weight_out"].T  # (K·B, O)
+        o += p["bias_out"]
+        loss, do = self.model.step_loss(o, y.reshape((n,) + y.shape[2:]), scale.reshape(n))
+        self.loss += loss
+        do_buf[r0:r1] = do
+        np.matmul(do, p["weight_out"], out=dh_buf[r0:r1])  # (K·B, H)
+
+    def _reverse_rows(self, w, residuals: list[Residuals], dstate: State, r0: int,
+                      readout: bool) -> State:
+        """Reverse K consecutive steps, last first, writing their gradient rows from
+        buffer row r0 on, adding dL/dh_t from the readout's rows where ``readout``; the
+        caller adds the weight gradients (`_weight_grads`)."""
         cell, k = self.cell, self._kernels
-        K, B = x.shape[:2]
-        dxp_buf, dhp_buf, h_prev_buf, h_buf, do_buf = self._rev or self._buffers(B, x.dtype)
+        dxp_buf, dhp_buf, h_prev_buf, _, _, dh_buf = self._rev
         if dhp_buf is None:
             dhp_buf = dxp_buf
-        r1 = r0 + K * B
-        dh_out = None
-        if y is not None:  # NOTE [where the loss is computed]
-            p = self.params
-            h = h_buf[r0:r1]  # (K·B, H)
-            for i, res in enumerate(residuals):
-                k.output(cell, res, h[i * B : (i + 1) * B])
-            o = h @ p["weight_out"].T  # (K·B, O)
-            o += p["bias_out"]
-            loss, do = self.model.step_loss(o, y.reshape((K * B,) + y.shape[2:]),
-                                            scale.reshape(K * B))
-            self.loss += loss
-            do_buf[r0:r1] = do
-            dh_out = do @ p["weight_out"]  # (K·B, H)
-        for i in range(K - 1, -1, -1):
+        B = residuals[0][0].shape[0]
+        for i in range(len(residuals) - 1, -1, -1):
             res = residuals[i]
             r = r0 + i * B
-            if dh_out is not None:
-                dh = dh_out[i * B : (i + 1) * B]
+            if readout:
+                dh = dh_buf[r : r + B]
                 dh += dstate[0]
                 dstate = (dh,) + dstate[1:]
             dstate = k.vjp(cell, w, res, dstate, dxp_buf[r : r + B], dhp_buf[r : r + B])
             h_prev_buf[r : r + B] = res[0]  # res[0] is h_prev for every kind
-        self.backward_steps += K
+        self.backward_steps += len(residuals)
         return dstate
 
     def zero_adjoint(self, like: State) -> State:
@@ -362,7 +425,7 @@ def _execute(actions: Iterable[Action], model: Model, params: Params, xs: np.nda
     sweep = Sweep(model, params, xs, ys, mask)
     cell = model.cell
     state = h0
-    stored: dict[int, State] = {}
+    stored = sweep.stored  # step -> the state stored there (Store)
     residuals: dict[int, Residuals] = {}
     owned: dict[int, tuple[np.ndarray, ...]] = {}  # what each recorded step added
     dstate = sweep.zero_adjoint(h0)

@@ -495,7 +495,7 @@ def test_a_strategy_that_cannot_be_hashed_is_planned_every_time(rng):
 def test_workspace_is_the_chunk_buffers_whatever_the_strategy_and_T(rng, cell_name):
     """Stats.workspace_bytes: the executor's reused buffers, counted exactly, beside
     (not in) peak_bytes: CHUNK_STEPS steps of input projections, of dL/dxp rows (and, for
-    the GRU, of dL/d(h·W_hhᵀ) rows), of h_prev, h and dL/do rows."""
+    the GRU, of dL/d(h·W_hhᵀ) rows), of h_prev, h, dL/dh and dL/do rows."""
     from bptt_memory.engine import CHUNK_STEPS
 
     seen = set()
@@ -504,10 +504,38 @@ def test_workspace_is_the_chunk_buffers_whatever_the_strategy_and_T(rng, cell_na
         cell = model.cell
         G, H, O = cell.n_gates, cell.n_hidden, model.n_out
         gated = 2 if cell.kind == "gru" else 1  # dxp, and GRU's separate dhp rows
-        expected = CHUNK_STEPS * B * ((1 + gated) * G * H + 2 * H + O) * 8
+        expected = CHUNK_STEPS * B * ((1 + gated) * G * H + 3 * H + O) * 8
         for strategy in (bm.full(), bm.binomial(2), bm.uniform()):
             seen.add(strategy.run(model, params, xs, ys, h0=h0, mask=mask).stats.workspace_bytes)
         assert seen == {expected}
+
+
+@pytest.mark.parametrize("cell_name", ["vanilla-tanh", "lstm", "gru"])
+def test_single_step_reversals_read_out_many_steps_per_product(rng, monkeypatch, cell_name):
+    """NOTE [readout rows] in engine.py: binomial and optimal reverse one step at a time,
+    but the outputs their forward passes go through are kept for the readout, so it runs
+    at least 4 steps per product on average (one step per product is what reading each
+    reversed step off its own residuals costs), every step is read out exactly once, and
+    the gradients are still the reference's."""
+    from bptt_memory import engine
+
+    read_out = []  # steps per readout product
+    real = engine.Sweep._readout
+
+    def spy(self, r0, r1, y, scale):
+        read_out.append(y.shape[0])
+        return real(self, r0, r1, y, scale)
+
+    monkeypatch.setattr(engine.Sweep, "_readout", spy)
+    T = 64
+    model, params, xs, ys, mask, h0 = _problem(rng, cell_name, "mse", T)
+    budget = model.cell.recorded_bytes(T, B, np.float64) // 10
+    for strategy in (bm.binomial(slots=2), bm.binomial(slots=8), bm.optimal(budget_bytes=budget)):
+        read_out.clear()
+        res = strategy.run(model, params, xs, ys, h0=h0, mask=mask)
+        assert sum(read_out) == T, strategy.name
+        assert len(read_out) <= T / 4, (strategy.name, read_out)
+        _assert_matches_reference(res, model, params, xs, ys, h0, mask, strategy.name)
 
 
 @pytest.mark.parametrize("sizes", [(2, 7, 1), (1, 2, 1), (1, 5, 0)], ids=["lstm", "vanilla", "gru"])

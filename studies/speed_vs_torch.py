@@ -705,9 +705,10 @@ def write_report(d: Path, s: SimpleNamespace, rows: list[dict], targets: list[di
                       f"{p['backward_us']:.3g} µs backward, against {p['full_forward_us']:.3g} "
                       f"and {p['full_backward_us']:.3g} µs in a full() run just after"
                       + ("" if p["contender"] != "binomial" else
-                         " (a step reversed alone, as binomial reverses every step, computes its "
-                         "readout and loss on its own, where full() does 16 steps' in one "
-                         "product)")
+                         " (binomial reverses every step alone: a vjp, its gradient rows and a "
+                         "Reverse action's bookkeeping per step, where full() runs 16 steps per "
+                         "call; its readouts are batched from the outputs its advances pass "
+                         "through, NOTE [readout rows] in `bptt_memory/engine.py`)")
                       + ". cProfile's top functions by own time (numpy calls are "
                       f"counted inside the kernel that makes them):\n\n```\n{p['profile']}\n```\n")
     if not prof_text:

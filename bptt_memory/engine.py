@@ -87,30 +87,34 @@ class Sweep:
 
     # -- forward -------------------------------------------------------------------
     def _prepared(self):
-        """W_hhᵀ and W_ihᵀ row-major, and the projection's bias: copied once per run."""
+        """The recurrent weights (`_weights`), W_ihᵀ per gate (G, I, H) and the
+        projection's bias (G, 1, H): copied once per run (NOTE [gate-major layout])."""
         if self._w is None:
             p, k = self.params, self._kernels
+            G, H = self.cell.n_gates, self.cell.n_hidden
             bias = p["bias_ih"] + p["bias_hh"] if k.bias_hh_in_projection else p["bias_ih"]
+            W_ihT = p["weight_ih"].reshape(G, H, -1).transpose(0, 2, 1)
             self._w = (_weights(self.cell, p, batch=self.xs.shape[1]),
-                       np.ascontiguousarray(p["weight_ih"].T), bias)
+                       np.ascontiguousarray(W_ihT), bias.reshape(G, 1, H))
         return self._w
 
     def _projections(self, n0: int, n1: int) -> Iterator[tuple[int, np.ndarray]]:
-        """(c0, xp) for chunks [c0, c0 + len(xp)) of [n0, n1); xp is (chunk, B, G·H).
+        """(c0, xp) for chunks of [n0, n1) from c0 on; xp is (G, K·B, H) for the chunk's
+        K steps, step c0 + k's (G, B, H) in rows [k·B, (k+1)·B).
 
-        The buffer is reused by the next chunk: a step reads its row block only while
-        it runs.
+        The buffer is reused by the next chunk: a step reads its rows only while it runs.
         """
         w, W_ihT, bias = self._prepared()
         B, I = self.xs.shape[1:]
         if self._fwd is None:
-            self._fwd = np.empty((self.chunk * B, W_ihT.shape[1]), self.xs.dtype)
+            G, _, H = W_ihT.shape
+            self._fwd = np.empty((G, self.chunk * B, H), self.xs.dtype)
         for c0 in range(n0, n1, self.chunk):
             c1 = min(c0 + self.chunk, n1)
-            xp = self._fwd[: (c1 - c0) * B]  # (chunk·B, G·H)
+            xp = self._fwd[:, : (c1 - c0) * B]  # (G, K·B, H)
             np.matmul(self.xs[c0:c1].reshape(-1, I), W_ihT, out=xp)
             xp += bias
-            yield c0, xp.reshape(c1 - c0, B, -1)
+            yield c0, xp
 
     def _steps(self, kernel: Callable, state: State, n0: int, n1: int,
                residuals_for: Callable[[int, State], Residuals] | None) -> State:
@@ -118,9 +122,10 @@ class Sweep:
         residuals_for); keep the outputs the readout will want (NOTE [readout rows])."""
         cell, w = self.cell, self._prepared()[0]
         keep0, keep1 = max(n0, self._window, 0), min(n1, self._done)
+        B = self.xs.shape[1]
         for c0, xp in self._projections(n0, n1):
-            for k, xp_t in enumerate(xp):
-                t = c0 + k
+            for k in range(xp.shape[1] // B):
+                t, xp_t = c0 + k, xp[:, k * B : (k + 1) * B]
                 if residuals_for is None:
                     state = kernel(cell, w, xp_t, state)
                 else:
@@ -258,12 +263,13 @@ class Sweep:
             self._weight_grads((lo - w0) * B, (hi - w0) * B, self.xs[lo:hi], readout=True)
 
     def _buffers(self, B: int, dtype: np.dtype) -> tuple:
-        """Rows for `chunk` steps: dxp, dhp (GRU only), h_prev, h_t, dL/do_t, dL/dh_t."""
+        """Rows for `chunk` steps: dxp and dhp (GRU only) gate-major (G, rows, H); h_prev,
+        h_t, dL/do_t, dL/dh_t."""
         if self._rev is None:
             k, H = self._kernels, self.cell.n_hidden
-            n, GH = self.chunk * B, k.n_gates * H
-            self._rev = (np.empty((n, GH), dtype),
-                         None if k.bias_hh_in_projection else np.empty((n, GH), dtype),
+            n, G = self.chunk * B, k.n_gates
+            self._rev = (np.empty((G, n, H), dtype),
+                         None if k.bias_hh_in_projection else np.empty((G, n, H), dtype),
                          np.empty((n, H), dtype), np.empty((n, H), dtype),
                          np.empty((n, self.model.n_out), dtype), np.empty((n, H), dtype))
         return self._rev
@@ -272,13 +278,16 @@ class Sweep:
         """Add the gradients of every weight and bias from buffer rows [r0, r1)."""
         dxp_buf, dhp_buf, h_prev_buf, h_buf, do_buf, _ = self._rev
         g = self.grads
-        dxp = dxp_buf[r0:r1]  # (K·B, G·H)
-        dhp = dxp if dhp_buf is None else dhp_buf[r0:r1]
-        g["weight_hh"] += dhp.T @ h_prev_buf[r0:r1]
-        g["weight_ih"] += dxp.T @ x.reshape(r1 - r0, -1)
-        dbias = dxp.sum(axis=0)
+        G, _, H = dxp_buf.shape
+        dxp = dxp_buf[:, r0:r1]  # (G, K·B, H)
+        dhp = dxp if dhp_buf is None else dhp_buf[:, r0:r1]
+        # block g of each (G·H, ·) weight's gradient is one product over all the rows
+        g["weight_hh"] += np.matmul(dhp.transpose(0, 2, 1), h_prev_buf[r0:r1]).reshape(G * H, H)
+        g["weight_ih"] += np.matmul(dxp.transpose(0, 2, 1),
+                                    x.reshape(r1 - r0, -1)).reshape(G * H, -1)
+        dbias = dxp.sum(axis=1).reshape(G * H)
         g["bias_ih"] += dbias
-        g["bias_hh"] += dbias if dhp is dxp else dhp.sum(axis=0)
+        g["bias_hh"] += dbias if dhp is dxp else dhp.sum(axis=1).reshape(G * H)
         if readout:
             do = do_buf[r0:r1]  # (K·B, O)
             g["weight_out"] += do.T @ h_buf[r0:r1]
@@ -315,7 +324,7 @@ class Sweep:
                 dh = dh_buf[r : r + B]
                 dh += dstate[0]
                 dstate = (dh,) + dstate[1:]
-            dstate = k.vjp(cell, w, res, dstate, dxp_buf[r : r + B], dhp_buf[r : r + B])
+            dstate = k.vjp(cell, w, res, dstate, dxp_buf[:, r : r + B], dhp_buf[:, r : r + B])
             h_prev_buf[r : r + B] = res[0]  # res[0] is h_prev for every kind
         self.backward_steps += len(residuals)
         return dstate

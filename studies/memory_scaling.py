@@ -609,7 +609,7 @@ def write_report(d: Path, s: SimpleNamespace, rows: Sequence[dict], fits: Sequen
     l_full = next((r for r in long_rows if r["family"] == "full"), None)
     if l_full is not None:
         shapes = _cell(lt["cell"], lt["n_in"], lt["hidden"]).residual_shapes(lt["batch"])
-        sizes = sorted({a * b * np.dtype(DTYPE).itemsize for a, b in shapes})
+        sizes = sorted({math.prod(s) * np.dtype(DTYPE).itemsize for s in shapes})
         span = " to ".join(format_bytes(b) for b in sorted({sizes[0], sizes[-1]}))
         others = [r for r in long_rows if r["family"] != "full"]
         findings.append(

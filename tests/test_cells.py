@@ -189,7 +189,8 @@ def test_a_linked_step_shares_the_previous_steps_arrays_and_reverses_the_same(ce
     """NOTE [linked steps]: the entering-state slots a cell links are the very arrays in
     which the step before keeps its new state; the rest are new, and the VJP is the same."""
     params, state = _params(cell, rng), _state(cell, rng)
-    xp1, xp2 = (cell.project(params, rng.standard_normal((B, N_IN))) for _ in range(2))
+    xp1, xp2 = (cell._gate_major(cell.project(params, rng.standard_normal((B, N_IN))))
+                for _ in range(2))  # the kernels' layout (NOTE [gate-major layout])
     first, owned = cell.enter(state)
     assert len(owned) == len(first) and all(a is b for a, b in zip(first, owned))
     assert all(np.array_equal(first[j], state[j]) for j in range(len(state)))

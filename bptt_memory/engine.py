@@ -189,8 +189,9 @@ class Sweep:
         """
         B = self.xs.shape[1]
         s0 = max(w0, 0)  # the first window starts before step 0 when chunk does not divide T
-        if self._pending is not None and self._pending[2] != w0:
-            self.finish()  # reverse_steps' caller skipped the rest of the last window
+        if w0 != self._window:
+            raise ValueError(f"Sweep.reverse_piece: steps {c0}..{c1 - 1} are not in the window "
+                             f"being reversed (from {self._window}); reverse every step, last first")
         if self._pending is None:  # the window's first piece
             # the window's loss weights, mask/B, made once for all its pieces
             self._scale = self.mask[s0 : w0 + self.chunk] / B

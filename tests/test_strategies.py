@@ -538,6 +538,21 @@ def test_single_step_reversals_read_out_many_steps_per_product(rng, monkeypatch,
         _assert_matches_reference(res, model, params, xs, ys, h0, mask, strategy.name)
 
 
+def test_the_sweep_refuses_to_reverse_a_step_out_of_order(rng):
+    """Sweep's windows assume steps are reversed last first (execute's schedules are
+    checked for that by simulate); a direct caller who skips ahead gets a clear error,
+    not a wrong loss."""
+    from bptt_memory.engine import Sweep
+
+    T = 40
+    model, params, xs, ys, mask, h0 = _problem(rng, "lstm", "mse", T)
+    sweep = Sweep(model, params, xs, ys, mask)
+    res, _ = model.cell.enter(h0)
+    sweep.record(h0, 0, 1, lambda t, state: res)
+    with pytest.raises(ValueError, match="reverse every step, last first"):
+        sweep.reverse_step(0, res, sweep.zero_adjoint(h0))
+
+
 @pytest.mark.parametrize("sizes", [(2, 7, 1), (1, 2, 1), (1, 5, 0)], ids=["lstm", "vanilla", "gru"])
 def test_best_uniform_is_the_fewest_forward_steps_that_fit(sizes):
     """Against every k, each priced by the simulator walking its schedule."""

@@ -145,6 +145,7 @@ class Sweep:
         return self._steps(self._kernels.record, state, n0, n1, residuals_for)
 
     def _keep(self, t: int, h: np.ndarray) -> None:
+        """Copy step t's output h_t into the window's h rows (NOTE [readout rows])."""
         B = h.shape[0]
         r = (t - self._window) * B
         (self._rev or self._buffers(B, h.dtype))[3][r : r + B] = h

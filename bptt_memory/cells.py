@@ -83,9 +83,10 @@ def _weights(cell: Cell, params: Params, batch: int | None = None) -> _Weights:
 # over a contiguous one at B=32, H=128: it sets up a strided iteration for each), and
 # the recurrent products are G (B, H)·(H, H) products in one batched matmul, which
 # OpenBLAS ran 13–30% faster at H=128 than one (B, H)·(H, G·H) product, and within
-# ±8% of it at H=512 (float32 and float64, forward and backward). The
-# projections xp, their gradients dxp, and the stored gates are all (G, B, H); the
-# public `Cell` methods take and return PyTorch's (B, G·H) layout and convert.
+# ±8% of it at H=512 (float32 and float64, forward and backward). The projections xp,
+# their gradients dxp, and the stored gates are all (G, B, H) (vanilla's one gate is
+# indexed off its (1, B, H) blocks); the public `Cell` methods take and return
+# PyTorch's (B, G·H) layout and convert.
 
 
 def _sigmoid(z: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:

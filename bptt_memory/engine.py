@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import time
 import tracemalloc
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, NamedTuple
 
 import numpy as np
 
@@ -36,6 +36,22 @@ __all__ = ["execute", "Sweep", "CHUNK_STEPS"]
 #: loss and weight gradients going backward. Both use buffers of this many steps, made
 #: once per run (transients, counted in `traced_allowance`, not in peak_bytes).
 CHUNK_STEPS = 16
+
+
+class _Rows(NamedTuple):
+    """The backward pass's chunk buffers: rows for `chunk` steps, step t's at
+    (t − window start)·B (NOTE [gradient windows])."""
+
+    dxp: np.ndarray  # (G, rows, H): dL/dxp, gate-major (NOTE [gate-major layout] in cells.py)
+    dhp: np.ndarray  # (G, rows, H): dL/d(h·W_hhᵀ + b_hh); the dxp array itself unless GRU
+    h_prev: np.ndarray  # (rows, H)
+    h: np.ndarray  # (rows, H): the outputs h_t read out (NOTE [readout rows])
+    do: np.ndarray  # (rows, O): dL/do_t
+    dh: np.ndarray  # (rows, H): dL/dh_t from the readout
+
+    def arrays(self) -> list[np.ndarray]:
+        """Each buffer once (dhp may be dxp)."""
+        return [a for i, a in enumerate(self) if i != 1 or a is not self.dxp]
 
 
 class Sweep:
@@ -69,7 +85,7 @@ class Sweep:
         self._kernels = model.cell._k
         self._w = None  # the executor's prepared weights, made on first use
         self._fwd = self._rev = None  # chunk buffers, made on first use
-        self._pending = None  # (lo, hi, w0): steps whose weight gradients wait in _rev
+        self._pending = None  # (lo, hi, w0): steps whose weight gradients wait in _rev (_Rows)
         # NOTE [readout rows]: the window whose outputs forward steps keep (it holds the
         # last step not yet reversed), which of its rows hold a kept h_t (bits, from
         # the window start), and the first of its steps already read out
@@ -148,7 +164,7 @@ class Sweep:
         """Copy step t's output h_t into the window's h rows (NOTE [readout rows])."""
         B = h.shape[0]
         r = (t - self._window) * B
-        (self._rev or self._buffers(B, h.dtype))[3][r : r + B] = h
+        self._rows(B, h.dtype).h[r : r + B] = h
         self._kept |= 1 << (t - self._window)
 
     # -- backward ------------------------------------------------------------------
@@ -199,7 +215,7 @@ class Sweep:
             self._pending = (c0, c1, w0)
         else:
             self._pending = (c0,) + self._pending[1:]
-        h_rows = (self._rev or self._buffers(B, self.xs.dtype))[3]
+        h_rows = self._rows(B, self.xs.dtype).h
         if c0 < self._done:  # NOTE [readout rows]
             if c0 > s0 and not self._kept >> (c0 - 1 - w0) & 1:
                 self._keep(c0 - 1, residuals[0][0])  # h_prev is the output of step c0 − 1
@@ -247,9 +263,9 @@ class Sweep:
         update them between steps; its gradients are complete when it returns.
         """
         B = x.shape[0]
+        rows = self._rows(B, x.dtype)
         if y is not None:
-            h_rows = (self._rev or self._buffers(B, x.dtype))[3]
-            self._kernels.output(self.cell, res, h_rows[:B])
+            self._kernels.output(self.cell, res, rows.h[:B])
             self._readout(0, B, y[None], scale[None])
         dstate = self._reverse_rows(_weights(self.cell, self.params), [res], dstate, 0,
                                     readout=y is not None)
@@ -264,70 +280,64 @@ class Sweep:
             B = self.xs.shape[1]
             self._weight_grads((lo - w0) * B, (hi - w0) * B, self.xs[lo:hi], readout=True)
 
-    def _buffers(self, B: int, dtype: np.dtype) -> tuple:
-        """Rows for `chunk` steps: dxp and dhp (GRU only) gate-major (G, rows, H); h_prev,
-        h_t, dL/do_t, dL/dh_t."""
+    def _rows(self, B: int, dtype: np.dtype) -> _Rows:
+        """The backward pass's chunk buffers, made on first use."""
         if self._rev is None:
             k, H = self._kernels, self.cell.n_hidden
             n, G = self.chunk * B, k.n_gates
-            self._rev = (np.empty((G, n, H), dtype),
-                         None if k.bias_hh_in_projection else np.empty((G, n, H), dtype),
-                         np.empty((n, H), dtype), np.empty((n, H), dtype),
-                         np.empty((n, self.model.n_out), dtype), np.empty((n, H), dtype))
+            dxp = np.empty((G, n, H), dtype)
+            self._rev = _Rows(dxp, dxp if k.bias_hh_in_projection else np.empty_like(dxp),
+                              np.empty((n, H), dtype), np.empty((n, H), dtype),
+                              np.empty((n, self.model.n_out), dtype), np.empty((n, H), dtype))
         return self._rev
 
     def _weight_grads(self, r0: int, r1: int, x: np.ndarray, readout: bool) -> None:
         """Add the gradients of every weight and bias from buffer rows [r0, r1)."""
-        dxp_buf, dhp_buf, h_prev_buf, h_buf, do_buf, _ = self._rev
-        g = self.grads
-        G, _, H = dxp_buf.shape
-        dxp = dxp_buf[:, r0:r1]  # (G, K·B, H)
-        dhp = dxp if dhp_buf is None else dhp_buf[:, r0:r1]
+        rows, g = self._rev, self.grads
+        G, _, H = rows.dxp.shape
+        dxp = rows.dxp[:, r0:r1]  # (G, K·B, H)
+        dhp = dxp if rows.dhp is rows.dxp else rows.dhp[:, r0:r1]
         # block g of each (G·H, ·) weight's gradient is one product over all the rows
-        g["weight_hh"] += np.matmul(dhp.transpose(0, 2, 1), h_prev_buf[r0:r1]).reshape(G * H, H)
+        g["weight_hh"] += np.matmul(dhp.transpose(0, 2, 1), rows.h_prev[r0:r1]).reshape(G * H, H)
         g["weight_ih"] += np.matmul(dxp.transpose(0, 2, 1),
                                     x.reshape(r1 - r0, -1)).reshape(G * H, -1)
         dbias = dxp.sum(axis=1).reshape(G * H)
         g["bias_ih"] += dbias
         g["bias_hh"] += dbias if dhp is dxp else dhp.sum(axis=1).reshape(G * H)
         if readout:
-            do = do_buf[r0:r1]  # (K·B, O)
-            g["weight_out"] += do.T @ h_buf[r0:r1]
+            do = rows.do[r0:r1]  # (K·B, O)
+            g["weight_out"] += do.T @ rows.h[r0:r1]
             g["bias_out"] += do.sum(axis=0)
 
     def _readout(self, r0: int, r1: int, y: np.ndarray, scale: np.ndarray) -> None:
         """Readout and loss of the steps whose outputs h_t are in rows [r0, r1), y (K, B,
         ...), scale (K, B): add their loss, write their dL/do_t and dL/dh_t rows
         (NOTE [where the loss is computed])."""
-        p = self.params
-        _, _, _, h_buf, do_buf, dh_buf = self._rev
+        p, rows = self.params, self._rev
         n = r1 - r0
-        o = h_buf[r0:r1] @ p["weight_out"].T  # (K·B, O)
+        o = rows.h[r0:r1] @ p["weight_out"].T  # (K·B, O)
         o += p["bias_out"]
         loss, do = self.model.step_loss(o, y.reshape((n,) + y.shape[2:]), scale.reshape(n))
         self.loss += loss
-        do_buf[r0:r1] = do
-        np.matmul(do, p["weight_out"], out=dh_buf[r0:r1])  # (K·B, H)
+        rows.do[r0:r1] = do
+        np.matmul(do, p["weight_out"], out=rows.dh[r0:r1])  # (K·B, H)
 
     def _reverse_rows(self, w, residuals: list[Residuals], dstate: State, r0: int,
                       readout: bool) -> State:
         """Reverse K consecutive steps, last first, writing their gradient rows from
         buffer row r0 on, adding dL/dh_t from the readout's rows where ``readout``; the
         caller adds the weight gradients (`_weight_grads`)."""
-        cell, k = self.cell, self._kernels
-        dxp_buf, dhp_buf, h_prev_buf, _, _, dh_buf = self._rev
-        if dhp_buf is None:
-            dhp_buf = dxp_buf
+        cell, k, rows = self.cell, self._kernels, self._rev
         B = residuals[0][0].shape[0]
         for i in range(len(residuals) - 1, -1, -1):
             res = residuals[i]
             r = r0 + i * B
             if readout:
-                dh = dh_buf[r : r + B]
+                dh = rows.dh[r : r + B]
                 dh += dstate[0]
                 dstate = (dh,) + dstate[1:]
-            dstate = k.vjp(cell, w, res, dstate, dxp_buf[:, r : r + B], dhp_buf[:, r : r + B])
-            h_prev_buf[r : r + B] = res[0]  # res[0] is h_prev for every kind
+            dstate = k.vjp(cell, w, res, dstate, rows.dxp[:, r : r + B], rows.dhp[:, r : r + B])
+            rows.h_prev[r : r + B] = res[0]  # res[0] is h_prev for every kind
         self.backward_steps += len(residuals)
         return dstate
 
@@ -335,7 +345,7 @@ class Sweep:
         return tuple(np.zeros_like(a) for a in like)
 
     def stats(self, seconds: float, **extra: int) -> Stats:
-        buffers = [self._fwd, *(self._rev or ())]
+        buffers = [self._fwd, *(() if self._rev is None else self._rev.arrays())]
         workspace = sum(b.nbytes for b in buffers if b is not None)
         return Stats(peak_bytes=self.peak, forward_steps=self.forward_steps,
                      backward_steps=self.backward_steps, seconds=seconds,

@@ -85,7 +85,7 @@ class Sweep:
         self._kernels = model.cell._k
         self._w = None  # the executor's prepared weights, made on first use
         self._fwd = self._rev = None  # chunk buffers, made on first use
-        self._pending = None  # (lo, hi, w0): steps whose weight gradients wait in _rev (_Rows)
+        self._pending = None  # (lo, hi): steps of _window whose weight gradients wait in _rev
         # NOTE [readout rows]: the window whose outputs forward steps keep (it holds the
         # last step not yet reversed), which of its rows hold a kept h_t (bits, from
         # the window start), and the first of its steps already read out
@@ -212,9 +212,9 @@ class Sweep:
         if self._pending is None:  # the window's first piece
             # the window's loss weights, mask/B, made once for all its pieces
             self._scale = self.mask[s0 : w0 + self.chunk] / B
-            self._pending = (c0, c1, w0)
+            self._pending = (c0, c1)
         else:
-            self._pending = (c0,) + self._pending[1:]
+            self._pending = (c0, self._pending[1])
         h_rows = self._rows(B, self.xs.dtype).h
         if c0 < self._done:  # NOTE [readout rows]
             if c0 > s0 and not self._kept >> (c0 - 1 - w0) & 1:
@@ -275,7 +275,7 @@ class Sweep:
     def finish(self) -> None:
         """Add the weight gradients still waiting in the buffers (NOTE [gradient windows])."""
         if self._pending is not None:
-            lo, hi, w0 = self._pending
+            (lo, hi), w0 = self._pending, self._window
             self._pending = None
             B = self.xs.shape[1]
             self._weight_grads((lo - w0) * B, (hi - w0) * B, self.xs[lo:hi], readout=True)

@@ -28,6 +28,9 @@ __all__ = ["main"]
 
 _CELLS = {"vanilla": vanilla, "lstm": lstm, "gru": gru}
 
+#: compare names the strategies that took this many page faults per run (1 MiB of 4 KiB pages)
+_FAULTS_WORTH_NOTING = 256
+
 
 def _cell(args: argparse.Namespace):
     return _CELLS[args.cell](args.inputs, args.hidden)
@@ -68,7 +71,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--outputs", type=_positive, default=10, help="n_out (default 10)")
     c.add_argument("--strategies", nargs="+", choices=sorted(STRATEGIES), default=list(STRATEGIES),
                    metavar="NAME", help=f"subset of {', '.join(STRATEGIES)}")
-    c.add_argument("--repeats", type=_positive, default=3, help="timed rounds (median)")
+    c.add_argument("--repeats", type=_positive, default=5, help="timed rounds (median)")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--json", action="store_true", help="machine-readable output")
     c.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -107,16 +110,24 @@ def _compare(args: argparse.Namespace) -> int:
                           "rows": [asdict(r) for r in rows]}, indent=2))
         return 0
     print(f"{cell.kind} T={args.steps} B={args.batch} H={args.hidden} I={args.inputs} {args.dtype}; "
-          f"time is the median of {args.repeats} interleaved runs, relative to full()")
-    head = ("strategy", "peak (exact)", "peak (traced)", "% of full", "fwd steps", "time",
+          f"time (wall) and cpu (user-mode CPU) are medians of {args.repeats} interleaved runs, "
+          "relative to full()")
+    head = ("strategy", "peak (exact)", "peak (traced)", "% of full", "fwd steps", "time", "cpu",
             "grad rel err", "cosine")
     table = [head]
     for r in rows:
         table.append((r.strategy, format_bytes(r.peak_bytes),
                       "-" if r.traced_peak_bytes is None else format_bytes(r.traced_peak_bytes),
                       f"{100 * r.memory_fraction:.1f}%", f"{r.forward_factor:.2f}×T",
-                      f"{r.time_ratio:.2f}×", f"{r.grad_rel_error:.1e}", f"{r.grad_cosine:.6f}"))
+                      f"{r.time_ratio:.2f}×", "-" if r.cpu_ratio is None else f"{r.cpu_ratio:.2f}×",
+                      f"{r.grad_rel_error:.1e}", f"{r.grad_cosine:.6f}"))
     print(_format(table))
+    # NOTE [cpu time] in compare.py; a few faults per run are the interpreter's own
+    faulted = [f"{r.strategy} {r.page_faults:,}" for r in rows
+               if r.page_faults is not None and r.page_faults >= _FAULTS_WORTH_NOTING]
+    if faulted:
+        print("page faults per run, the system handing out fresh memory (in time, not in cpu): "
+              + "; ".join(faulted))
     return 0
 
 

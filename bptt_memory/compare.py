@@ -15,6 +15,11 @@ import statistics
 import time
 from dataclasses import dataclass
 
+try:
+    import resource  # Unix: user CPU time and page faults of this process
+except ImportError:  # Windows
+    resource = None
+
 import numpy as np
 
 from .cells import Cell, Params
@@ -75,6 +80,24 @@ class Row:
     grad_rel_error: float
     grad_cosine: float
     loss: float
+    # NOTE [cpu time] Wall time also counts the system's work of handing a run fresh
+    # pages, and whether a run pays it depends on the allocator's state, not on the
+    # strategy: glibc keeps freed memory or gives it back depending on what the process
+    # allocated before. full(), which holds the most, is the one that pays: in one
+    # process it took 18.5k page faults per timed run (≈ 8% of its time), in another
+    # none. User-mode CPU time leaves that out; `page_faults` shows whether it happened.
+    # None where the platform has no `resource` module.
+    cpu_seconds: float | None = None  # median user-mode CPU seconds (all threads)
+    cpu_ratio: float | None = None  # cpu_seconds / full()'s
+    page_faults: int | None = None  # median minor page faults per run
+
+
+def _usage() -> tuple[float, int]:
+    """(user-mode CPU seconds, minor page faults) of this process so far."""
+    if resource is None:
+        return float("nan"), 0
+    u = resource.getrusage(resource.RUSAGE_SELF)
+    return u.ru_utime, u.ru_minflt
 
 
 def compare(model: Model, params: Params, xs: np.ndarray, ys: np.ndarray,
@@ -84,14 +107,17 @@ def compare(model: Model, params: Params, xs: np.ndarray, ys: np.ndarray,
 
     full() is always run as the baseline, even when not listed. One untimed warm-up run
     per strategy; then `repeats` rounds, each running every strategy once, so machine
-    noise hits all of them alike. With trace_memory, one extra run per strategy is made
-    under tracemalloc (not timed).
+    noise hits all of them alike. Each timed run's wall time, user-mode CPU time and page
+    faults are measured (NOTE [cpu time]). With trace_memory, one extra run per strategy
+    is made under tracemalloc (not timed).
     """
     names = list(strategies)
     runs = {"full": full(), **strategies}
     T = xs.shape[0]
     results: dict[str, Result] = {}
     times: dict[str, list[float]] = {n: [] for n in runs}
+    cpu: dict[str, list[float]] = {n: [] for n in runs}
+    faults: dict[str, list[int]] = {n: [] for n in runs}
     total = len(runs) * (repeats + 1 + trace_memory)
     bar = progress(total=total) if progress else None
     for name, s in runs.items():  # warm-up, and the result we report
@@ -99,9 +125,13 @@ def compare(model: Model, params: Params, xs: np.ndarray, ys: np.ndarray,
         bar and bar.update()
     for _ in range(repeats):
         for name, s in runs.items():
+            u0, f0 = _usage()
             t0 = time.perf_counter()
             s.run(model, params, xs, ys, mask=mask)
             times[name].append(time.perf_counter() - t0)
+            u1, f1 = _usage()
+            cpu[name].append(u1 - u0)
+            faults[name].append(f1 - f0)
             bar and bar.update()
     traced: dict[str, int | None] = {n: None for n in runs}
     if trace_memory:
@@ -111,11 +141,13 @@ def compare(model: Model, params: Params, xs: np.ndarray, ys: np.ndarray,
     bar and bar.close()
     exact = results["full"]
     base_t = statistics.median(times["full"])
+    base_cpu = statistics.median(cpu["full"])
+    measured = resource is not None
     rows = []
     for name in names:
         r = results[name]
         rel, cos = grad_error(r.grads, exact.grads)
-        sec = statistics.median(times[name])
+        sec, cpu_sec = statistics.median(times[name]), statistics.median(cpu[name])
         rows.append(Row(
             strategy=runs[name].name, peak_bytes=r.stats.peak_bytes,
             traced_peak_bytes=traced[name],
@@ -123,6 +155,9 @@ def compare(model: Model, params: Params, xs: np.ndarray, ys: np.ndarray,
             forward_steps=r.stats.forward_steps, forward_factor=r.stats.forward_steps / T,
             seconds=sec, time_ratio=sec / base_t, grad_rel_error=rel, grad_cosine=cos,
             loss=r.loss,
+            cpu_seconds=cpu_sec if measured else None,
+            cpu_ratio=cpu_sec / base_cpu if measured and base_cpu > 0 else None,
+            page_faults=round(statistics.median(faults[name])) if measured else None,
         ))
     return rows
 

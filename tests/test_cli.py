@@ -16,6 +16,8 @@ def test_compare_json_parses_and_covers_every_strategy(capsys):
         assert rows[name]["peak_bytes"] <= rows["full"]["peak_bytes"]
         assert rows[name]["peak_bytes"] <= rows[name]["traced_peak_bytes"]
     assert rows["full"]["time_ratio"] == 1.0
+    for r in rows.values():  # NOTE [cpu time]
+        assert r["cpu_seconds"] >= 0 and r["page_faults"] >= 0
     assert rows["truncated"]["grad_rel_error"] > 0  # k = √20 < T: biased
 
 
@@ -24,6 +26,7 @@ def test_compare_table_lists_requested_strategies(capsys):
                  "--inputs", "2", "--repeats", "1", "--strategies", "binomial", "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "binomial(slots=3)" in out and "optimal" not in out
+    assert out.splitlines()[1].split()[-6:-4] == ["time", "cpu"]
 
 
 def test_plan_json_best_exact_fits(capsys):
@@ -60,3 +63,21 @@ def test_bad_arguments_exit_with_usage(argv, capsys):
 def test_study_command_writes_report(tmp_path, capsys):
     assert main(["study", "what_is_stored", "--small", "--quiet", "--out", str(tmp_path)]) == 0
     assert (tmp_path / "what_is_stored" / "report.md").exists()
+
+
+@pytest.mark.parametrize("faults_per_run,named", [(3, False), (5000, True)])
+def test_compare_names_strategies_that_fault_in_fresh_memory(capsys, monkeypatch, faults_per_run,
+                                                             named):
+    import itertools
+
+    import bptt_memory.compare as cmp
+
+    calls = itertools.count()  # each run is measured by two readings
+    monkeypatch.setattr(cmp, "resource", object())
+    monkeypatch.setattr(cmp, "_usage", lambda: (0.0, (next(calls) + 1) // 2 * faults_per_run))
+    assert main(["compare", "--cell", "vanilla", "--steps", "9", "--batch", "1", "--hidden", "3",
+                 "--inputs", "2", "--repeats", "1", "--strategies", "binomial", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert ("page faults per run" in out) == named
+    if named:
+        assert f"binomial(slots=3) {faults_per_run:,}" in out

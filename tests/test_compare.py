@@ -40,6 +40,29 @@ def test_compare_rows_measure_against_full(rng):
     assert b.memory_fraction < 1 and b.traced_peak_bytes >= b.peak_bytes
 
 
+def test_compare_reports_median_cpu_time_and_page_faults_per_run(rng, monkeypatch):
+    # NOTE [cpu time]: each timed run is measured by the difference of two readings
+    per_run = {"full": [(2.0, 10), (4.0, 30), (2.5, 10)],
+               "binomial": [(5.0, 0), (6.0, 0), (5.0, 2)]}
+    readings, totals = [], [0.0, 0]
+    for k in range(3):  # rounds run full() first, then the listed strategies
+        for name in ("full", "binomial"):
+            readings.append(tuple(totals))
+            totals = [totals[0] + per_run[name][k][0], totals[1] + per_run[name][k][1]]
+            readings.append(tuple(totals))
+    it = iter(readings)
+    monkeypatch.setattr(bm.compare, "resource", object())  # present, whatever the platform
+    monkeypatch.setattr(bm.compare, "_usage", lambda: next(it))
+    model = bm.Model(bm.vanilla(2, 3), 2)
+    params = model.init(rng)
+    xs, ys = random_problem(model, 6, 2, rng)
+    f, b = compare(model, params, xs, ys, {"full": bm.full(), "binomial": bm.binomial(2)},
+                   repeats=3, trace_memory=False)
+    assert (f.cpu_seconds, f.page_faults, f.cpu_ratio) == (2.5, 10, 1.0)
+    assert (b.cpu_seconds, b.page_faults, b.cpu_ratio) == (5.0, 0, 2.0)
+    assert next(it, None) is None  # two readings per timed run, none elsewhere
+
+
 @pytest.mark.parametrize("text,expected", [("64MiB", 64 * 2**20), ("1.5 GB", 1_500_000_000),
                                            ("1e6", 10**6), (2048, 2048), ("3kib", 3072)])
 def test_parse_bytes(text, expected):

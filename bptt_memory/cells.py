@@ -172,7 +172,7 @@ def _vanilla_vjp(cell: Cell, w: _Weights, res: Residuals, dstate: State, dz: np.
     h_prev, h = res
     dz = dz[0]  # (B, H) of (1, B, H); dhp is dz
     ACTIVATIONS[cell.activation][1](h, dstate[0], dz)
-    return (dz @ w.W_hh[0],)
+    return (np.matmul(dz, w.W_hh[0]),)
 
 
 # --------------------------------------------------------------------------------------

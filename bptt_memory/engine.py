@@ -306,7 +306,7 @@ class Sweep:
         g["bias_hh"] += dbias if dhp is dxp else dhp.sum(axis=1).reshape(G * H)
         if readout:
             do = rows.do[r0:r1]  # (K·B, O)
-            g["weight_out"] += do.T @ rows.h[r0:r1]
+            g["weight_out"] += np.matmul(do.T, rows.h[r0:r1])
             g["bias_out"] += do.sum(axis=0)
 
     def _readout(self, r0: int, r1: int, y: np.ndarray, scale: np.ndarray) -> None:
@@ -315,7 +315,7 @@ class Sweep:
         (NOTE [where the loss is computed])."""
         p, rows = self.params, self._rev
         n = r1 - r0
-        o = rows.h[r0:r1] @ p["weight_out"].T  # (K·B, O)
+        o = np.matmul(rows.h[r0:r1], p["weight_out"].T)  # (K·B, O)
         o += p["bias_out"]
         loss, do = self.model.step_loss(o, y.reshape((n,) + y.shape[2:]), scale.reshape(n))
         self.loss += loss

@@ -46,7 +46,9 @@ peak_bytes ≤ its memory (3b: the same for optimal at the loop's bytes); (4) fo
 and optimal, time / full()'s time ≤ 1.05× the ratio predicted from the simulator's step
 counts, (F·f + T·b) / (T·(f + b)), with f and b full()'s measured seconds per forward and
 per backward step. Where a time target is missed, one run of the contender is profiled
-with cProfile and summarised.
+with cProfile and summarised, and a further run is split into the time inside matrix
+products and the rest (NOTE [product time]); each target-3 miss carries the ratio the
+recomputation alone would give at full()'s step costs (NOTE [recomputation bound]).
 
 Run: ``python -m studies.speed_vs_torch [--small] [--out DIR] [--quiet]`` (the full grid
 takes about a quarter of an hour); writes DIR/speed_vs_torch/report.md, time.png,
@@ -56,6 +58,7 @@ memory.png, ratios.png, results.csv, targets.csv and results.json.
 from __future__ import annotations
 
 import cProfile
+import contextlib
 import gc
 import io
 import math
@@ -407,14 +410,23 @@ def evaluate_targets(s: SimpleNamespace, rows: Sequence[dict]) -> list[dict]:
     out = []
 
     def add(target: str, c: dict, what: str, ratio: float, limit: float, met: bool,
-            contender: str, note: str = "", user_ratio: float | None = None) -> None:
+            contender: str, note: str = "", user_ratio: float | None = None,
+            bound: float | None = None, fused_user_seconds: float | None = None) -> None:
         out.append(dict(target=target, config=_config(c), cell=c["cell"], H=c["H"], T=c["T"],
                         dtype=c["dtype"], contender=contender, what=what, ratio=ratio,
                         limit=limit, met=bool(met), note=note, user_ratio=user_ratio,
-                        budget_bytes=c.get("budget_bytes")))
+                        budget_bytes=c.get("budget_bytes"), bound=bound,
+                        fused_user_seconds=fused_user_seconds))
 
     for key, c in by.items():
         full = c["full"]
+        T = key[2]
+        f, b = full["forward_seconds"] / T, full["backward_seconds"] / T
+
+        def predicted(st: dict) -> float:
+            """time / full()'s if `st` cost only its steps, at full()'s per-step costs"""
+            return (st["forward_steps"] * f + st["backward_steps"] * b) / (T * (f + b))
+
         if "torch_fused" in c:
             fused = c["torch_fused"]
             if (key[0] in s.TARGET_1_CELLS and key[1] == s.TARGET_1_HIDDEN
@@ -425,7 +437,8 @@ def evaluate_targets(s: SimpleNamespace, rows: Sequence[dict]) -> list[dict]:
                     s.TARGET_FULL_VS_FUSED_TIME, ratio <= s.TARGET_FULL_VS_FUSED_TIME, "full",
                     f"user-mode CPU time ratio {_ratio(full['user_median'], fused['user_median'])}; "
                     f"page faults per run: full() {full['page_faults_median']:.0f}, torch "
-                    f"{fused['page_faults_median']:.0f}", user_ratio=user_ratio)
+                    f"{fused['page_faults_median']:.0f}", user_ratio=user_ratio,
+                    fused_user_seconds=fused["user_median"])
             ratio = full["memory_bytes"] / fused["memory_bytes"]
             add("2", full, "full() peak_bytes / torch fused saved bytes", ratio,
                 s.TARGET_FULL_VS_FUSED_MEMORY, ratio <= s.TARGET_FULL_VS_FUSED_MEMORY, "full")
@@ -435,26 +448,55 @@ def evaluate_targets(s: SimpleNamespace, rows: Sequence[dict]) -> list[dict]:
             opt, ck = c[name], c["torch_checkpoint"]
             ratio = opt["wall_median"] / ck["wall_median"]
             fits = opt["memory_bytes"] <= ck["memory_bytes"]
+            # NOTE [recomputation bound] what the ratio would be if optimal's run cost only
+            # its forward and backward steps, each at what it costs inside full(): above the
+            # limit, no executor can meet the target; only faster steps can
+            bound = predicted(opt) * full["wall_median"] / ck["wall_median"]
             add(target, opt, f"{LABELS[name]} time / torch checkpointed loop time", ratio,
                 s.TARGET_OPTIMAL_VS_CHECKPOINT_TIME,
                 ratio <= s.TARGET_OPTIMAL_VS_CHECKPOINT_TIME and fits, name,
                 f"memory {opt['memory_bytes'] / ck['memory_bytes']:.3f}× torch's"
-                + ("" if fits else " (more than torch's: missed)"))
-        T = key[2]
-        f, b = full["forward_seconds"] / T, full["backward_seconds"] / T
+                + ("" if fits else " (more than torch's: missed)")
+                + f"; recomputation bound {bound:.3f}", bound=bound)
         for name in ("binomial", "optimal"):
             st = c[name]
-            predicted = (st["forward_steps"] * f + st["backward_steps"] * b) / (T * (f + b))
             measured = st["wall_median"] / full["wall_median"]
-            add("4", st, f"{name} (time / full()'s) / predicted {predicted:.3f}",
-                measured / predicted, s.TARGET_PREDICTION_SLACK,
-                measured <= s.TARGET_PREDICTION_SLACK * predicted, name,
-                f"measured {measured:.3f}, predicted {predicted:.3f} from F={st['forward_steps']}, "
-                f"f={f * 1e6:.1f} µs, b={b * 1e6:.1f} µs")
+            add("4", st, f"{name} (time / full()'s) / predicted {predicted(st):.3f}",
+                measured / predicted(st), s.TARGET_PREDICTION_SLACK,
+                measured <= s.TARGET_PREDICTION_SLACK * predicted(st), name,
+                f"measured {measured:.3f}, predicted {predicted(st):.3f} from "
+                f"F={st['forward_steps']}, f={f * 1e6:.1f} µs, b={b * 1e6:.1f} µs")
     return out
 
 
 # -- where the time goes -----------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def timed_products() -> Any:
+    """Yield a one-item list that ends up holding the seconds spent inside `np.matmul`
+    while the block ran, timed call by call.
+
+    NOTE [product time] The executor and the cell kernels make every matrix product with
+    `np.matmul` (never `@` or `np.dot`), so this splits a run into its matrix products,
+    which run at what BLAS can do, and everything else: elementwise passes, copies and
+    Python. `np.matmul` is swapped for a timing wrapper only inside the block.
+    """
+    real, inside = np.matmul, [0.0]
+
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return real(*args, **kwargs)
+        finally:
+            inside[0] += time.perf_counter() - t0
+
+    np.matmul = timed
+    try:
+        yield inside
+    finally:
+        np.matmul = real
+
 
 
 def profile_misses(s: SimpleNamespace, targets: Sequence[dict]) -> list[dict]:
@@ -484,6 +526,10 @@ def profile_misses(s: SimpleNamespace, targets: Sequence[dict]) -> list[dict]:
             prof.disable()
             # per step, against full()'s: which kind of step costs more than in full()
             ref = bm.full().run(model, params, xs, ys).stats if t["contender"] != "full" else r.stats
+            with timed_products() as inside:  # NOTE [product time]
+                t0 = time.perf_counter()
+                strategy.run(model, params, xs, ys)
+                product_run = time.perf_counter() - t0
         T = t["T"]
         per_step = dict(forward_us=r.stats.extra["forward_seconds"] / r.stats.forward_steps * 1e6,
                         backward_us=r.stats.extra["backward_seconds"] / T * 1e6,
@@ -498,7 +544,9 @@ def profile_misses(s: SimpleNamespace, targets: Sequence[dict]) -> list[dict]:
         out.append(dict(target=t["target"], config=t["config"], contender=t["contender"],
                         ratio=t["ratio"], user_ratio=t.get("user_ratio"), forward_seconds=r.stats.extra["forward_seconds"],
                         backward_seconds=r.stats.extra["backward_seconds"],
-                        seconds=r.stats.seconds, profile=text.rstrip(), **per_step))
+                        seconds=r.stats.seconds, profile=text.rstrip(),
+                        product_run_seconds=product_run, product_seconds=inside[0],
+                        fused_user_seconds=t.get("fused_user_seconds"), **per_step))
     return out
 
 
@@ -616,6 +664,20 @@ def _fused_note(s: SimpleNamespace, rows: Sequence[dict]) -> str:
             "comparison without that cost.")
 
 
+def _product_note(p: dict) -> str:
+    """Where a profiled run's time went: matrix products or the rest (NOTE [product time])."""
+    T = int(p["config"].split(" T=")[1].split()[0])
+    prod, run = p["product_seconds"], p["product_run_seconds"]
+    text = (f"In a further run of {run:.3g} s, {prod:.3g} s ({prod / run:.0%}) was spent inside "
+            f"matrix products (`np.matmul`, timed call by call: NOTE [product time]), "
+            f"{(run - prod) / T * 1e6:.3g} µs per time step outside them.")
+    if p.get("fused_user_seconds"):
+        text += (f" torch fused took {p['fused_user_seconds'] / T * 1e6:.3g} µs of user-mode CPU "
+                 f"time per time step, all in; this run's matrix products alone took "
+                 f"{prod / T * 1e6:.3g}.")
+    return text
+
+
 def _per_step(s: SimpleNamespace, r: dict) -> float:
     """B·H numbers a result row keeps per step: its memory over T·B·H items."""
     return r["memory_bytes"] / (r["T"] * s.BATCH * r["H"] * np.dtype(r["dtype"]).itemsize)
@@ -681,6 +743,15 @@ def write_report(d: Path, s: SimpleNamespace, rows: list[dict], targets: list[di
                           "full() tracemalloc": _mib(c["full"]["traced_peak_bytes"]),
                           "optimal tracemalloc": _mib(c["optimal"]["traced_peak_bytes"])})
     t1 = [t for t in targets if t["target"] == "1"]
+    t3 = [dict(target=t["target"], config=t["config"], ratio=round(t["ratio"], 3),
+               bound=round(t["bound"], 3), limit=t["limit"])
+          for t in targets if t["target"] in ("3", "3b") and not t["met"]]
+    t3_text = ("Target 3 and 3b misses, each with its recomputation bound: the ratio optimal "
+               "would reach if its run cost nothing but its forward and backward steps, each "
+               "at what it costs inside full() (the target-4 prediction, times full()'s time "
+               "over the loop's; NOTE [recomputation bound] in the study). Where the bound is "
+               "above the limit, no change to the executor can meet the target: only faster "
+               "steps can.\n\n" + _common.md_table(t3)) if t3 else ""
     errors = {dt: [r["grad_rel_error"] for r in rows if r["dtype"] == dt
                    and r["contender"] != "torch_fused" and r.get("grad_rel_error") is not None]
               for dt in s.DTYPES}
@@ -709,8 +780,9 @@ def write_report(d: Path, s: SimpleNamespace, rows: list[dict], targets: list[di
                          "Reverse action's bookkeeping per step, where full() runs 16 steps per "
                          "call; its readouts are batched from the outputs its advances pass "
                          "through, NOTE [readout rows] in `bptt_memory/engine.py`)")
-                      + ". cProfile's top functions by own time (numpy calls are "
-                      f"counted inside the kernel that makes them):\n\n```\n{p['profile']}\n```\n")
+                      + f". {_product_note(p)} cProfile's top functions by own time (numpy "
+                      "calls are counted inside the kernel that makes them):\n\n"
+                      f"```\n{p['profile']}\n```\n")
     if not prof_text:
         prof_text = "\nEvery time target was met; nothing to profile.\n"
 
@@ -748,6 +820,7 @@ planning is not in the timed rounds: a strategy plans a sequence shape once, in 
 run, NOTE [plan memo] in `bptt_memory/strategies.py`). Every row, every configuration:
 `targets.csv`.
 
+{t3_text}
 {_fused_note(s, rows)}
 
 {_memory_note(s, rows, targets)}

@@ -150,3 +150,50 @@ def test_memory_note_gives_a_reason_only_where_target_2_is_missed():
         assert f"vanilla {ours / (T * BH):.3g} against {theirs / (T * BH):.3g}" in note
         assert "NOTE [linked steps]" in note and "vanilla 1 B·H" in note  # a linked step: h'
         assert ("Missed at 1 of 1" in note) != met and (t2["config"] in note) != met
+
+
+def test_timed_products_times_every_matmul_of_a_run_and_restores_it():
+    """NOTE [product time]: the seconds inside np.matmul, a part of the run's own."""
+    real = np.matmul
+    model = bm.Model(bm.lstm(3, 8), 2)
+    params = model.init(np.random.default_rng(0))
+    xs, ys = bm.tasks.random_problem(model, 20, 4, np.random.default_rng(1))
+    with study.timed_products() as inside:
+        assert np.matmul is not real
+        res = bm.full().run(model, params, xs, ys)
+    assert np.matmul is real
+    assert 0 < inside[0] < res.stats.seconds
+    try:
+        with study.timed_products():
+            raise RuntimeError("a run that fails")
+    except RuntimeError:
+        pass
+    assert np.matmul is real
+
+
+def test_target_3_bound_is_the_recomputation_alone_at_full_step_costs():
+    """NOTE [recomputation bound]: optimal's predicted time / full()'s, times full()'s over
+    the loop's time."""
+    s = study._settings(small=True)
+    row = dict(cell="lstm", H=8, T=10, dtype="float64", wall_median=1.0, cpu_median=1.0,
+               user_median=1.0, page_faults_median=0, memory_bytes=100, forward_seconds=0.3,
+               backward_seconds=0.7, forward_steps=10, backward_steps=10, contender="full")
+    rows = [row, dict(row, contender="binomial", forward_steps=30, wall_median=2.0),
+            dict(row, contender="optimal", forward_steps=20, wall_median=1.5, memory_bytes=5),
+            dict(row, contender="torch_checkpoint", wall_median=2.0, memory_bytes=10)]
+    (t3,) = [t for t in study.evaluate_targets(s, rows) if t["target"] == "3"]
+    predicted = (20 * 0.03 + 10 * 0.07) / (10 * 0.1)  # 1.3
+    assert np.isclose(t3["bound"], predicted * 1.0 / 2.0) and np.isclose(t3["ratio"], 0.75)
+    assert not t3["met"] and f"recomputation bound {t3['bound']:.3f}" in t3["note"]
+
+
+def test_a_profiled_miss_says_how_much_of_it_is_matrix_products():
+    s = study._settings(small=True)
+    miss = dict(target="1", config="lstm H=8 T=12 float32", cell="lstm", H=8, T=12,
+                dtype="float32", contender="full", ratio=1.2, limit=1.0, user_ratio=1.2,
+                fused_user_seconds=0.01, budget_bytes=None)
+    (p,) = study.profile_misses(s, [miss])
+    assert 0 < p["product_seconds"] < p["product_run_seconds"]
+    note = study._product_note(p)
+    assert f"{p['product_seconds'] / p['product_run_seconds']:.0%}" in note
+    assert "torch fused took 833 µs" in note  # 0.01 s over T = 12 steps

@@ -197,3 +197,30 @@ def test_a_profiled_miss_says_how_much_of_it_is_matrix_products():
     note = study._product_note(p)
     assert f"{p['product_seconds'] / p['product_run_seconds']:.0%}" in note
     assert "torch fused took 833 µs" in note  # 0.01 s over T = 12 steps
+
+
+def test_target_4_also_gives_the_ratio_of_the_fastest_rounds():
+    s = study._settings(small=True)
+    row = dict(cell="gru", H=8, T=10, dtype="float64", wall_median=1.0, wall_min=0.9,
+               cpu_median=1.0, memory_bytes=1, forward_seconds=0.3, backward_seconds=0.7,
+               forward_steps=10, backward_steps=10, contender="full")
+    rows = [row] + [dict(row, contender=n, forward_steps=20, wall_median=1.5, wall_min=1.17)
+                    for n in ("binomial", "optimal")]
+    binomial, _ = study.evaluate_targets(s, rows)
+    predicted = 1.3  # (20·0.03 + 10·0.07) / (10·0.1)
+    assert not binomial["met"] and np.isclose(binomial["ratio"], 1.5 / predicted)
+    assert np.isclose(binomial["fastest"], 1.17 / 0.9 / predicted)  # 1.0: within the limit
+    assert "fastest rounds 1.000 of predicted" in binomial["note"]
+
+
+def test_a_report_with_every_time_target_missed_explains_each_kind(tmp_path, monkeypatch):
+    """Limits no run can meet: the report then carries the target-3 bounds, the target-4
+    fastest-round ratios and product-split profiles."""
+    for name in ("TARGET_FULL_VS_FUSED_TIME", "TARGET_OPTIMAL_VS_CHECKPOINT_TIME",
+                 "TARGET_PREDICTION_SLACK"):
+        monkeypatch.setattr(study, name, 1e-3)
+    text = study.run(tmp_path, small=True, quiet=True).read_text()
+    assert "Target 4 misses" in text and "| fastest |" in text
+    assert "spent inside matrix products" in text
+    if study._load_torch() is not None:
+        assert "Target 3 and 3b misses" in text and "| bound |" in text

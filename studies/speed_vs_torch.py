@@ -288,6 +288,28 @@ def _grad_rel_error(grads: dict | list, reference: dict | list) -> float:
     return float(np.linalg.norm(g - e) / np.linalg.norm(e))
 
 
+def machine_probe(rounds: int = 500) -> float:
+    """Seconds for a fixed piece of work like one LSTM step's (four (32, 128)·(128, 128)
+    float32 products and a tanh over their result), best of three.
+
+    NOTE [machine probe] The load average shows other processes on this machine, not a
+    neighbour on the same host slowing the shared caches and memory: run before and after
+    every configuration, this fixed work shows how fast the machine was at the time.
+    """
+    rng = np.random.default_rng(0)
+    h = rng.standard_normal((32, 128)).astype(np.float32)
+    W = rng.standard_normal((4, 128, 128)).astype(np.float32)
+    out = np.empty((4, 32, 128), np.float32)
+    best = math.inf
+    for _ in range(3):
+        t0 = time.perf_counter()
+        for _ in range(rounds):
+            np.matmul(h, W, out=out)
+            np.tanh(out, out=out)
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
 def measure_config(s: SimpleNamespace, torch: Any, kind: str, H: int, T: int,
                    dtype: str) -> tuple[list[dict], dict]:
     """Time and measure every contender on one configuration (NOTE [fair timing])."""
@@ -304,7 +326,7 @@ def measure_config(s: SimpleNamespace, torch: Any, kind: str, H: int, T: int,
             info[name] = {}
     big = H * H * T >= s.BIG_WORK
     repeats = s.BIG_REPEATS if big else s.REPEATS
-    load_before = os.getloadavg()[0]
+    load_before, probe_before = os.getloadavg()[0], machine_probe()
 
     # the warm-up: memory, and the gradients checked against torch fused
     grads: dict[str, Any] = {}
@@ -384,7 +406,8 @@ def measure_config(s: SimpleNamespace, torch: Any, kind: str, H: int, T: int,
         r["ratio_to_torch_fused"] = r["wall_median"] / fused["wall_median"] if fused else None
         r["cpu_ratio_to_torch_fused"] = r["cpu_median"] / fused["cpu_median"] if fused else None
         r["ratio_to_full"] = r["wall_median"] / base["full"]["wall_median"]
-    meta = dict(load_before=load_before, load_after=os.getloadavg()[0], repeats=repeats,
+    meta = dict(load_before=load_before, load_after=os.getloadavg()[0],
+                probe_before=probe_before, probe_after=machine_probe(), repeats=repeats,
                 raw_wall=wall, raw_cpu=cpu, raw_page_faults=faults, raw_phases=phases,
                 strategies={n: st.name for n, st in strategies.items()},
                 **model.cell.sizes(s.BATCH, dtype))
@@ -779,6 +802,7 @@ def write_report(d: Path, s: SimpleNamespace, rows: list[dict], targets: list[di
     torch_line = (f"torch {torch_version}" if torch_version else
                   "**torch is not installed: the torch contenders and targets 1–3 were skipped**")
     loads = [m["load_before"] for m in meta.values()] + [m["load_after"] for m in meta.values()]
+    probes = [m[k] for m in meta.values() for k in ("probe_before", "probe_after")]
 
     prof_text = ""
     for p in profiles:
@@ -877,7 +901,11 @@ counts grads, transposed weight copies and the chunk buffers (NOTE [chunked prod
   because backward holds one recomputed segment at a time.
 - The machine may be shared: the 1-minute load average was between {min(loads):.2f} and
   {max(loads):.2f} during the measurements (per configuration in `results.json`), on
-  {os.cpu_count()} CPUs. Interleaving makes the ratios fair; absolute times are noisier.
+  {os.cpu_count()} CPUs. A fixed probe of work like one LSTM step's, run before and after
+  every configuration, took between {1e3 * min(probes):.3g} and {1e3 * max(probes):.3g} ms
+  ({max(probes) / min(probes) - 1:.0%} apart; NOTE [machine probe]): how much the machine's
+  own speed moved while the study ran, which a neighbour on the same host can change
+  unseen by the load average. Interleaving makes the ratios fair; absolute times are noisier.
 - The whole study took {seconds:.0f} s.
 
 {_common.provenance(command)}

@@ -61,6 +61,8 @@ def _check_common(d, contenders):
     data = json.loads((d / "results.json").read_text())
     assert len(data["rows"]) == len(rows) and data["settings"]["STEPS"] == list(s.STEPS)
     assert set(data["configs"]) == {f"{k} H={H} T={T} {dt}" for k, H, T, dt in configs}
+    for meta in data["configs"].values():  # NOTE [machine probe], around every configuration
+        assert meta["probe_before"] > 0 and meta["probe_after"] > 0
     for fig in ("time.png", "memory.png"):
         assert (d / fig).read_bytes()[:8] == PNG
     assert not list(d.glob("*.tmp")) and not list(d.glob(".*"))
@@ -74,6 +76,7 @@ def test_small_run_writes_a_report_figures_and_data(tmp_path):
     text = path.read_text()
     assert text.startswith("# Speed against PyTorch on the CPU")
     assert "python -m studies.speed_vs_torch --small" in text and "## Targets" in text
+    assert "A fixed probe of work like one LSTM step's" in text
     has_torch = study._load_torch() is not None
     contenders = study.OURS + (study.MATCHED + study.THEIRS if has_torch else ())
     rows, targets = _check_common(d, contenders)

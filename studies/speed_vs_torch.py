@@ -528,7 +528,6 @@ def timed_products() -> Any:
         np.matmul = real
 
 
-
 def profile_misses(s: SimpleNamespace, targets: Sequence[dict]) -> list[dict]:
     """cProfile one run of this library's contender where a time target is missed (or, for
     target 1, missed in user-mode CPU time): first the smallest such configuration of each
@@ -696,7 +695,7 @@ def _fused_note(s: SimpleNamespace, rows: Sequence[dict]) -> str:
 
 def _product_note(p: dict) -> str:
     """Where a profiled run's time went: matrix products or the rest (NOTE [product time])."""
-    T = int(p["config"].split(" T=")[1].split()[0])
+    T = int(p["config"].split(" T=")[1].split()[0])  # `_config`'s "cell H=.. T=.. dtype"
     prod, run = p["product_seconds"], p["product_run_seconds"]
     text = (f"In a further run of {run:.3g} s, {prod:.3g} s ({prod / run:.0%}) was spent inside "
             f"matrix products (`np.matmul`, timed call by call: NOTE [product time]), "

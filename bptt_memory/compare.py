@@ -102,7 +102,7 @@ def _usage() -> tuple[float, int]:
 
 def compare(model: Model, params: Params, xs: np.ndarray, ys: np.ndarray,
             strategies: dict[str, Strategy], *, mask: np.ndarray | None = None,
-            repeats: int = 3, trace_memory: bool = True, progress=None) -> list[Row]:
+            repeats: int = 5, trace_memory: bool = True, progress=None) -> list[Row]:
     """Run every strategy on the same problem; time them interleaved, medians of `repeats`.
 
     full() is always run as the baseline, even when not listed. One untimed warm-up run

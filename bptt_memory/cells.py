@@ -463,7 +463,7 @@ class Cell:
 
     def project(self, params: Params, x: np.ndarray) -> np.ndarray:
         """x·W_ihᵀ + b_ih (+ b_hh where it is not gated) for any leading shape (..., I)."""
-        xp = x @ params["weight_ih"].T  # (..., G·H)
+        xp = np.matmul(x, params["weight_ih"].T)  # (..., G·H)
         xp += params["bias_ih"]
         if self._k.bias_hh_in_projection:
             xp += params["bias_hh"]

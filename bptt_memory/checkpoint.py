@@ -470,7 +470,6 @@ def optimal(budget_bytes: int = 1 << 20) -> Optimal:
     and it plans with what consecutive recorded steps share (NOTE [linked steps]).
 
     >>> from bptt_memory import simulate
-
     >>> plan = optimal(budget_bytes=100).schedule(n_steps=6, state_bytes=10, residual_bytes=35)
     >>> simulate(plan, state_bytes=10, residual_bytes=35).peak_bytes <= 100
     True

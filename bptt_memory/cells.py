@@ -30,6 +30,7 @@ References: PyTorch `torch.nn.RNN`, `torch.nn.LSTM`, `torch.nn.GRU` documentatio
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Callable, NamedTuple
 
@@ -421,8 +422,7 @@ class Cell:
     def residual_shapes(self, batch: int) -> tuple[tuple[int, ...], ...]:
         """Shapes of the arrays a recorded step keeps, one per residual: (B, H), or
         (G, B, H) for the gates (NOTE [gate-major layout])."""
-        H = self.n_hidden
-        return tuple((batch, H) if w == 1 else (w, batch, H) for w in self._k.residual_widths)
+        return _shapes(self._k.residual_widths, (batch, self.n_hidden))
 
     def state_bytes(self, batch: int, dtype: np.dtype | type) -> int:
         """Bytes of one stored state: len(state_names) arrays of shape (B, H)."""
@@ -489,18 +489,18 @@ class Cell:
         (the residuals of the step just before, still held), a slot the cell links is
         that step's very array (NOTE [linked steps]); `owned` leaves those out.
         """
-        B, dtype = state[0].shape[0], state[0].dtype
-        shapes = self.residual_shapes(B)
+        k = self._k
         res, owned = [], []
-        for j, shape in enumerate(shapes):
-            if j < len(state):
-                link = self._k.links[j]
-                if previous is not None and link is not None:
-                    res.append(previous[link])
-                    continue
-                a = state[j].copy()
+        for s, link in zip(state, k.links):
+            if previous is not None and link is not None:
+                res.append(previous[link])
             else:
-                a = np.empty(shape, dtype)
+                a = s.copy()
+                res.append(a)
+                owned.append(a)
+        B, dtype = state[0].shape[0], state[0].dtype
+        for shape in _shapes(k.residual_widths[len(state):], (B, self.n_hidden)):
+            a = np.empty(shape, dtype)
             res.append(a)
             owned.append(a)
         return tuple(res), tuple(owned)
@@ -534,6 +534,13 @@ class Cell:
         grads["weight_hh"] += np.matmul(dhp.transpose(0, 2, 1), res[0]).reshape(G * H, H)
         grads["bias_hh"] += dhp.sum(axis=1).reshape(G * H)
         return dstate_prev, dxp.transpose(1, 0, 2).reshape(B, G * H)
+
+
+@functools.cache
+def _shapes(widths: tuple[int, ...], bh: tuple[int, int]) -> tuple[tuple[int, ...], ...]:
+    """Residual shapes for `residual_widths`: (B, H) for width 1, (G, B, H) for G.
+    Cached: `Cell.enter` asks once per recorded step."""
+    return tuple(bh if w == 1 else (w,) + bh for w in widths)
 
 
 def _run_bytes(n_steps: int, residual_bytes: int, link_bytes: int) -> int:

@@ -95,11 +95,12 @@ class Sweep:
 
     # -- memory --------------------------------------------------------------------
     def hold(self, arrays: Iterable[np.ndarray]) -> None:
-        self.held += sum(a.nbytes for a in arrays)
-        self.peak = max(self.peak, self.held)
+        self.held += sum([a.nbytes for a in arrays])
+        if self.held > self.peak:
+            self.peak = self.held
 
     def release(self, arrays: Iterable[np.ndarray]) -> None:
-        self.held -= sum(a.nbytes for a in arrays)
+        self.held -= sum([a.nbytes for a in arrays])
 
     # -- forward -------------------------------------------------------------------
     def _prepared(self):
@@ -197,11 +198,13 @@ class Sweep:
         the window's h rows (`_keep`, B·H into the workspace), and so does each stored
         state (the output of the step before it) when the window starts. A piece whose
         steps are not yet read out then reads out, in one product each, its own steps
-        (h_t off their residuals where not kept) and every kept step just below them,
-        and reversing step t also keeps h_t−1 from its residuals. binomial and optimal
-        reverse one step at a time, but rebuild its state by passing through the steps
-        before it, so they read out a few steps or a whole window at once, nearly as
-        full() does. Each step is read out once (the rows already read out are never
+        and every kept step just below them. Where its own step t was not kept, h_t is
+        a copy of step t + 1's h_prev when the piece holds step t + 1 (full() reverses
+        16 steps per piece: a copy in place of LSTM's tanh), else it is computed off
+        step t's residuals. Reversing step t also keeps h_t−1 from its residuals.
+        binomial and optimal reverse one step at a time, but rebuild its state by
+        passing through the steps before it, so they read out a few steps or a whole
+        window at once, nearly as full() does. Each step is read out once (the rows already read out are never
         kept again), and whichever pass kept h_t, it computed the same h_t.
         """
         B = self.xs.shape[1]
@@ -225,7 +228,10 @@ class Sweep:
             for t in range(c0, hi):
                 if not self._kept >> (t - w0) & 1:
                     r = (t - w0) * B
-                    self._kernels.output(self.cell, residuals[t - c0], h_rows[r : r + B])
+                    if t + 1 < c1:  # h_t is step t + 1's h_prev: a copy, not a recomputation
+                        np.copyto(h_rows[r : r + B], residuals[t + 1 - c0][0])
+                    else:
+                        self._kernels.output(self.cell, residuals[t - c0], h_rows[r : r + B])
             self._readout((lo - w0) * B, (hi - w0) * B, self.ys[lo:hi],
                           self._scale[lo - s0 : hi - s0])
             self._done = lo

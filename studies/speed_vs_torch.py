@@ -40,7 +40,8 @@ at exactly the loop's measured bytes, and target 3b reports that comparison: the
 memory, the time each spends.
 
 Targets, each reported with its measured ratio, met or not: (1) full() ≤ 1.0× torch fused
-time for LSTM and GRU at H=128, T=1000, both dtypes; (2) full()'s peak_bytes ≤ 0.75× torch
+time for LSTM and GRU at H=128, T=1000, both dtypes, in wall and in user-mode CPU time
+(NOTE [target 1 in both times]); (2) full()'s peak_bytes ≤ 0.75× torch
 fused's saved bytes; (3) optimal(5%) ≤ 0.7× the checkpointed loop's time, with
 peak_bytes ≤ its memory (3b: the same for optimal at the loop's bytes); (4) for binomial
 and optimal, time / full()'s time ≤ 1.05× the ratio predicted from the simulator's step
@@ -457,8 +458,12 @@ def evaluate_targets(s: SimpleNamespace, rows: Sequence[dict]) -> list[dict]:
                     and key[2] == s.TARGET_1_STEPS):
                 ratio = full["wall_median"] / fused["wall_median"]
                 user_ratio = full["user_median"] / fused["user_median"] if fused["user_median"] else None
+                # NOTE [target 1 in both times]: met only within the limit in wall time and in
+                # user-mode CPU time; a run where torch faults in fresh pages and full() does
+                # not (or the reverse) decides nothing about the two kernels
+                met = max(ratio, user_ratio or 0.0) <= s.TARGET_FULL_VS_FUSED_TIME
                 add("1", full, "full() time / torch fused time", ratio,
-                    s.TARGET_FULL_VS_FUSED_TIME, ratio <= s.TARGET_FULL_VS_FUSED_TIME, "full",
+                    s.TARGET_FULL_VS_FUSED_TIME, met, "full",
                     f"user-mode CPU time ratio {_ratio(full['user_median'], fused['user_median'])}; "
                     f"page faults per run: full() {full['page_faults_median']:.0f}, torch "
                     f"{fused['page_faults_median']:.0f}", user_ratio=user_ratio,
@@ -534,7 +539,7 @@ def profile_misses(s: SimpleNamespace, targets: Sequence[dict]) -> list[dict]:
     target in turn (a small profile shows the same kernels), then the largest misses."""
     order = {"1": 0, "3": 1, "3b": 2, "4": 3}
     misses = [t for t in targets  # too slow, not only holding more than torch
-              if t["target"] in order and max(t["ratio"], t.get("user_ratio") or 0) > t["limit"]]
+              if t["target"] in order and _binding(t) > t["limit"]]
     misses.sort(key=lambda t: (t["H"] * t["H"] * t["T"], -t["ratio"] / t["limit"]))
     firsts = [next(t for t in misses if t["target"] == k) for k in order
               if any(t["target"] == k for t in misses)]
@@ -651,6 +656,12 @@ def _mib(x: float | None) -> str:
     return "" if x is None else f"{x / 2**20:.3g}"
 
 
+def _binding(t: dict) -> float:
+    """The ratio a target is judged by: for target 1 the larger of the wall-time and the
+    user-mode CPU time ratios (NOTE [target 1 in both times]), else the ratio."""
+    return max(t["ratio"], t.get("user_ratio") or 0.0)
+
+
 def _summary(targets: Sequence[dict]) -> list[dict]:
     groups: dict[tuple, list[dict]] = {}
     for t in targets:
@@ -658,11 +669,11 @@ def _summary(targets: Sequence[dict]) -> list[dict]:
         groups.setdefault((t["target"], sub), []).append(t)
     out = []
     for (target, sub), ts in sorted(groups.items()):
-        worst = max(ts, key=lambda t: t["ratio"] / t["limit"])
+        worst = max(ts, key=lambda t: _binding(t) / t["limit"])
         out.append({"target": target, "group": sub or "—", "limit": f"≤ {ts[0]['limit']:g}",
                     "met": f"{sum(t['met'] for t in ts)} / {len(ts)}",
-                    "worst ratio": worst["ratio"], "worst at": worst["config"],
-                    "best ratio": min(t["ratio"] for t in ts)})
+                    "worst ratio": _binding(worst), "worst at": worst["config"],
+                    "best ratio": min(_binding(t) for t in ts)})
     return out
 
 
@@ -840,7 +851,11 @@ weights and data; every contender's gradient agrees with torch fused's to a rela
 
 {_common.md_table(_summary(targets)) if targets else "(no targets: torch is not installed)"}
 Target 1 in detail. The ratio is of wall times; the note gives the ratio of user-mode CPU
-times, which leaves out the operating system's work of faulting fresh pages in (see below):
+times, which leaves out the operating system's work of faulting fresh pages in (see below).
+A configuration meets target 1 only if both ratios are within the limit, and the summary
+above gives the larger of the two: whether torch or full() faults its memory in depends on
+what the allocator kept from earlier runs, not on its kernels, and can move the wall-time
+ratio by tens of percent (NOTE [target 1 in both times] in the study):
 
 {_common.md_table([{k: t[k] for k in ("config", "ratio", "limit", "met", "note")} for t in t1]) if t1 else "(not measured)"}
 Targets: (1) full() ≤ {s.TARGET_FULL_VS_FUSED_TIME}× torch fused's time for

@@ -761,8 +761,9 @@ def _memory_note(s: SimpleNamespace, rows: Sequence[dict], targets: Sequence[dic
                if unlinked else "")
             + "). full() records all T steps in one run, so every step after the first adds "
             f"{linked} B·H (`Cell.recorded_bytes`). torch's count includes the (T, B, H) output "
-            "its readout saves, which this library reads off (vanilla) or recomputes from "
-            f"(LSTM, GRU) the residuals when it reverses a step.{why}")
+            "its readout saves, which this library reads off the residuals when it reverses a "
+            "step: vanilla's h', or the next step's h_prev (LSTM and GRU recompute it only for "
+            f"the last step of a piece; NOTE [readout rows] in `bptt_memory/engine.py`).{why}")
 
 
 def write_report(d: Path, s: SimpleNamespace, rows: list[dict], targets: list[dict],

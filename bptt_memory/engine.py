@@ -204,8 +204,9 @@ class Sweep:
         step t's residuals. Reversing step t also keeps h_t−1 from its residuals.
         binomial and optimal reverse one step at a time, but rebuild its state by
         passing through the steps before it, so they read out a few steps or a whole
-        window at once, nearly as full() does. Each step is read out once (the rows already read out are never
-        kept again), and whichever pass kept h_t, it computed the same h_t.
+        window at once, nearly as full() does. Each step is read out once (the rows
+        already read out are never kept again), and whichever pass kept h_t, it
+        computed the same h_t.
         """
         B = self.xs.shape[1]
         s0 = max(w0, 0)  # the first window starts before step 0 when chunk does not divide T

@@ -105,13 +105,24 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown CPU"
 
 
-def provenance(command: str) -> str:
-    """A markdown block: the command that made the report, when, on what, with what."""
+def provenance(command: str, pinned: int | None = None) -> str:
+    """A markdown block: the command that made the report, when, on what, with what.
+
+    ``pinned``: the BLAS threads the study's measurements ran with (`pinned_blas`), which
+    the report states beside the count the process has otherwise; without it, that count.
+    """
     import matplotlib as mpl
 
     from threadpoolctl import threadpool_info
 
-    blas = ", ".join(f"{i['internal_api']} {i.get('version')} ({i['num_threads']} threads)"
+    def threads(n: int) -> str:
+        count = f"{n} thread{'s' * (n != 1)}"
+        if pinned is None:
+            return count
+        return (f"{pinned} thread{'s' * (pinned != 1)} for the measurements"
+                + ("" if n == pinned else f", {n} otherwise"))
+
+    blas = ", ".join(f"{i['internal_api']} {i.get('version')} ({threads(i['num_threads'])})"
                      for i in threadpool_info() if i.get("user_api") == "blas") or "unknown"
     return "\n".join([
         f"- Command: `{command}`",

@@ -192,7 +192,7 @@ def report(s: SimpleNamespace, plan: list[dict], rows: list[dict], verdict: dict
     lines = [
         "# Checkpoint benchmark: planning time, and run time against full()",
         "",
-        _common.provenance(command),
+        _common.provenance(command, pinned=1),
         "",
         "## Planning",
         "",

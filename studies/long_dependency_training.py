@@ -598,7 +598,7 @@ wall time; the times per update above were measured afterwards, alone.
 
 ## Provenance
 
-{_common.provenance(command)}
+{_common.provenance(command, pinned=1)}
 """
     return _common.write_text(d / "report.md", text)
 

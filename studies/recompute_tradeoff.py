@@ -666,7 +666,7 @@ each round). The whole study took {seconds / 60:.1f} min.
 
 ## Provenance
 
-{_common.provenance(command)}
+{_common.provenance(command, pinned=1)}
 """
     return _common.write_text(d / "report.md", text)
 

@@ -923,7 +923,7 @@ counts grads, transposed weight copies and the chunk buffers (NOTE [chunked prod
   unseen by the load average. Interleaving makes the ratios fair; absolute times are noisier.
 - The whole study took {seconds:.0f} s.
 
-{_common.provenance(command)}
+{_common.provenance(command, pinned=s.THREADS)}
 """
     return _common.write_text(d / "report.md", text)
 

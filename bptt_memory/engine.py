@@ -105,14 +105,18 @@ class Sweep:
     # -- forward -------------------------------------------------------------------
     def _prepared(self):
         """The recurrent weights (`_weights`), W_ihᵀ per gate (G, I, H) and the
-        projection's bias (G, 1, H): copied once per run (NOTE [gate-major layout])."""
+        projection's bias laid out like one step's projection, (G, B, H), so that adding
+        it broadcasts only over steps (a chunk of one step, which binomial runs by the
+        thousand, then takes one plain sum): copied once per run (NOTE [gate-major
+        layout])."""
         if self._w is None:
             p, k = self.params, self._kernels
             G, H = self.cell.n_gates, self.cell.n_hidden
+            B = self.xs.shape[1]
             bias = p["bias_ih"] + p["bias_hh"] if k.bias_hh_in_projection else p["bias_ih"]
             W_ihT = p["weight_ih"].reshape(G, H, -1).transpose(0, 2, 1)
-            self._w = (_weights(self.cell, p, batch=self.xs.shape[1]),
-                       np.ascontiguousarray(W_ihT), bias.reshape(G, 1, H))
+            self._w = (_weights(self.cell, p, batch=B), np.ascontiguousarray(W_ihT),
+                       np.broadcast_to(bias.reshape(G, 1, H), (G, B, H)).copy())
         return self._w
 
     def _projections(self, n0: int, n1: int) -> Iterator[tuple[int, np.ndarray]]:
@@ -123,14 +127,15 @@ class Sweep:
         """
         w, W_ihT, bias = self._prepared()
         B, I = self.xs.shape[1:]
+        G, _, H = W_ihT.shape
         if self._fwd is None:
-            G, _, H = W_ihT.shape
             self._fwd = np.empty((G, self.chunk * B, H), self.xs.dtype)
         for c0 in range(n0, n1, self.chunk):
             c1 = min(c0 + self.chunk, n1)
             xp = self._fwd[:, : (c1 - c0) * B]  # (G, K·B, H)
             np.matmul(self.xs[c0:c1].reshape(-1, I), W_ihT, out=xp)
-            xp += bias
+            steps = xp.reshape(G, c1 - c0, B, H)  # a view: K blocks of (B, H) rows
+            np.add(steps, bias[:, None], out=steps)
             yield c0, xp
 
     def _steps(self, kernel: Callable, state: State, n0: int, n1: int,
@@ -372,7 +377,8 @@ def traced_allowance(model: Model, params: Params, batch: int, dtype: np.dtype,
     - C·B·(3·G·H + 3·H + 4·O) items of chunk buffers and their transients (input
       projections; dxp and GRU's dhp rows; h_prev, h_t and dL/dh_t rows; the readout's
       outputs, loss gradients and the loss's temporaries), NOTE [chunked products];
-    - 4·B·G·H items of gate constants laid out like the gates (LSTM);
+    - B·G·H items of the projection's bias and 4·B·G·H of gate constants (LSTM), all laid
+      out like one step's gates;
     - 16 step-sized (B, max(4H, G·H, O)) temporaries;
     - 1 KiB of Python object overhead per held state or step (array headers, tuples,
       dict entries), plus 256 KiB for the interpreter's own bookkeeping (its free lists
@@ -384,7 +390,7 @@ def traced_allowance(model: Model, params: Params, batch: int, dtype: np.dtype,
     step = batch * max(4 * H, GH, O) * item
     params_bytes = sum(p.nbytes for p in params.values())
     chunks = CHUNK_STEPS * batch * (3 * GH + 3 * H + 4 * O) * item
-    constants = 4 * batch * GH * item
+    constants = 5 * batch * GH * item
     return 4 * params_bytes + chunks + constants + 16 * step + 1024 * held_items + 262144
 
 
@@ -467,23 +473,26 @@ def _execute(actions: Iterable[Action], model: Model, params: Params, xs: np.nda
         return res
 
     forward_seconds = backward_seconds = 0.0
+    clock = time.perf_counter
     for a in actions:
-        t0 = time.perf_counter()
         if isinstance(a, Advance):
+            t0 = clock()
             state = sweep.advance(state, a.n0, a.n1)
-            forward_seconds += time.perf_counter() - t0
+            forward_seconds += clock() - t0
         elif isinstance(a, Record):
+            t0 = clock()
             state = sweep.record(state, a.n0, a.n1, new_residuals)
-            forward_seconds += time.perf_counter() - t0
+            forward_seconds += clock() - t0
         elif isinstance(a, Reverse):
+            t0 = clock()
             for c0, c1, w0 in sweep.windows(a.n0, a.n1):  # residuals die a piece at a time
                 chunk = [residuals.pop(t) for t in range(c0, c1)]
                 dstate = sweep.reverse_piece(c0, c1, w0, chunk, dstate)
                 for t in range(c0, c1):
                     sweep.release(owned.pop(t))
-            backward_seconds += time.perf_counter() - t0
+            backward_seconds += clock() - t0
         elif isinstance(a, Store):
-            stored[a.n] = tuple(s.copy() for s in state)
+            stored[a.n] = tuple([s.copy() for s in state])
             sweep.hold(stored[a.n])
         elif isinstance(a, Restore):
             state = h0 if a.n == 0 else stored[a.n]

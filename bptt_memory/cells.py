@@ -490,6 +490,9 @@ class Cell:
         that step's very array (NOTE [linked steps]); `owned` leaves those out.
         """
         k = self._k
+        if len(state) != len(k.links):
+            raise ValueError(f"{self.kind}.enter(state=...): expected {len(k.links)} arrays "
+                             f"{self.state_names}, got {len(state)}")
         res, owned = [], []
         for s, link in zip(state, k.links):
             if previous is not None and link is not None:
@@ -522,8 +525,7 @@ class Cell:
         Adds the step's contribution to ``grads["weight_hh"]`` and ``grads["bias_hh"]``
         (all of it, even where b_hh was folded into the projection) and returns
         (dL/dstate_prev, dL/dxp), dxp (B, G·H) like `project`'s xp; the caller turns
-        dxp into the gradients of
-        ``weight_ih`` and ``bias_ih`` only.
+        dxp into the gradients of ``weight_ih`` and ``bias_ih`` only.
         """
         k, G, H = self._k, self.n_gates, self.n_hidden
         B = res[0].shape[0]

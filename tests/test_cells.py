@@ -185,6 +185,13 @@ def test_residual_and_state_bytes_match_the_formulas_and_the_arrays(cell, dtype)
             assert cell.recorded_bytes(n, batch, dtype) == expected
 
 
+def test_enter_names_the_state_it_expects(cell, rng):
+    state = _state(cell, rng)
+    for wrong in (state[:-1], state + (state[0],)):
+        with pytest.raises(ValueError, match=r"enter\(state=\.\.\.\): expected"):
+            cell.enter(wrong)
+
+
 def test_a_linked_step_shares_the_previous_steps_arrays_and_reverses_the_same(cell, rng):
     """NOTE [linked steps]: the entering-state slots a cell links are the very arrays in
     which the step before keeps its new state; the rest are new, and the VJP is the same."""

@@ -32,7 +32,7 @@ import bptt_memory  # noqa: E402
 
 __all__ = ["atomic_write", "write_text", "write_json", "write_csv", "save_figure",
            "provenance", "progress", "pinned_blas", "report_dir", "fit_loglog_slope", "md_table",
-           "DEFAULT_OUT", "study_main"]
+           "recomputation_ratio", "DEFAULT_OUT", "study_main"]
 
 DEFAULT_OUT = Path("reports")
 
@@ -153,6 +153,22 @@ def fit_loglog_slope(x: Sequence[float], y: Sequence[float]) -> float:
     """Least-squares slope of log y against log x: 1 for O(T), 0.5 for O(√T), 0 for O(1)."""
     lx, ly = np.log(np.asarray(x, float)), np.log(np.asarray(y, float))
     return float(np.polyfit(lx, ly, 1)[0])
+
+
+def recomputation_ratio(forward_steps: int, backward_steps: int, n_steps: int,
+                        forward_seconds: float, backward_seconds: float) -> float:
+    """Time over full()'s that a run of `forward_steps` and `backward_steps` would take if
+    it cost only its steps, each at the cost it has inside full(): (F·f + B·b) / (T·(f + b)),
+    with f and b full()'s `forward_seconds` and `backward_seconds` (`Stats.extra`) over T.
+    What a checkpointing strategy takes beyond it is its executor's overhead (or steps that
+    cost more where it runs them than inside full())."""
+    if (n_steps < 1 or min(forward_seconds, backward_seconds) < 0
+            or forward_seconds + backward_seconds <= 0):
+        raise ValueError(f"recomputation_ratio: needs n_steps >= 1 and full()'s phase seconds "
+                         f"(>= 0, not both 0); got n_steps={n_steps}, "
+                         f"forward_seconds={forward_seconds}, backward_seconds={backward_seconds}")
+    f, b = forward_seconds / n_steps, backward_seconds / n_steps
+    return (forward_steps * f + backward_steps * b) / (n_steps * (f + b))
 
 
 def md_table(rows: Sequence[dict], columns: Sequence[str] | None = None) -> str:

@@ -449,8 +449,8 @@ def evaluate_targets(s: SimpleNamespace, rows: Sequence[dict]) -> list[dict]:
         f, b = full["forward_seconds"] / T, full["backward_seconds"] / T
 
         def predicted(st: dict) -> float:
-            """time / full()'s if `st` cost only its steps, at full()'s per-step costs"""
-            return (st["forward_steps"] * f + st["backward_steps"] * b) / (T * (f + b))
+            return _common.recomputation_ratio(st["forward_steps"], st["backward_steps"], T,
+                                               full["forward_seconds"], full["backward_seconds"])
 
         if "torch_fused" in c:
             fused = c["torch_fused"]

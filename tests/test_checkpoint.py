@@ -495,5 +495,18 @@ def test_checkpoint_benchmark_smoke(tmp_path, capsys):
     assert text in capsys.readouterr().out
     for name in ("full()", "uniform(", "binomial(slots=", "optimal(budget_bytes="):
         assert name in text
-    assert "| strategy |" in text and "**Goal**" in text
+    assert "| strategy |" in text and "**Goal**" in text and "its steps alone would take" in text
     assert [p.name for p in report.parent.iterdir()] == ["report.md"]  # no temp file left
+
+
+def test_checkpoint_benchmark_prices_each_run_at_full_step_costs():
+    from studies import checkpoint_benchmark
+
+    rows, verdict = checkpoint_benchmark.timing(checkpoint_benchmark._settings(small=True))
+    by = {r["strategy"].split("(")[0]: r for r in rows}
+    assert by["full"]["predicted"] == pytest.approx(1.0)
+    # every checkpointing strategy recomputes, so its steps alone cost more than full()'s,
+    # by less than the forward-step factor (a backward step costs more than a forward one)
+    for name in ("uniform", "binomial", "optimal"):
+        assert 1.0 < by[name]["predicted"] < by[name]["recompute"]
+    assert verdict["predicted"] == by["optimal"]["predicted"]

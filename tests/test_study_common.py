@@ -16,3 +16,20 @@ def test_provenance_states_the_blas_threads_the_measurements_used():
         assert "(2 threads for the measurements)" in _common.provenance("cmd", pinned=2)
     with threadpool_limits(limits=1, user_api="blas"):
         assert "(1 thread)" in _common.provenance("cmd")
+
+
+def test_recomputation_ratio_prices_steps_at_full_costs():
+    # full()'s own counts cost what full() did
+    assert _common.recomputation_ratio(100, 100, 100, 0.3, 0.7) == pytest.approx(1.0)
+    # twice the forward steps, forward a quarter of a step's cost: 1 + 1/4
+    assert _common.recomputation_ratio(200, 100, 100, 1.0, 3.0) == pytest.approx(1.25)
+    # the counts are weighed by each phase's cost per step, not by the step totals alone
+    assert _common.recomputation_ratio(300, 100, 100, 0.0, 2.0) == pytest.approx(1.0)
+    assert _common.recomputation_ratio(300, 100, 100, 2.0, 0.0) == pytest.approx(3.0)
+
+
+@pytest.mark.parametrize("args", [(10, 10, 0, 1.0, 1.0), (10, 10, 10, 0.0, 0.0),
+                                  (10, 10, 10, -1.0, 2.0)])
+def test_recomputation_ratio_rejects_what_cannot_price_a_step(args):
+    with pytest.raises(ValueError, match="recomputation_ratio"):
+        _common.recomputation_ratio(*args)

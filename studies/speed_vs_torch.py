@@ -52,7 +52,7 @@ products and the rest (NOTE [product time]); each target-3 miss carries the rati
 recomputation alone would give at full()'s step costs (NOTE [recomputation bound]).
 
 Run: ``python -m studies.speed_vs_torch [--small] [--out DIR] [--quiet]`` (the full grid
-takes about a quarter of an hour); writes DIR/speed_vs_torch/report.md, time.png,
+takes about 25 minutes here); writes DIR/speed_vs_torch/report.md, time.png,
 memory.png, ratios.png, results.csv, targets.csv and results.json.
 """
 
@@ -93,9 +93,7 @@ N_OUT = 16  # readout width; targets are standard normal
 OPTIMAL_FRACTION = 0.05  # optimal's budget as a fraction of full()'s peak_bytes, recorded_bytes(T)
 # -- timing ------------------------------------------------------------------------------
 THREADS = 1  # BLAS threads for numpy (threadpoolctl) and torch (set_num_threads)
-REPEATS = 5  # timed rounds per configuration; medians are reported
-BIG_REPEATS = 2  # ... for configurations with H·H·T >= BIG_WORK, to keep the grid < 15 min
-BIG_WORK = 512 * 512 * 1000
+REPEATS = 5  # timed rounds per configuration, every one of them; medians are reported
 MAX_PROFILES = 5  # cProfile summaries of missed time targets, one per target first
 PROFILE_LINES = 14  # functions per summary, by own time
 SEED = 0
@@ -108,7 +106,7 @@ TARGET_FULL_VS_FUSED_MEMORY = 0.75  # (2)
 TARGET_OPTIMAL_VS_CHECKPOINT_TIME = 0.7  # (3)
 TARGET_PREDICTION_SLACK = 1.05  # (4)
 # -- toy sizes for --small (seconds; torch contenders still run when torch is installed) --
-SMALL = dict(BATCH=4, N_IN=3, HIDDEN=(8,), STEPS=(12,), N_OUT=2, REPEATS=5, BIG_REPEATS=5,
+SMALL = dict(BATCH=4, N_IN=3, HIDDEN=(8,), STEPS=(12,), N_OUT=2, REPEATS=5,
              TARGET_1_HIDDEN=8, TARGET_1_STEPS=12, MAX_PROFILES=2)
 
 OURS = ("full", "binomial", "optimal")
@@ -126,7 +124,7 @@ PARAM_NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_out", "bi
 
 def _settings(small: bool) -> SimpleNamespace:
     names = ("CELLS", "BATCH", "N_IN", "HIDDEN", "STEPS", "DTYPES", "N_OUT", "OPTIMAL_FRACTION",
-             "THREADS", "REPEATS", "BIG_REPEATS", "BIG_WORK", "MAX_PROFILES",
+             "THREADS", "REPEATS", "MAX_PROFILES",
              "PROFILE_LINES", "SEED", "TARGET_FULL_VS_FUSED_TIME", "TARGET_1_CELLS",
              "TARGET_1_HIDDEN", "TARGET_1_STEPS", "TARGET_FULL_VS_FUSED_MEMORY",
              "TARGET_OPTIMAL_VS_CHECKPOINT_TIME", "TARGET_PREDICTION_SLACK")
@@ -325,8 +323,6 @@ def measure_config(s: SimpleNamespace, torch: Any, kind: str, H: int, T: int,
         for name in THEIRS:
             runs[name] = tc.runner(name)
             info[name] = {}
-    big = H * H * T >= s.BIG_WORK
-    repeats = s.BIG_REPEATS if big else s.REPEATS
     load_before, probe_before = os.getloadavg()[0], machine_probe()
 
     # the warm-up: memory, and the gradients checked against torch fused
@@ -364,7 +360,7 @@ def measure_config(s: SimpleNamespace, torch: Any, kind: str, H: int, T: int,
     system: dict[str, list[float]] = {n: [] for n in names}  # ... and in the kernel
     phases: dict[str, list[tuple[float, float]]] = {n: [] for n in strategies}
     gc.collect()
-    for rnd in range(repeats):
+    for rnd in range(s.REPEATS):
         for name in names[rnd % len(names):] + names[: rnd % len(names)]:
             gc.disable()  # like timeit: neither library makes reference cycles
             try:
@@ -389,7 +385,7 @@ def measure_config(s: SimpleNamespace, torch: Any, kind: str, H: int, T: int,
     for name in names:
         med = statistics.median(wall[name])
         row = dict(cell=kind, H=H, T=T, dtype=dtype, contender=name, library="bptt_memory"
-                   if name in strategies else "torch", repeats=repeats,
+                   if name in strategies else "torch", repeats=s.REPEATS,
                    wall_median=med, wall_min=min(wall[name]), wall_max=max(wall[name]),
                    cpu_median=statistics.median(cpu[name]),
                    user_median=statistics.median(user[name]),
@@ -408,7 +404,7 @@ def measure_config(s: SimpleNamespace, torch: Any, kind: str, H: int, T: int,
         r["cpu_ratio_to_torch_fused"] = r["cpu_median"] / fused["cpu_median"] if fused else None
         r["ratio_to_full"] = r["wall_median"] / base["full"]["wall_median"]
     meta = dict(load_before=load_before, load_after=os.getloadavg()[0],
-                probe_before=probe_before, probe_after=machine_probe(), repeats=repeats,
+                probe_before=probe_before, probe_after=machine_probe(), repeats=s.REPEATS,
                 raw_wall=wall, raw_cpu=cpu, raw_page_faults=faults, raw_phases=phases,
                 strategies={n: st.name for n, st in strategies.items()},
                 **model.cell.sizes(s.BATCH, dtype))
@@ -806,9 +802,6 @@ def write_report(d: Path, s: SimpleNamespace, rows: list[dict], targets: list[di
               for dt in s.DTYPES}
     agree = ("; ".join(f"{dt} {max(e):.2g}" for dt, e in errors.items() if e)
              or "not checked (no torch)")
-    big = [f"H={H}, T={T}" for H in s.HIDDEN for T in s.STEPS if H * H * T >= s.BIG_WORK]
-    big_note = (f"For {', '.join(big)} only {s.BIG_REPEATS} timed rounds, to keep the whole "
-                "grid near a quarter of an hour." if big else "")
     ratios_figure = "" if torch_version is None else "\n![ratios](ratios.png)\n"
     torch_line = (f"torch {torch_version}" if torch_version else
                   "**torch is not installed: the torch contenders and targets 1–3 were skipped**")
@@ -904,7 +897,7 @@ counts grads, transposed weight copies and the chunk buffers (NOTE [chunked prod
 - One process; per configuration one untimed warm-up run of every contender, which also
   measures its memory (this library under tracemalloc, torch under a `saved_tensors_hooks`
   pack hook) and compares its gradient with torch fused's, then {s.REPEATS} timed rounds, each
-  running every contender once in an order that rotates from round to round. {big_note}
+  running every contender once in an order that rotates from round to round.
   Medians of wall time are reported; CPU time (`time.process_time`) is in `results.csv` too.
 - numpy's BLAS pinned to {s.THREADS} thread(s) with threadpoolctl, torch to the same with
   `torch.set_num_threads`; `gc.collect()` before the timed rounds, the collector off during

@@ -216,14 +216,30 @@ def test_target_4_also_gives_the_ratio_of_the_fastest_rounds():
     assert "fastest rounds 1.000 of predicted" in binomial["note"]
 
 
+def test_target_4_splits_the_time_into_own_steps_and_bookkeeping():
+    """A miss says whether the strategy's steps cost more than inside full() or the time
+    went outside them (the executor's bookkeeping)."""
+    s = study._settings(small=True)
+    row = dict(cell="gru", H=8, T=10, dtype="float64", wall_median=1.0, cpu_median=1.0,
+               memory_bytes=1, forward_seconds=0.3, backward_seconds=0.7, forward_steps=10,
+               backward_steps=10, contender="full")
+    # 20 forward steps at 0.036 s (1.2× full()'s 0.03), 10 backward at 0.07, 0.08 s outside
+    rows = [row] + [dict(row, contender=n, forward_steps=20, forward_seconds=0.72,
+                         wall_median=1.5) for n in ("binomial", "optimal")]
+    binomial, _ = study.evaluate_targets(s, rows)
+    assert ("its own steps: f=36000.0 µs (1.200× full()'s), b=70000.0 µs (1.000×); "
+            "80.0 ms of 1500.0 outside steps") in binomial["note"]
+
+
 def test_a_report_with_every_time_target_missed_explains_each_kind(tmp_path, monkeypatch):
     """Limits no run can meet: the report then carries the target-3 bounds, the target-4
-    fastest-round ratios and product-split profiles."""
+    fastest-round ratios and step-cost split, and product-split profiles."""
     for name in ("TARGET_FULL_VS_FUSED_TIME", "TARGET_OPTIMAL_VS_CHECKPOINT_TIME",
                  "TARGET_PREDICTION_SLACK"):
         monkeypatch.setattr(study, name, 1e-3)
     text = study.run(tmp_path, small=True, quiet=True).read_text()
     assert "Target 4 misses" in text and "| fastest |" in text
+    assert "| forward step / full()'s | backward step / full()'s | outside steps |" in text
     assert "spent inside matrix products" in text
     if study._load_torch() is not None:
         assert "Target 3 and 3b misses" in text and "| bound |" in text

@@ -232,9 +232,8 @@ def report(s: SimpleNamespace, plan: list[dict], rows: list[dict], verdict: dict
         "*steps alone*: the time over full()'s that the run's forward and backward steps "
         "would take at what each costs inside full() (its median forward and backward "
         "seconds per step in the same rounds; `recomputation_ratio` in `studies/_common.py`); "
-        "time / full "
-        "above it is the executor's bookkeeping, or steps that cost more where the strategy "
-        "runs them.",
+        "time / full above it is the executor's bookkeeping, or steps that cost more where "
+        "the strategy runs them.",
         "",
         f"**Goal**: optimal at {s.BUDGET_FRACTION:.0%} of full's peak_bytes (budget "
         f"{verdict['budget']:,} B, {'held' if verdict['within_budget'] else 'EXCEEDED'}) "

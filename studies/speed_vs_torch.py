@@ -506,8 +506,9 @@ def evaluate_targets(s: SimpleNamespace, rows: Sequence[dict]) -> list[dict]:
 
 def _own_steps(st: dict, f: float, b: float) -> tuple[dict, str]:
     """Where target 4's time goes, from the timed rounds themselves: the strategy's own
-    seconds per forward and per backward step against full()'s f and b, and its time
-    outside steps (the executor's bookkeeping: Store, Restore, Free, dispatch)."""
+    seconds per forward and per backward step against full()'s f and b (a Reverse
+    action's bookkeeping counts in its backward seconds), and its time outside steps
+    (Store, Restore, Free, dispatch)."""
     own_f = st["forward_seconds"] / st["forward_steps"]
     own_b = st["backward_seconds"] / st["backward_steps"]
     outside = st["wall_median"] - st["forward_seconds"] - st["backward_seconds"]
@@ -814,8 +815,10 @@ def write_report(d: Path, s: SimpleNamespace, rows: list[dict], targets: list[di
                "than about the executor. Beside them, where the time went in the timed "
                "rounds: the strategy's own seconds per forward and per backward step over "
                "full()'s (medians), and the share of its time spent outside steps (the "
-               "executor's Store, Restore, Free and dispatch). Steps that cost more than "
-               "inside full() are recomputation at a higher price, not executor overhead."
+               "executor's Store, Restore, Free and dispatch). A backward step's seconds are "
+               "its Reverse action's, whole: with the products and the vjp they include the "
+               "action's own bookkeeping (its gradient window, the readout rows), which "
+               "binomial pays for every step and full() once per 16 steps."
                "\n\n" + _common.md_table(t4)) if t4 else ""
     t3_text = ("Target 3 and 3b misses, each with its recomputation bound: the ratio optimal "
                "would reach if its run cost nothing but its forward and backward steps, each "

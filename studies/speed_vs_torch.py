@@ -391,11 +391,15 @@ def measure_config(s: SimpleNamespace, torch: Any, kind: str, H: int, T: int,
                    user_median=statistics.median(user[name]),
                    system_median=statistics.median(system[name]),
                    page_faults_median=statistics.median(faults[name]),
-                   forward_seconds=None, backward_seconds=None,
+                   forward_seconds=None, backward_seconds=None, outside_median=None,
                    budget_bytes=getattr(strategies.get(name), "budget_bytes", None), **info[name])
         if name in strategies:
             row["forward_seconds"] = statistics.median(p[0] for p in phases[name])
             row["backward_seconds"] = statistics.median(p[1] for p in phases[name])
+            # the run's time outside its steps, round by round (a median of differences,
+            # not a difference of medians drawn from different rounds)
+            row["outside_median"] = statistics.median(
+                w - f - b for w, (f, b) in zip(wall[name], phases[name]))
         rows.append(row)
     base = {r["contender"]: r for r in rows}
     fused = base.get("torch_fused")
@@ -511,7 +515,7 @@ def _own_steps(st: dict, f: float, b: float) -> tuple[dict, str]:
     (Store, Restore, Free, dispatch)."""
     own_f = st["forward_seconds"] / st["forward_steps"]
     own_b = st["backward_seconds"] / st["backward_steps"]
-    outside = st["wall_median"] - st["forward_seconds"] - st["backward_seconds"]
+    outside = st["outside_median"]
     split = dict(own_forward=own_f / f, own_backward=own_b / b,
                  outside_share=outside / st["wall_median"])
     return split, (f"its own steps: f={own_f * 1e6:.1f} µs ({own_f / f:.3f}× full()'s), "
@@ -590,7 +594,7 @@ def profile_misses(s: SimpleNamespace, targets: Sequence[dict]) -> list[dict]:
         text = buf.getvalue()
         at = text.find("ncalls")
         text = text[text.rfind("\n", 0, at) + 1:] if at >= 0 else text
-        out.append(dict(target=t["target"], config=t["config"], contender=t["contender"],
+        out.append(dict(target=t["target"], config=t["config"], T=T, contender=t["contender"],
                         ratio=t["ratio"], user_ratio=t.get("user_ratio"), forward_seconds=r.stats.extra["forward_seconds"],
                         backward_seconds=r.stats.extra["backward_seconds"],
                         seconds=r.stats.seconds, profile=text.rstrip(),
@@ -721,7 +725,7 @@ def _fused_note(s: SimpleNamespace, rows: Sequence[dict]) -> str:
 
 def _product_note(p: dict) -> str:
     """Where a profiled run's time went: matrix products or the rest (NOTE [product time])."""
-    T = int(p["config"].split(" T=")[1].split()[0])  # `_config`'s "cell H=.. T=.. dtype"
+    T = p["T"]
     prod, run = p["product_seconds"], p["product_run_seconds"]
     text = (f"In a further run of {run:.3g} s, {prod:.3g} s ({prod / run:.0%}) was spent inside "
             f"matrix products (`np.matmul`, timed call by call: NOTE [product time]), "

@@ -31,6 +31,8 @@ References: PyTorch `torch.nn.RNN`, `torch.nn.LSTM`, `torch.nn.GRU` documentatio
 from __future__ import annotations
 
 import functools
+import importlib.util
+import os
 from dataclasses import dataclass
 from typing import Callable, NamedTuple
 
@@ -204,8 +206,45 @@ def _lstm_new_c(gates: np.ndarray, c: np.ndarray, out: np.ndarray | None = None)
     return c_new
 
 
+# NOTE [fused float32 LSTM] With numba installed (``pip install bptt_memory[fast]``), a
+# float32 LSTM step does its elementwise work in one compiled loop forward and one
+# backward (`_fused`) instead of about thirty numpy calls; the matrix products stay the
+# ones below. reports/speed_vs_torch measures both kernels side by side. The fused tanh
+# is a rational approximation within 7 ulp, so float32 results differ from numpy's
+# kernels in the last bits (tests/test_fused.py bounds how far) and are as
+# deterministic. float64 always runs numpy's kernels: numba has no vectorised float64
+# tanh, and the gradient tests hold float64 to 1e-12. ``lstm(..., fused=False)`` keeps
+# one cell on numpy's kernels; BPTT_MEMORY_FUSED=0 in the environment, read at import,
+# keeps every cell there.
+_FUSED = os.environ.get("BPTT_MEMORY_FUSED", "1") != "0" and \
+    importlib.util.find_spec("numba") is not None
+
+
+def _fused_for(cell: Cell, c: np.ndarray):  # type: ignore[no-untyped-def]
+    """The `_fused` kernels for a step whose c is `c`, or None for numpy's."""
+    return _fused_kernels() if _FUSED and cell.fused and c.dtype == np.float32 else None
+
+
+@functools.cache
+def _fused_kernels():  # type: ignore[no-untyped-def]
+    """Import `_fused`, and numba with it, on the first float32 LSTM step."""
+    try:
+        from . import _fused
+    except ImportError as e:
+        raise ImportError(f"bptt_memory: numba is installed but its import failed ({e}); "
+                          "set BPTT_MEMORY_FUSED=0 to run float32 LSTMs on numpy's "
+                          "kernels instead") from e
+    return _fused
+
+
 def _lstm_step(cell: Cell, w: _Weights, xp: np.ndarray, state: State) -> State:
     h, c = state
+    fused = _fused_for(cell, c)
+    if fused is not None:
+        gates = np.matmul(h, w.W_hhT)  # (4, B, H), activated in place
+        h_new, c_new = np.empty_like(h), np.empty_like(c)
+        fused.lstm_forward(gates, *xp, c, c_new, h_new)
+        return (h_new, c_new)
     gates = _lstm_gates(w, xp, h, np.empty((4,) + h.shape, h.dtype))
     c_new = _lstm_new_c(gates, c)
     h_new = np.tanh(c_new)
@@ -217,6 +256,12 @@ def _lstm_record(cell: Cell, w: _Weights, xp: np.ndarray, state: State,
                  res: Residuals) -> State:
     h, c = state
     _, _, gates, c_new = res
+    fused = _fused_for(cell, c)
+    if fused is not None:
+        np.matmul(h, w.W_hhT, out=gates)
+        h_new = np.empty_like(h)
+        fused.lstm_forward(gates, *xp, c, c_new, h_new)
+        return (h_new, c_new)
     _lstm_gates(w, xp, h, gates)
     # c' is written into the residual and is the new state's c: states are never mutated
     _lstm_new_c(gates, c, out=c_new)
@@ -224,6 +269,11 @@ def _lstm_record(cell: Cell, w: _Weights, xp: np.ndarray, state: State,
 
 
 def _lstm_output(cell: Cell, res: Residuals, out: np.ndarray | None = None) -> np.ndarray:
+    fused = _fused_for(cell, res[3])
+    if fused is not None:  # the forward's own tanh (NOTE [fused float32 LSTM])
+        h = np.empty_like(res[3]) if out is None else out
+        fused.lstm_output(res[3], res[2][3], h)
+        return h
     h = np.tanh(res[3], out=out)  # h' = o ⊙ tanh(c')
     h *= res[2][3]
     return h
@@ -233,6 +283,11 @@ def _lstm_vjp(cell: Cell, w: _Weights, res: Residuals, dstate: State, dpre: np.n
               dhp: np.ndarray) -> State:
     h_prev, c_prev, gates, c = res
     dh, dc = dstate
+    fused = _fused_for(cell, c)
+    if fused is not None:
+        dc_prev = np.empty_like(c)
+        fused.lstm_vjp(c_prev, gates, c, dh, dc, *dpre, dc_prev)
+        return (np.matmul(dpre, w.W_hh).sum(axis=0), dc_prev)
     i, f, g, o = gates
     tanh_c = np.tanh(c)  # (B, H)
     # dL/dc' through h' and through the next step: dc + dh ⊙ o ⊙ (1 - tanh²c')
@@ -384,8 +439,11 @@ class Cell:
     n_in: int
     n_hidden: int
     activation: str = "tanh"
+    fused: bool = True  # float32 LSTM steps on `_fused`'s kernels where numba is installed
 
     def __post_init__(self) -> None:
+        if not isinstance(self.fused, bool):
+            raise TypeError(f"{self.kind}(fused={self.fused!r}): fused must be True or False")
         _check_size(f"{self.kind}(n_in=...)", "n_in", self.n_in)
         _check_size(f"{self.kind}(n_hidden=...)", "n_hidden", self.n_hidden)
         if self.kind not in _KERNELS:
@@ -569,7 +627,7 @@ def vanilla(n_in: int, n_hidden: int, activation: str = "tanh") -> Cell:
     return Cell("vanilla", n_in, n_hidden, activation)
 
 
-def lstm(n_in: int, n_hidden: int) -> Cell:
+def lstm(n_in: int, n_hidden: int, fused: bool = True) -> Cell:
     """LSTM cell with PyTorch's gate order (i, f, g, o); state ``(h, c)``.
 
     Stores 7·B·H numbers per recorded step (h_prev, c_prev, four gates, c'), 6·B·H when
@@ -577,10 +635,15 @@ def lstm(n_in: int, n_hidden: int) -> Cell:
     residuals cost 3 to 3.5 states, which is why mixing the two kinds of storage
     (``optimal``) pays off.
 
+    Args:
+        fused: run float32 steps' elementwise work in compiled kernels when numba is
+            installed, with a tanh within 7 ulp instead of numpy's (NOTE [fused float32
+            LSTM]); False keeps numpy's kernels. float64 steps always run numpy's.
+
     >>> lstm(3, 4).residual_bytes(batch=2, dtype="float64")
     448
     """
-    return Cell("lstm", n_in, n_hidden)
+    return Cell("lstm", n_in, n_hidden, fused=fused)
 
 
 def gru(n_in: int, n_hidden: int) -> Cell:

@@ -308,3 +308,9 @@ def test_unknown_activation_is_rejected():
 def test_unknown_kind_is_rejected():
     with pytest.raises(ValueError, match="kind"):
         bm.Cell("elman", 3, 4)
+
+
+def test_fused_must_be_a_bool():
+    with pytest.raises(TypeError, match=r"^lstm\(fused='no'\): fused must be True or False"):
+        bm.lstm(3, 4, fused="no")
+    assert bm.lstm(3, 4, fused=False) != bm.lstm(3, 4)  # a different cell, numpy's kernels

@@ -467,6 +467,16 @@ class Cell:
     def n_gates(self) -> int:
         return self._k.n_gates
 
+    def uses_fused(self, dtype: np.dtype | type | str) -> bool:
+        """Whether this cell's steps in `dtype` run on the compiled kernels (NOTE [fused
+        float32 LSTM]): float32 LSTM steps, numba installed, and neither ``fused=False``
+        nor BPTT_MEMORY_FUSED=0.
+
+        >>> lstm(3, 4).uses_fused("float64"), lstm(3, 4, fused=False).uses_fused("float32")
+        (False, False)
+        """
+        return _FUSED and self.fused and self.kind == "lstm" and np.dtype(dtype) == np.float32
+
     @property
     def state_names(self) -> tuple[str, ...]:
         """Names of the state components: ``("h",)`` or ``("h", "c")``."""

@@ -14,6 +14,13 @@ gradient w.r.t. every parameter, from the same weights and data:
   ``torch.utils.checkpoint.checkpoint(..., use_reentrant=False)`` with the segment's
   readout and loss inside it, so only segment boundaries are kept.
 
+NOTE [numpy kernels] Where the cell runs float32 steps on compiled kernels (numba
+installed: NOTE [fused float32 LSTM] in `bptt_memory/cells.py`), ``full()`` also runs on
+numpy's kernels (``lstm(..., fused=False)``) as one more contender in the same rounds,
+"full(), numpy kernels", so the report shows what the compiled kernels change beside what
+torch does; target 1's note gives its ratios too. Targets are judged on ``full()`` as a
+user gets it.
+
 NOTE [fair timing] Everything runs in one process. For each configuration every
 contender first runs once untimed, to warm up and to measure its memory, then REPEATS
 timed rounds follow in which every contender runs once, the order rotating from round
@@ -61,6 +68,7 @@ from __future__ import annotations
 import cProfile
 import contextlib
 import gc
+import importlib.metadata
 import io
 import math
 import os
@@ -110,13 +118,15 @@ SMALL = dict(BATCH=4, N_IN=3, HIDDEN=(8,), STEPS=(12,), N_OUT=2, REPEATS=5,
              TARGET_1_HIDDEN=8, TARGET_1_STEPS=12, MAX_PROFILES=2)
 
 OURS = ("full", "binomial", "optimal")
+NUMPY_KERNELS = ("full_numpy",)  # full() on numpy's kernels where the cell has fused ones
 MATCHED = ("optimal_matched",)  # optimal at the checkpointed loop's bytes (needs torch)
 THEIRS = ("torch_fused", "torch_loop", "torch_checkpoint")
-CONTENDERS = OURS + MATCHED + THEIRS
-LABELS = {"full": "full()", "binomial": "binomial(√T)", "optimal": "optimal(5%)",
+CONTENDERS = OURS[:1] + NUMPY_KERNELS + OURS[1:] + MATCHED + THEIRS
+LABELS = {"full": "full()", "full_numpy": "full(), numpy kernels", "binomial": "binomial(√T)",
+          "optimal": "optimal(5%)",
           "optimal_matched": "optimal(ckpt bytes)", "torch_fused": "torch fused",
           "torch_loop": "torch cell loop", "torch_checkpoint": "torch loop + checkpoint(√T)"}
-COLORS = {"full": "#1f77b4", "binomial": "#2ca02c", "optimal": "#9467bd",
+COLORS = {"full": "#1f77b4", "full_numpy": "#17becf", "binomial": "#2ca02c", "optimal": "#9467bd",
           "optimal_matched": "#e377c2", "torch_fused": "#d62728", "torch_loop": "#ff7f0e",
           "torch_checkpoint": "#8c564b"}
 PARAM_NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_out", "bias_out")
@@ -314,8 +324,13 @@ def measure_config(s: SimpleNamespace, torch: Any, kind: str, H: int, T: int,
     """Time and measure every contender on one configuration (NOTE [fair timing])."""
     model, params, xs, ys = _problem(s, kind, H, T, dtype)
     strategies = _strategies(s, model, T, dtype)
+    models = dict.fromkeys(strategies, model)
+    if model.cell.uses_fused(dtype):  # NOTE [numpy kernels]
+        strategies["full_numpy"] = bm.full()
+        models["full_numpy"] = bm.Model(bm.lstm(s.N_IN, H, fused=False), s.N_OUT, loss="mse")
     runs: dict[str, Callable[[], Any]] = {
-        name: (lambda st=st: st.run(model, params, xs, ys)) for name, st in strategies.items()}
+        name: (lambda st=st, m=models[name]: st.run(m, params, xs, ys))
+        for name, st in strategies.items()}
     info: dict[str, dict] = {name: {} for name in strategies}
     tc = None
     if torch is not None:
@@ -328,7 +343,7 @@ def measure_config(s: SimpleNamespace, torch: Any, kind: str, H: int, T: int,
     # the warm-up: memory, and the gradients checked against torch fused
     grads: dict[str, Any] = {}
     for name, st in strategies.items():
-        r = st.run(model, params, xs, ys, trace_memory=True)
+        r = st.run(models[name], params, xs, ys, trace_memory=True)
         grads[name] = r.grads
         info[name].update(memory_bytes=r.stats.peak_bytes, traced_peak_bytes=r.stats.traced_peak_bytes,
                           forward_steps=r.stats.forward_steps, backward_steps=r.stats.backward_steps,
@@ -340,8 +355,8 @@ def measure_config(s: SimpleNamespace, torch: Any, kind: str, H: int, T: int,
     if tc is not None:  # optimal at the checkpointed loop's bytes: NOTE [matched memory]
         budget = max(model.cell.residual_bytes(s.BATCH, dtype), info["torch_checkpoint"]["memory_bytes"])
         st = strategies["optimal_matched"] = bm.optimal(budget_bytes=budget)
-        runs = {**{n: runs[n] for n in OURS}, "optimal_matched":
-                (lambda st=st: st.run(model, params, xs, ys)), **{n: runs[n] for n in THEIRS}}
+        runs["optimal_matched"] = lambda st=st: st.run(model, params, xs, ys)
+        runs = {n: runs[n] for n in CONTENDERS if n in runs}
         r = st.run(model, params, xs, ys, trace_memory=True)
         grads["optimal_matched"] = r.grads
         info["optimal_matched"] = dict(
@@ -465,12 +480,16 @@ def evaluate_targets(s: SimpleNamespace, rows: Sequence[dict]) -> list[dict]:
                 # user-mode CPU time; a run where torch faults in fresh pages and full() does
                 # not (or the reverse) decides nothing about the two kernels
                 met = max(ratio, user_ratio or 0.0) <= s.TARGET_FULL_VS_FUSED_TIME
+                numpy_ = c.get("full_numpy")  # NOTE [numpy kernels]
                 add("1", full, "full() time / torch fused time", ratio,
                     s.TARGET_FULL_VS_FUSED_TIME, met, "full",
                     f"user-mode CPU time ratio {_ratio(full['user_median'], fused['user_median'])}; "
                     f"page faults per run: full() {full['page_faults_median']:.0f}, torch "
-                    f"{fused['page_faults_median']:.0f}", user_ratio=user_ratio,
-                    fused_user_seconds=fused["user_median"])
+                    f"{fused['page_faults_median']:.0f}"
+                    + ("" if numpy_ is None else
+                       f"; full() on numpy's kernels: {_ratio(numpy_['wall_median'], fused['wall_median'])}"
+                       f" wall, {_ratio(numpy_['user_median'], fused['user_median'])} user-mode CPU"),
+                    user_ratio=user_ratio, fused_user_seconds=fused["user_median"])
             ratio = full["memory_bytes"] / fused["memory_bytes"]
             add("2", full, "full() peak_bytes / torch fused saved bytes", ratio,
                 s.TARGET_FULL_VS_FUSED_MEMORY, ratio <= s.TARGET_FULL_VS_FUSED_MEMORY, "full")
@@ -653,6 +672,7 @@ def plot_time(s: SimpleNamespace, rows: Sequence[dict]) -> plt.Figure:
 
 
 def plot_memory(s: SimpleNamespace, rows: Sequence[dict]) -> plt.Figure:
+    rows = [r for r in rows if r["contender"] not in NUMPY_KERNELS]  # full()'s bytes again
     return _panels(s, rows, lambda r: r["memory_bytes"], "bytes held for backward",
                    "Memory: bptt_memory's exact peak_bytes (bars, tracemalloc peak as dashes) "
                    "vs torch's saved-tensor bytes",
@@ -694,6 +714,22 @@ def _summary(targets: Sequence[dict]) -> list[dict]:
                     "worst ratio": _binding(worst), "worst at": worst["config"],
                     "best ratio": min(_binding(t) for t in ts)})
     return out
+
+
+def _kernels_line(rows: Sequence[dict]) -> str:
+    """Which kernels this library's steps ran on, and what the compiled ones changed."""
+    numpy_ = {_config(r): r for r in rows if r["contender"] in NUMPY_KERNELS}
+    if not numpy_:
+        return ("Every step ran on numpy's kernels (numba is not installed, or "
+                "BPTT_MEMORY_FUSED=0: NOTE [fused float32 LSTM] in `bptt_memory/cells.py`).")
+    ratios = [numpy_[_config(r)]["wall_median"] / r["wall_median"]
+              for r in rows if r["contender"] == "full" and _config(r) in numpy_]
+    return (f"float32 LSTM steps ran on the compiled kernels (numba "
+            f"{importlib.metadata.version('numba')}; NOTE [fused float32 LSTM] in "
+            "`bptt_memory/cells.py`), every other step on numpy's. For those configurations "
+            "\"full(), numpy kernels\" runs full() on numpy's kernels in the same rounds: it took "
+            + (f"{min(ratios):.2f}" if len(ratios) == 1 else f"{min(ratios):.2f}–{max(ratios):.2f}")
+            + "× the wall time of full() on the compiled ones.")
 
 
 def _fused_note(s: SimpleNamespace, rows: Sequence[dict]) -> str:
@@ -799,7 +835,8 @@ def write_report(d: Path, s: SimpleNamespace, rows: list[dict], targets: list[di
                                               (f" ({c[n]['ratio_to_torch_fused']:.2f}×)"
                                                if c[n].get("ratio_to_torch_fused") else "")
                                               for n in contenders if n in c}})
-        mem_table.append({"config": cfg, **{LABELS[n]: _mib(c[n]["memory_bytes"]) for n in contenders if n in c},
+        mem_table.append({"config": cfg, **{LABELS[n]: _mib(c[n]["memory_bytes"]) for n in contenders
+                                            if n in c and n not in NUMPY_KERNELS},
                           "full() tracemalloc": _mib(c["full"]["traced_peak_bytes"]),
                           "optimal tracemalloc": _mib(c["optimal"]["traced_peak_bytes"])})
     t1 = [t for t in targets if t["target"] == "1"]
@@ -872,7 +909,7 @@ torch's fused module (`nn.RNN` tanh / `nn.LSTM` / `nn.GRU`, plain autograd), a t
 (`nn.RNNCell` / `nn.LSTMCell` / `nn.GRUCell`) and that loop checkpointed over √T segments
 (`torch.utils.checkpoint`, `use_reentrant=False`). All contenders start from the same
 weights and data; every contender's gradient agrees with torch fused's to a relative error
-(over all parameters at once) of at most: {agree}.
+(over all parameters at once) of at most: {agree}. {_kernels_line(rows)}
 
 ## Targets
 
@@ -910,7 +947,7 @@ run, NOTE [plan memo] in `bptt_memory/strategies.py`). Every row, every configur
 
 Median wall time in milliseconds over the timed rounds (ratio to torch fused in brackets).
 
-{_common.md_table(time_table)}
+{_common.md_table(time_table, ["config"] + [LABELS[n] for n in contenders])}
 ![time](time.png)
 {ratios_figure}
 ## Memory
@@ -920,7 +957,8 @@ bytes (see Method). The last two columns are tracemalloc's peak over a whole run
 counts grads, transposed weight copies and the chunk buffers (NOTE [chunked products] in
 `bptt_memory/engine.py`).
 
-{_common.md_table(mem_table)}
+{_common.md_table(mem_table, ["config"] + [LABELS[n] for n in contenders if n not in NUMPY_KERNELS]
+                  + ["full() tracemalloc", "optimal tracemalloc"])}
 ![memory](memory.png)
 
 ## Where the time goes

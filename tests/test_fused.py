@@ -98,6 +98,8 @@ def test_cell_methods_use_the_fused_kernels_and_agree_with_numpy(rng, monkeypatc
     x = rng.standard_normal((B, N_IN)).astype(np.float32)
     cot = tuple(rng.standard_normal((B, H)).astype(np.float32) for _ in range(2))
     calls = _spy(monkeypatch)
+    assert cell.uses_fused(np.float32) and not bm.lstm(N_IN, H, fused=False).uses_fused("float32")
+    assert not bm.gru(N_IN, H).uses_fused("float32")
     fused = _cell_steps(cell, params, state, x, cot)
     assert calls == {"lstm_forward": 2, "lstm_output": 1, "lstm_vjp": 1}
     numpy_ = _cell_steps(bm.lstm(N_IN, H, fused=False), params, state, x, cot)
@@ -112,6 +114,7 @@ def test_float64_never_uses_the_fused_kernels(rng, monkeypatch):
     params = {k: rng.standard_normal(s) for k, s in cell.param_shapes().items()}
     state = tuple(rng.standard_normal((B, H)) for _ in range(2))
     calls = _spy(monkeypatch)
+    assert not cell.uses_fused(np.float64)
     _cell_steps(cell, params, state, rng.standard_normal((B, N_IN)), state)
     assert calls == {}
 
@@ -169,7 +172,7 @@ def test_environment_variable_turns_the_fused_kernels_off(value, expected):
     env = {k: v for k, v in os.environ.items() if k != "BPTT_MEMORY_FUSED"}
     if value is not None:
         env["BPTT_MEMORY_FUSED"] = value
-    out = subprocess.run([sys.executable, "-c", "from bptt_memory import cells; print(cells._FUSED)"],
+    out = subprocess.run([sys.executable, "-c", "import bptt_memory as bm; print(bm.lstm(1, 1).uses_fused('float32'))"],
                          env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == expected
 

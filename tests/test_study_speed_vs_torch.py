@@ -31,11 +31,17 @@ def _configs():
             for dt in s.DTYPES}
 
 
+def _fused(kind, dt):
+    """Whether the study's cell runs dt steps on compiled kernels: NOTE [numpy kernels]."""
+    return kind == "lstm" and bm.lstm(1, 1).uses_fused(dt)
+
+
 def _check_common(d, contenders):
     rows = _csv(d / "results.csv")
     configs = _configs()
     got = {(r["cell"], int(r["H"]), int(r["T"]), r["dtype"], r["contender"]) for r in rows}
-    assert got == {c + (name,) for c in configs for name in contenders}
+    assert got == ({c + (name,) for c in configs for name in contenders}
+                   | {c + ("full_numpy",) for c in configs if _fused(c[0], c[3])})
     s = study._settings(small=True)
     for r in rows:
         assert float(r["wall_median"]) > 0 and float(r["cpu_median"]) >= 0
@@ -53,11 +59,11 @@ def _check_common(d, contenders):
         cell = getattr(bm, r["cell"])(s.N_IN, int(r["H"]))
         T, dt = int(r["T"]), r["dtype"]
         full_bytes = cell.recorded_bytes(T, s.BATCH, dt)
-        if r["contender"] == "full":  # the exact formula: T steps recorded in one run
+        if r["contender"] in ("full", "full_numpy"):  # the exact formula: T steps recorded in one run
             alone, linked = ITEMS_PER_STEP[r["cell"]]
             BH = s.BATCH * int(r["H"]) * np.dtype(dt).itemsize
             assert int(r["memory_bytes"]) == full_bytes == (alone + linked * (T - 1)) * BH
-            assert float(r["ratio_to_full"]) == 1.0
+            assert r["contender"] == "full_numpy" or float(r["ratio_to_full"]) == 1.0
         if r["contender"] == "optimal":  # a fraction of full()'s real bytes
             assert int(r["budget_bytes"]) == max(cell.residual_bytes(s.BATCH, dt),
                                                  int(s.OPTIMAL_FRACTION * full_bytes))
@@ -80,6 +86,9 @@ def test_small_run_writes_a_report_figures_and_data(tmp_path):
     assert text.startswith("# Speed against PyTorch on the CPU")
     assert "python -m studies.speed_vs_torch --small" in text and "## Targets" in text
     assert "A fixed probe of work like one LSTM step's" in text
+    fused = _fused("lstm", "float32")
+    assert ("full(), numpy kernels" in text) == fused
+    assert ("Every step ran on numpy's kernels" in text) == (not fused)
     has_torch = study._load_torch() is not None
     contenders = study.OURS + (study.MATCHED + study.THEIRS if has_torch else ())
     rows, targets = _check_common(d, contenders)
@@ -90,6 +99,9 @@ def test_small_run_writes_a_report_figures_and_data(tmp_path):
     n = len(_configs())
     assert sum(t["target"] == "4" for t in targets) == 2 * n  # binomial and optimal
     if has_torch:
+        for t in targets:  # target 1's note gives full() on numpy's kernels beside it
+            if t["target"] == "1":
+                assert ("on numpy's kernels" in t["note"]) == _fused(t["cell"], t["dtype"]), t
         assert (d / "ratios.png").read_bytes()[:8] == PNG
         assert sum(t["target"] == "2" for t in targets) == n
         s = study._settings(small=True)

@@ -34,6 +34,7 @@ import functools
 import importlib.util
 import os
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Callable, NamedTuple
 
 import numpy as np
@@ -220,13 +221,13 @@ _FUSED = os.environ.get("BPTT_MEMORY_FUSED", "1") != "0" and \
     importlib.util.find_spec("numba") is not None
 
 
-def _fused_for(cell: Cell, c: np.ndarray):  # type: ignore[no-untyped-def]
+def _fused_for(cell: Cell, c: np.ndarray) -> ModuleType | None:
     """The `_fused` kernels for a step whose c is `c`, or None for numpy's."""
     return _fused_kernels() if _FUSED and cell.fused and c.dtype == np.float32 else None
 
 
 @functools.cache
-def _fused_kernels():  # type: ignore[no-untyped-def]
+def _fused_kernels() -> ModuleType:
     """Import `_fused`, and numba with it, on the first float32 LSTM step."""
     try:
         from . import _fused

@@ -107,6 +107,7 @@ def _compare(args: argparse.Namespace) -> int:
     rows = compare(model, params, xs, ys, strategies, repeats=args.repeats, progress=bar)
     if args.json:
         print(json.dumps({"problem": {k: v for k, v in vars(args).items() if k != "func"},
+                          "fused_kernels": cell.uses_fused(dtype),
                           "rows": [asdict(r) for r in rows]}, indent=2))
         return 0
     print(f"{cell.kind} T={args.steps} B={args.batch} H={args.hidden} I={args.inputs} {args.dtype}; "
@@ -128,6 +129,9 @@ def _compare(args: argparse.Namespace) -> int:
     if faulted:
         print("page faults per run, the system handing out fresh memory (in time, not in cpu): "
               + "; ".join(faulted))
+    if cell.uses_fused(dtype):
+        print("steps ran on the compiled float32 LSTM kernels (numba; BPTT_MEMORY_FUSED=0 for "
+              "numpy's)")
     return 0
 
 

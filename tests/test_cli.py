@@ -29,6 +29,22 @@ def test_compare_table_lists_requested_strategies(capsys):
     assert out.splitlines()[1].split()[-6:-4] == ["time", "cpu"]
 
 
+@pytest.mark.parametrize("fused", [True, False])
+def test_compare_says_when_steps_ran_on_the_compiled_kernels(capsys, monkeypatch, fused):
+    from bptt_memory import cells
+    monkeypatch.setattr(cells, "_FUSED", fused)  # as if numba were (not) installed
+    args = ["compare", "--cell", "lstm", "--steps", "9", "--batch", "2", "--hidden", "3",
+            "--inputs", "2", "--repeats", "1", "--strategies", "full", "--quiet"]
+    if fused:
+        pytest.importorskip("numba")
+    assert main(args + ["--dtype", "float32"]) == 0
+    assert ("compiled float32 LSTM kernels" in capsys.readouterr().out) == fused
+    assert main(args + ["--dtype", "float32", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["fused_kernels"] == fused
+    assert main(args) == 0  # float64: numpy's kernels
+    assert "compiled" not in capsys.readouterr().out
+
+
 def test_plan_json_best_exact_fits(capsys):
     assert main(["plan", "--steps", "1e5", "--budget", "64MiB", "--cell", "lstm", "--batch", "32",
                  "--hidden", "256", "--json"]) == 0

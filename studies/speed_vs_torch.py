@@ -24,7 +24,11 @@ user gets it.
 NOTE [fair timing] Everything runs in one process. For each configuration every
 contender first runs once untimed, to warm up and to measure its memory, then REPEATS
 timed rounds follow in which every contender runs once, the order rotating from round
-to round so drift and neighbours' load hit all of them alike; medians are reported, with
+to round so drift and neighbours' load hit all of them alike, and reversed every other
+round so no contender always runs right after the same one: a run can pay for what its
+predecessor left behind in the caches and the allocator. (Rotation alone kept the same
+predecessor in every round; at toy sizes, whoever followed torch's checkpointed loop took
+about 0.3 ms more, measured by swapping two contenders' places.) Medians are reported, with
 CPU time (`time.process_time`) beside wall time because the machine may be shared. numpy's
 BLAS is pinned to THREADS threads with threadpoolctl and torch to the same count with
 ``torch.set_num_threads``; the garbage collector runs once before the timed rounds and is
@@ -366,8 +370,11 @@ def measure_config(s: SimpleNamespace, torch: Any, kind: str, H: int, T: int,
             info[name]["grad_rel_error"] = _grad_rel_error(grads[name], grads["torch_fused"])
     del grads
 
-    # timed rounds, interleaved, order rotating
+    # timed rounds, interleaved: rotating, and reversed every other round (NOTE [fair timing])
     names = list(runs)
+    # round r starts with contender r (mod n); odd rounds run rotation r + 1 backwards
+    rotated = [names[k % len(names):] + names[: k % len(names)] for k in range(s.REPEATS + 1)]
+    orders = [rotated[r + 1][::-1] if r % 2 else rotated[r] for r in range(s.REPEATS)]
     wall: dict[str, list[float]] = {n: [] for n in names}
     cpu: dict[str, list[float]] = {n: [] for n in names}
     faults: dict[str, list[int]] = {n: [] for n in names}
@@ -375,8 +382,8 @@ def measure_config(s: SimpleNamespace, torch: Any, kind: str, H: int, T: int,
     system: dict[str, list[float]] = {n: [] for n in names}  # ... and in the kernel
     phases: dict[str, list[tuple[float, float]]] = {n: [] for n in strategies}
     gc.collect()
-    for rnd in range(s.REPEATS):
-        for name in names[rnd % len(names):] + names[: rnd % len(names)]:
+    for order in orders:
+        for name in order:
             gc.disable()  # like timeit: neither library makes reference cycles
             try:
                 u0 = resource.getrusage(resource.RUSAGE_SELF)
@@ -424,7 +431,7 @@ def measure_config(s: SimpleNamespace, torch: Any, kind: str, H: int, T: int,
         r["ratio_to_full"] = r["wall_median"] / base["full"]["wall_median"]
     meta = dict(load_before=load_before, load_after=os.getloadavg()[0],
                 probe_before=probe_before, probe_after=machine_probe(), repeats=s.REPEATS,
-                raw_wall=wall, raw_cpu=cpu, raw_page_faults=faults, raw_phases=phases,
+                raw_wall=wall, raw_cpu=cpu, raw_page_faults=faults, raw_phases=phases, orders=orders,
                 strategies={n: st.name for n, st in strategies.items()},
                 **model.cell.sizes(s.BATCH, dtype))
     return rows, meta
@@ -968,7 +975,8 @@ counts grads, transposed weight copies and the chunk buffers (NOTE [chunked prod
 - One process; per configuration one untimed warm-up run of every contender, which also
   measures its memory (this library under tracemalloc, torch under a `saved_tensors_hooks`
   pack hook) and compares its gradient with torch fused's, then {s.REPEATS} timed rounds, each
-  running every contender once in an order that rotates from round to round.
+  running every contender once in an order that rotates from round to round and is
+  reversed every other round (no contender always follows the same one; NOTE [fair timing]).
   Medians of wall time are reported; CPU time (`time.process_time`) is in `results.csv` too.
 - numpy's BLAS pinned to {s.THREADS} thread(s) with threadpoolctl, torch to the same with
   `torch.set_num_threads`; `gc.collect()` before the timed rounds, the collector off during

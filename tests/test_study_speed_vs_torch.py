@@ -72,6 +72,15 @@ def _check_common(d, contenders):
     assert set(data["configs"]) == {f"{k} H={H} T={T} {dt}" for k, H, T, dt in configs}
     for meta in data["configs"].values():  # NOTE [machine probe], around every configuration
         assert meta["probe_before"] > 0 and meta["probe_after"] > 0
+        # NOTE [fair timing]: every round runs every contender once, in its own order, and
+        # no contender runs right after the same one in every round
+        assert len(meta["orders"]) == s.REPEATS
+        assert all(sorted(o) == sorted(meta["raw_wall"]) for o in meta["orders"])
+        before = {}
+        for o in meta["orders"]:
+            for a, b in zip(o, o[1:]):
+                before.setdefault(b, set()).add(a)
+        assert all(len(p) > 1 for p in before.values()), before
     for fig in ("time.png", "memory.png"):
         assert (d / fig).read_bytes()[:8] == PNG
     assert not list(d.glob("*.tmp")) and not list(d.glob(".*"))

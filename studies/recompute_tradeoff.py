@@ -257,7 +257,9 @@ def timing(s: SimpleNamespace, quiet: bool) -> tuple[list[dict], dict]:
             results[k] = runs[k][4].run(model, params, xs, ys)
             bar.update()
         for rep in range(s.REPEATS):
-            # rotate the order each round so no strategy always follows the same one
+            # rotate the order each round so no strategy always runs first (each keeps the
+            # same predecessor, though: speed_vs_torch's NOTE [fair timing] measured what
+            # that can cost after torch's loop; among these strategies it is not measured)
             for k in keys[rep % len(keys):] + keys[:rep % len(keys)]:
                 t0 = time.perf_counter()
                 runs[k][4].run(model, params, xs, ys)

@@ -2,7 +2,8 @@
 
 numpy does an LSTM step's elementwise work as about thirty separate passes over (B, H)
 and (4, B, H) blocks, each with its own call overhead; in float32 at B = 32, H = 128
-they cost more than a third of a step. Here one compiled loop does a step's forward
+they cost about a quarter of a step (reports/speed_vs_torch: full() on numpy's kernels
+beside full() on these). Here one compiled loop does a step's forward
 (gates, c', h') and one its VJP (dc, the gates' pre-activation gradients), each
 element read once. The matrix products stay numpy's (`cells.py`), so these kernels
 are the LSTM kernels of `cells.py` with their elementwise middle replaced; the
@@ -34,8 +35,8 @@ import numpy as np
 # [0, 9], minimising the relative error, iterated with the weights 1/Q of the previous
 # fit (Sanathanan–Koerner) until it settled. In float64 arithmetic the fit is within
 # 6·10⁻⁸ relative of tanh; evaluated in float32 it is within 7 ulp of the rounded
-# tanh at every float32 in [10⁻³⁰, 9.5] (checked exhaustively; numpy's own float32 tanh
-# is within 2), it is odd, and clipped to [−1, 1] (tests/test_fused.py checks all three
+# tanh at every float32 in [10⁻³⁰, 9.5] (checked exhaustively, worst 5.9; numpy's own
+# float32 tanh is within 1.4 on a grid of 2M points), it is odd, and clipped to [−1, 1] (tests/test_fused.py checks all three
 # on samples). It is not monotone: past |x| = 2.6 it wobbles within that error, by
 # up to 7 ulp. Q > 1 for x ≠ 0, so the division is safe.
 _P0, _P1, _P2, _P3, _P4 = (np.float32(v) for v in (

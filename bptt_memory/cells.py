@@ -222,8 +222,9 @@ _FUSED = os.environ.get("BPTT_MEMORY_FUSED", "1") != "0" and \
 
 
 def _fused_for(cell: Cell, c: np.ndarray) -> ModuleType | None:
-    """The `_fused` kernels for a step whose c is `c`, or None for numpy's."""
-    return _fused_kernels() if _FUSED and cell.fused and c.dtype == np.float32 else None
+    """The `_fused` kernels for a step whose c is `c`, or None for numpy's (the rule is
+    `Cell.uses_fused`'s alone)."""
+    return _fused_kernels() if cell.uses_fused(c.dtype) else None
 
 
 @functools.cache

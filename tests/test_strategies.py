@@ -494,17 +494,18 @@ def test_a_strategy_that_cannot_be_hashed_is_planned_every_time(rng):
 @pytest.mark.parametrize("cell_name", ["vanilla-tanh", "lstm", "gru"])
 def test_workspace_is_the_chunk_buffers_whatever_the_strategy_and_T(rng, cell_name):
     """Stats.workspace_bytes: the executor's reused buffers, counted exactly, beside
-    (not in) peak_bytes: CHUNK_STEPS steps of input projections, of dL/dxp rows (and, for
-    the GRU, of dL/d(h·W_hhᵀ) rows), of h_prev, h, dL/dh and dL/do rows."""
+    (not in) peak_bytes: CHUNK_STEPS steps of inputs (with a 1 for the bias row) and of
+    their projections, of dL/dxp rows (and, for the GRU, of dL/d(h·W_hhᵀ) rows), of
+    h_prev, h, dL/dh and dL/do rows, and a 1 per row to sum rows with."""
     from bptt_memory.engine import CHUNK_STEPS
 
     seen = set()
     for T in (20, 45):
         model, params, xs, ys, mask, h0 = _problem(rng, cell_name, "mse", T)
         cell = model.cell
-        G, H, O = cell.n_gates, cell.n_hidden, model.n_out
+        G, H, I, O = cell.n_gates, cell.n_hidden, cell.n_in, model.n_out
         gated = 2 if cell.kind == "gru" else 1  # dxp, and GRU's separate dhp rows
-        expected = CHUNK_STEPS * B * ((1 + gated) * G * H + 3 * H + O) * 8
+        expected = CHUNK_STEPS * B * ((I + 1) + (1 + gated) * G * H + 3 * H + O + 1) * 8
         for strategy in (bm.full(), bm.binomial(2), bm.uniform()):
             seen.add(strategy.run(model, params, xs, ys, h0=h0, mask=mask).stats.workspace_bytes)
         assert seen == {expected}

@@ -124,3 +124,14 @@ def lstm_vjp(c_prev, gates, c, dh, dc, d_i, d_f, d_g, d_o, dc_prev):  # type: ig
             d_g[b, j] = dc_total * i * (_ONE - g * g)
             d_o[b, j] = dh_j * tanh_c * (o * (_ONE - o))
             dc_prev[b, j] = dc_total * f
+
+
+
+@numba.njit(**_JIT)
+def sum_gates(p, out):  # type: ignore[no-untyped-def]
+    """out = p[0] + p[1] + p[2] + p[3] for a (4, B, H) array, added in numpy's order
+    (``p.sum(axis=0)``): the VJP's dL/dh = Σ_g dpre_g·W_g."""
+    B, H = out.shape
+    for b in range(B):
+        for j in range(H):
+            out[b, j] = ((p[0, b, j] + p[1, b, j]) + p[2, b, j]) + p[3, b, j]

@@ -58,13 +58,17 @@ class _Weights(NamedTuple):
     on_tanh: np.ndarray | None  # 1 - on_sigma
     half: np.ndarray | None  # 0.5 on σ gates, 1 on tanh's
     shift: np.ndarray | None  # 0.5 on σ gates, 0 on tanh's
+    fused: ModuleType | None  # `_fused` where the steps run on it (`Cell.uses_fused`)
 
 
-def _weights(cell: Cell, params: Params, batch: int | None = None) -> _Weights:
+def _weights(cell: Cell, params: Params, batch: int | None = None,
+             dtype: np.dtype | None = None) -> _Weights:
     """Views of params (`Cell` methods, which may see params change between calls); or,
     given the batch (the executor, once per run), the W_gᵀ blocks copied row-major and
     the gate constants as whole (G, B, H) blocks, so that the elementwise products need
-    no broadcasting."""
+    no broadcasting. The steps run on the compiled kernels where `Cell.uses_fused` says
+    so for the params' dtype and for ``dtype``, the arrays' (the executor's are the
+    params'; a `Cell` method's caller may mix them, and then gets numpy's kernels)."""
     G, H = cell.n_gates, cell.n_hidden
     W_hh = params["weight_hh"].reshape(G, H, H)
     W_hhT = W_hh.transpose(0, 2, 1)
@@ -77,7 +81,9 @@ def _weights(cell: Cell, params: Params, batch: int | None = None) -> _Weights:
         if batch is not None:
             on_sigma = np.broadcast_to(on_sigma, (G, batch, H)).copy()
         consts = (on_sigma, 1.0 - on_sigma, 1.0 - 0.5 * on_sigma, 0.5 * on_sigma)
-    return _Weights(W_hhT, W_hh, params["bias_hh"].reshape(G, 1, H), *consts)
+    same = dtype is None or dtype == W_hh.dtype
+    fused = _fused_kernels() if same and cell.uses_fused(W_hh.dtype) else None
+    return _Weights(W_hhT, W_hh, params["bias_hh"].reshape(G, 1, H), *consts, fused)
 
 
 # NOTE [gate-major layout] A cell with G gates computes G blocks of pre-activations per
@@ -241,11 +247,10 @@ def _fused_kernels() -> ModuleType:
 
 def _lstm_step(cell: Cell, w: _Weights, xp: np.ndarray, state: State) -> State:
     h, c = state
-    fused = _fused_for(cell, c)
-    if fused is not None:
+    if w.fused is not None:
         gates = np.matmul(h, w.W_hhT)  # (4, B, H), activated in place
         h_new, c_new = np.empty_like(h), np.empty_like(c)
-        fused.lstm_forward(gates, *xp, c, c_new, h_new)
+        w.fused.lstm_forward(gates, *xp, c, c_new, h_new)
         return (h_new, c_new)
     gates = _lstm_gates(w, xp, h, np.empty((4,) + h.shape, h.dtype))
     c_new = _lstm_new_c(gates, c)
@@ -258,11 +263,10 @@ def _lstm_record(cell: Cell, w: _Weights, xp: np.ndarray, state: State,
                  res: Residuals) -> State:
     h, c = state
     _, _, gates, c_new = res
-    fused = _fused_for(cell, c)
-    if fused is not None:
+    if w.fused is not None:
         np.matmul(h, w.W_hhT, out=gates)
         h_new = np.empty_like(h)
-        fused.lstm_forward(gates, *xp, c, c_new, h_new)
+        w.fused.lstm_forward(gates, *xp, c, c_new, h_new)
         return (h_new, c_new)
     _lstm_gates(w, xp, h, gates)
     # c' is written into the residual and is the new state's c: states are never mutated
@@ -285,11 +289,12 @@ def _lstm_vjp(cell: Cell, w: _Weights, res: Residuals, dstate: State, dpre: np.n
               dhp: np.ndarray) -> State:
     h_prev, c_prev, gates, c = res
     dh, dc = dstate
-    fused = _fused_for(cell, c)
+    fused = w.fused
     if fused is not None:
-        dc_prev = np.empty_like(c)
+        dc_prev, dh_prev = np.empty_like(c), np.empty_like(c)
         fused.lstm_vjp(c_prev, gates, c, dh, dc, *dpre, dc_prev)
-        return (np.matmul(dpre, w.W_hh).sum(axis=0), dc_prev)
+        fused.sum_gates(np.matmul(dpre, w.W_hh), dh_prev)
+        return (dh_prev, dc_prev)
     i, f, g, o = gates
     tanh_c = np.tanh(c)  # (B, H)
     # dL/dc' through h' and through the next step: dc + dh ⊙ o ⊙ (1 - tanh²c')
@@ -545,7 +550,8 @@ class Cell:
 
     def step(self, params: Params, xp: np.ndarray, state: State) -> State:
         """One plain step from xp (B, G·H) (`project`): the new state, nothing kept."""
-        return self._k.step(self, _weights(self, params), self._gate_major(xp), state)
+        return self._k.step(self, _weights(self, params, dtype=state[0].dtype),
+                            self._gate_major(xp), state)
 
     def new_residuals(self, batch: int, dtype: np.dtype | type) -> Residuals:
         return tuple(np.empty(s, dtype) for s in self.residual_shapes(batch))
@@ -582,7 +588,8 @@ class Cell:
         """One step that fills `res` (from `new_residuals`) in place; returns the new state."""
         for slot, s in zip(res, state):  # the entering state (NOTE [linked steps])
             np.copyto(slot, s)
-        return self._k.record(self, _weights(self, params), self._gate_major(xp), state, res)
+        return self._k.record(self, _weights(self, params, dtype=state[0].dtype),
+                              self._gate_major(xp), state, res)
 
     def output(self, res: Residuals) -> np.ndarray:
         """The hidden output h' of a recorded step, read off its residuals."""
@@ -601,7 +608,8 @@ class Cell:
         B = res[0].shape[0]
         dxp = np.empty((G, B, H), res[0].dtype)
         dhp = dxp if k.bias_hh_in_projection else np.empty_like(dxp)
-        dstate_prev = k.vjp(self, _weights(self, params), res, dstate, dxp, dhp)
+        dstate_prev = k.vjp(self, _weights(self, params, dtype=res[-1].dtype), res, dstate,
+                            dxp, dhp)
         # res[0] is h_prev for every kind; block g of weight_hh's gradient is dhp_gᵀ·h_prev
         grads["weight_hh"] += np.matmul(dhp.transpose(0, 2, 1), res[0]).reshape(G * H, H)
         grads["bias_hh"] += dhp.sum(axis=1).reshape(G * H)

@@ -73,7 +73,7 @@ def _spy(monkeypatch) -> dict:
             return getattr(_fused, name)(*args)
         return call
 
-    spy = SimpleNamespace(**{n: counted(n) for n in ("lstm_forward", "lstm_output", "lstm_vjp")})
+    spy = SimpleNamespace(**{n: counted(n) for n in ("lstm_forward", "lstm_output", "lstm_vjp", "sum_gates")})
     monkeypatch.setattr(cells, "_fused_kernels", lambda: spy)
     monkeypatch.setattr(cells, "_FUSED", True)  # whatever BPTT_MEMORY_FUSED says
     return calls
@@ -101,9 +101,9 @@ def test_cell_methods_use_the_fused_kernels_and_agree_with_numpy(rng, monkeypatc
     assert cell.uses_fused(np.float32) and not bm.lstm(N_IN, H, fused=False).uses_fused("float32")
     assert not bm.gru(N_IN, H).uses_fused("float32")
     fused = _cell_steps(cell, params, state, x, cot)
-    assert calls == {"lstm_forward": 2, "lstm_output": 1, "lstm_vjp": 1}
+    assert calls == {"lstm_forward": 2, "lstm_output": 1, "lstm_vjp": 1, "sum_gates": 1}
     numpy_ = _cell_steps(bm.lstm(N_IN, H, fused=False), params, state, x, cot)
-    assert calls == {"lstm_forward": 2, "lstm_output": 1, "lstm_vjp": 1}  # no more calls
+    assert calls == {"lstm_forward": 2, "lstm_output": 1, "lstm_vjp": 1, "sum_gates": 1}  # no more calls
     for a, b in zip(fused, numpy_):
         assert a.dtype == np.float32 and a.shape == b.shape
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
@@ -117,6 +117,19 @@ def test_float64_never_uses_the_fused_kernels(rng, monkeypatch):
     assert not cell.uses_fused(np.float64)
     _cell_steps(cell, params, state, rng.standard_normal((B, N_IN)), state)
     assert calls == {}
+
+
+def test_cell_methods_with_float64_arrays_and_float32_params_use_numpy(rng, monkeypatch):
+    """A Cell method decides on the arrays' dtype as well as the params': float64
+    states with float32 params run numpy's kernels, in float64, as before the executor
+    looked at the params alone."""
+    cell = bm.lstm(N_IN, H)
+    params = {k: rng.standard_normal(s).astype(np.float32) for k, s in cell.param_shapes().items()}
+    state = tuple(rng.standard_normal((B, H)) for _ in range(2))
+    calls = _spy(monkeypatch)
+    out = _cell_steps(cell, params, state, rng.standard_normal((B, N_IN)), state)
+    assert calls == {}
+    assert out[0].dtype == np.float64
 
 
 def _run(name, model, params, xs, ys):

@@ -14,6 +14,7 @@ import re
 import statistics
 import time
 from dataclasses import dataclass
+from typing import Sequence, TypeVar
 
 try:
     import resource  # Unix: user CPU time and page faults of this process
@@ -28,8 +29,10 @@ from .model import Model, Result
 from .schedule import simulate
 from .strategies import Strategy, best_uniform, full, truncated, uniform
 
-__all__ = ["default_strategies", "compare", "Row", "plan", "Plan", "parse_bytes", "format_bytes",
-           "parse_count", "grad_error"]
+__all__ = ["default_strategies", "compare", "round_orders", "Row", "plan", "Plan", "parse_bytes",
+           "format_bytes", "parse_count", "grad_error"]
+
+T_ = TypeVar("T_")
 
 #: optimal()'s default budget, as a fraction of full()'s peak bytes.
 OPTIMAL_FRACTION = 0.05
@@ -100,14 +103,35 @@ def _usage() -> tuple[float, int]:
     return u.ru_utime, u.ru_minflt
 
 
+def round_orders(names: Sequence[T_], rounds: int) -> list[list[T_]]:
+    """The order in which each of `rounds` timed rounds runs `names`.
+
+    NOTE [round order] Timed rounds interleave the contenders so that drift and a
+    neighbour's load hit all of them alike. Round r starts with name r (mod n), so nobody
+    always runs first; and odd rounds run the next rotation backwards, so nobody always
+    runs right after the same one: a run can pay for what its predecessor left in the
+    caches and the allocator. (Rotation alone keeps every predecessor; in
+    reports/speed_vs_torch, at toy sizes, whoever followed torch's checkpointed loop took
+    about 0.3 ms more, found by swapping two contenders' places.) `compare` and the
+    timing studies all use this order.
+
+    >>> round_orders("abc", 4)
+    [['a', 'b', 'c'], ['b', 'a', 'c'], ['c', 'a', 'b'], ['a', 'c', 'b']]
+    """
+    names = list(names)
+    n = len(names)
+    rotated = [names[k % n:] + names[: k % n] for k in range(rounds + 1)]
+    return [rotated[r + 1][::-1] if r % 2 else rotated[r] for r in range(rounds)]
+
+
 def compare(model: Model, params: Params, xs: np.ndarray, ys: np.ndarray,
             strategies: dict[str, Strategy], *, mask: np.ndarray | None = None,
             repeats: int = 5, trace_memory: bool = True, progress=None) -> list[Row]:
     """Run every strategy on the same problem; time them interleaved, medians of `repeats`.
 
     full() is always run as the baseline, even when not listed. One untimed warm-up run
-    per strategy; then `repeats` rounds, each running every strategy once, so machine
-    noise hits all of them alike. Each timed run's wall time, user-mode CPU time and page
+    per strategy; then `repeats` rounds, each running every strategy once in the order
+    `round_orders` gives, so machine noise hits all of them alike. Each timed run's wall time, user-mode CPU time and page
     faults are measured (NOTE [cpu time]). With trace_memory, one extra run per strategy
     is made under tracemalloc (not timed).
     """
@@ -123,8 +147,9 @@ def compare(model: Model, params: Params, xs: np.ndarray, ys: np.ndarray,
     for name, s in runs.items():  # warm-up, and the result we report
         results[name] = s.run(model, params, xs, ys, mask=mask)
         bar and bar.update()
-    for _ in range(repeats):
-        for name, s in runs.items():
+    for order in round_orders(runs, repeats):
+        for name in order:
+            s = runs[name]
             u0, f0 = _usage()
             t0 = time.perf_counter()
             s.run(model, params, xs, ys, mask=mask)

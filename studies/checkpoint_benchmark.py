@@ -151,9 +151,10 @@ def timing(s: SimpleNamespace) -> tuple[list[dict], dict]:
     phases: list[tuple[float, float]] = []  # full()'s forward and backward seconds per round
     results = {}
     with _common.pinned_blas(1):
-        for r in range(s.REPEATS + 1):  # round 0 warms up (and fills optimal's memo)
-            k = r % len(strategies)  # rotate the order too: nobody always runs first
-            for x in strategies[k:] + strategies[:k]:
+        # round 0 warms up (and fills optimal's memo); the timed rounds interleave the
+        # strategies in bm.compare's order (NOTE [round order] in bptt_memory/compare.py)
+        for r, order in enumerate([strategies, *bm.compare.round_orders(strategies, s.REPEATS)]):
+            for x in order:
                 start = time.perf_counter()
                 results[x.name] = x.run(model, params, xs, ys)
                 if r:

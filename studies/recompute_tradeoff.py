@@ -256,11 +256,11 @@ def timing(s: SimpleNamespace, quiet: bool) -> tuple[list[dict], dict]:
         for k in keys:  # warm-up: builds optimal's tables, and the result we check
             results[k] = runs[k][4].run(model, params, xs, ys)
             bar.update()
-        for rep in range(s.REPEATS):
-            # rotate the order each round so no strategy always runs first (each keeps the
-            # same predecessor, though: speed_vs_torch's NOTE [fair timing] measured what
-            # that can cost after torch's loop; among these strategies it is not measured)
-            for k in keys[rep % len(keys):] + keys[:rep % len(keys)]:
+        # interleaved rounds in bm.compare's order: rotating, and reversed every other
+        # round, so no strategy always runs first or after the same one (NOTE [round
+        # order] in bptt_memory/compare.py)
+        for order in bm.compare.round_orders(keys, s.REPEATS):
+            for k in order:
                 t0 = time.perf_counter()
                 runs[k][4].run(model, params, xs, ys)
                 times[k].append(time.perf_counter() - t0)
@@ -654,8 +654,8 @@ against standard-normal targets (`bm.tasks.random_problem`), seed {s.SEED}. Memo
 exact peak of what a strategy holds for the backward pass (stored states and recorded
 steps; `Stats.peak_bytes`), not counting parameters, gradients, the working state or
 transient temporaries. Timed runs: `strategy.run` under one BLAS thread, one untimed
-warm-up round, then {s.REPEATS} rounds running every strategy once each (order rotated
-each round). The whole study took {seconds / 60:.1f} min.
+warm-up round, then {s.REPEATS} rounds running every strategy once each (the order rotated
+each round and reversed every other round: NOTE [round order] in `bptt_memory/compare.py`). The whole study took {seconds / 60:.1f} min.
 
 ## Files
 

@@ -23,12 +23,11 @@ user gets it.
 
 NOTE [fair timing] Everything runs in one process. For each configuration every
 contender first runs once untimed, to warm up and to measure its memory, then REPEATS
-timed rounds follow in which every contender runs once, the order rotating from round
-to round so drift and neighbours' load hit all of them alike, and reversed every other
-round so no contender always runs right after the same one: a run can pay for what its
-predecessor left behind in the caches and the allocator. (Rotation alone kept the same
-predecessor in every round; at toy sizes, whoever followed torch's checkpointed loop took
-about 0.3 ms more, measured by swapping two contenders' places.) Medians are reported, with
+timed rounds follow in which every contender runs once, in `bm.compare.round_orders`'
+order: rotating from round to round so drift and neighbours' load hit all of them alike,
+and reversed every other round so no contender always runs right after the same one
+(NOTE [round order] in `bptt_memory/compare.py`: at toy sizes, whoever followed torch's
+checkpointed loop took about 0.3 ms more in every round). Medians are reported, with
 CPU time (`time.process_time`) beside wall time because the machine may be shared. numpy's
 BLAS is pinned to THREADS threads with threadpoolctl and torch to the same count with
 ``torch.set_num_threads``; the garbage collector runs once before the timed rounds and is
@@ -372,9 +371,7 @@ def measure_config(s: SimpleNamespace, torch: Any, kind: str, H: int, T: int,
 
     # timed rounds, interleaved: rotating, and reversed every other round (NOTE [fair timing])
     names = list(runs)
-    # round r starts with contender r (mod n); odd rounds run rotation r + 1 backwards
-    rotated = [names[k % len(names):] + names[: k % len(names)] for k in range(s.REPEATS + 1)]
-    orders = [rotated[r + 1][::-1] if r % 2 else rotated[r] for r in range(s.REPEATS)]
+    orders = bm.compare.round_orders(names, s.REPEATS)
     wall: dict[str, list[float]] = {n: [] for n in names}
     cpu: dict[str, list[float]] = {n: [] for n in names}
     faults: dict[str, list[int]] = {n: [] for n in names}

@@ -3,7 +3,7 @@ import pytest
 
 import bptt_memory as bm
 from bptt_memory.compare import (compare, default_strategies, format_bytes, grad_error,
-                                 parse_bytes, parse_count, plan)
+                                 parse_bytes, parse_count, plan, round_orders)
 from bptt_memory.tasks import random_problem
 
 
@@ -45,8 +45,8 @@ def test_compare_reports_median_cpu_time_and_page_faults_per_run(rng, monkeypatc
     per_run = {"full": [(2.0, 10), (4.0, 30), (2.5, 10)],
                "binomial": [(5.0, 0), (6.0, 0), (5.0, 2)]}
     readings, totals = [], [0.0, 0]
-    for k in range(3):  # rounds run full() first, then the listed strategies
-        for name in ("full", "binomial"):
+    for k, order in enumerate(round_orders(["full", "binomial"], 3)):
+        for name in order:
             readings.append(tuple(totals))
             totals = [totals[0] + per_run[name][k][0], totals[1] + per_run[name][k][1]]
             readings.append(tuple(totals))
@@ -61,6 +61,42 @@ def test_compare_reports_median_cpu_time_and_page_faults_per_run(rng, monkeypatc
     assert (f.cpu_seconds, f.page_faults, f.cpu_ratio) == (2.5, 10, 1.0)
     assert (b.cpu_seconds, b.page_faults, b.cpu_ratio) == (5.0, 0, 2.0)
     assert next(it, None) is None  # two readings per timed run, none elsewhere
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 7])
+def test_round_orders_vary_who_runs_first_and_who_runs_before_whom(n):
+    """NOTE [round order]: every round runs every name once; round r starts with name
+    r (mod n); from two rounds on, no name always follows the same one (rotation alone
+    would keep every predecessor)."""
+    names = [f"s{i}" for i in range(n)]
+    for rounds in range(1, 2 * n + 3):
+        orders = round_orders(names, rounds)
+        assert len(orders) == rounds and all(sorted(o) == names for o in orders)
+        assert [o[0] for o in orders] == [names[r % n] for r in range(rounds)]
+        if n >= 2 and rounds >= 2:
+            for name in names:
+                before = {o[o.index(name) - 1] if o.index(name) else None for o in orders}
+                assert len(before) > 1, (name, orders)
+
+
+def test_compare_times_strategies_in_round_order(rng, monkeypatch):
+    model = bm.Model(bm.vanilla(2, 3), 2)
+    params = model.init(rng)
+    xs, ys = random_problem(model, 6, 2, rng)
+    ran, tags = [], {}
+
+    class Spy(bm.Full):
+        def run(self, *args, **kwargs):
+            ran.append(tags[id(self)])
+            return super().run(*args, **kwargs)
+
+    spies = {tag: Spy() for tag in "abc"}
+    tags.update({id(s): tag for tag, s in spies.items()})
+    monkeypatch.setattr(bm.compare, "full", lambda: spies["a"])  # the baseline is "a"
+    compare(model, params, xs, ys, {"b": spies["b"], "c": spies["c"]}, repeats=4,
+            trace_memory=False)
+    timed = ran[3:]  # after one warm-up run each
+    assert [timed[i:i + 3] for i in range(0, 12, 3)] == round_orders("abc", 4)
 
 
 @pytest.mark.parametrize("text,expected", [("64MiB", 64 * 2**20), ("1.5 GB", 1_500_000_000),

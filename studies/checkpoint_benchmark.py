@@ -239,9 +239,9 @@ def report(s: SimpleNamespace, plan: list[dict], rows: list[dict], verdict: dict
         f"**Goal**: optimal at {s.BUDGET_FRACTION:.0%} of full's peak_bytes (budget "
         f"{verdict['budget']:,} B, {'held' if verdict['within_budget'] else 'EXCEEDED'}) "
         f"within {s.GOAL_TIME_RATIO}x full's time: **{'met' if verdict['met'] else 'not met'}** "
-        f"({verdict['time_ratio']:.2f}x; its steps alone would take {verdict['predicted']:.2f}x"
+        f"({verdict['time_ratio']:.3f}x; its steps alone would take {verdict['predicted']:.3f}x"
         + (f", already beyond {s.GOAL_TIME_RATIO}x before any bookkeeping"
-           if verdict["predicted"] > s.GOAL_TIME_RATIO else "") + ").",
+           if not verdict["met"] and verdict["predicted"] > s.GOAL_TIME_RATIO else "") + ").",
         "",
     ]
     return "\n".join(lines)

@@ -503,7 +503,7 @@ def write_report(d: Path, s: SimpleNamespace, rows: list[dict], timed: list[dict
         f"**{'Met' if verdict['met'] else 'Not met'}.** At T = {T0} and a budget of "
         f"{_pct(f)} of full()'s bytes, `optimal` holds {_pct(verdict['optimal_memory_fraction'])}, "
         f"does {verdict['optimal_recompute_factor']:.3g}× the forward steps of full() and measures "
-        f"{verdict['optimal_time_ratio']:.3g}× its wall time (median; "
+        f"{verdict['optimal_time_ratio']:.4g}× its wall time (median; "
         + (f"{opt_t['time_ratio_of_minima']:.3g}× between the fastest runs" if opt_t else "not timed")
         + f"), against Gruslys et al.'s ≈ {s.HEADLINE_TIME_RATIO:.3g}× (criterion: median ≤ "
         f"{s.HEADLINE_TIME_RATIO * (1 + s.HEADLINE_SLACK):.3g}×)."
@@ -513,7 +513,7 @@ def write_report(d: Path, s: SimpleNamespace, rows: list[dict], timed: list[dict
         hi = opt_t["seconds_max"] / opt_t["seconds_median"] * opt_t["time_ratio"]
         bound = s.HEADLINE_TIME_RATIO * (1 + s.HEADLINE_SLACK)
         verdict_text += (
-            f" Its {s.REPEATS} runs spread from {lo:.3g}× to {hi:.3g}× of full()'s median"
+            f" Its {s.REPEATS} runs spread from {lo:.4g}× to {hi:.4g}× of full()'s median"
             + (", on both sides of the criterion, so the verdict is borderline on this "
                "loaded machine." if lo <= bound < hi else "."))
     others = [f"`{name}` {t['time_ratio']:.3g}× (F = {t['recompute_factor']:.3g})"

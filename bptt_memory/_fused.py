@@ -3,7 +3,7 @@
 numpy does an LSTM step's elementwise work as about thirty separate passes over (B, H)
 and (4, B, H) blocks, each with its own call overhead; in float32 at B = 32, H = 128
 they cost a fifth to a quarter of a step: what these kernels save (reports/speed_vs_torch
-times full() on both: 11% in the committed run, up to 19% in earlier ones) plus the
+times full() on both: 11–19% in its last four runs, 16% in the committed one) plus the
 ~20 µs per step these still take. Here one compiled loop does a step's forward
 (gates, c', h') and one its VJP (dc, the gates' pre-activation gradients), each
 element read once. The matrix products stay numpy's (`cells.py`), so these kernels

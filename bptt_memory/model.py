@@ -237,12 +237,12 @@ class Stats:
         traced_peak_bytes: tracemalloc's peak over the run when run with
             ``trace_memory=True`` (else None). It also sees the grads and transient
             temporaries, so peak_bytes ≤ traced_peak_bytes ≤ peak_bytes + `traced_allowance`.
-        workspace_bytes: the executor's reusable chunk buffers (input projections of
-            CHUNK_STEPS steps; gradient rows of as many), made once per run whatever the
-            strategy and T, overwritten by every chunk and holding nothing the backward
-            pass needs later: a fixed workspace like the grads, so not in peak_bytes, but
-            counted here exactly (truncated, which reverses one step at a time, has
-            one step's rows).
+        workspace_bytes: the executor's reusable chunk buffers (inputs and input
+            projections of CHUNK_STEPS steps; gradient rows of as many), made once per
+            run whatever the strategy and T, overwritten by every chunk and holding
+            nothing the backward pass needs later: a fixed workspace like the grads, so
+            not in peak_bytes, but counted here exactly (truncated, which reverses one
+            step at a time, has one step's rows).
         traced_allowance: that documented allowance in bytes (its formula is in
             `bptt_memory.engine.traced_allowance`: grads and weight copies, chunk
             buffers, step temporaries and Python object overhead).

@@ -126,7 +126,6 @@ def lstm_vjp(c_prev, gates, c, dh, dc, d_i, d_f, d_g, d_o, dc_prev):  # type: ig
             dc_prev[b, j] = dc_total * f
 
 
-
 @numba.njit(**_JIT)
 def sum_gates(p, out):  # type: ignore[no-untyped-def]
     """out = p[0] + p[1] + p[2] + p[3] for a (4, B, H) array, added in numpy's order

@@ -289,11 +289,10 @@ def _lstm_vjp(cell: Cell, w: _Weights, res: Residuals, dstate: State, dpre: np.n
               dhp: np.ndarray) -> State:
     h_prev, c_prev, gates, c = res
     dh, dc = dstate
-    fused = w.fused
-    if fused is not None:
+    if w.fused is not None:
         dc_prev, dh_prev = np.empty_like(c), np.empty_like(c)
-        fused.lstm_vjp(c_prev, gates, c, dh, dc, *dpre, dc_prev)
-        fused.sum_gates(np.matmul(dpre, w.W_hh), dh_prev)
+        w.fused.lstm_vjp(c_prev, gates, c, dh, dc, *dpre, dc_prev)
+        w.fused.sum_gates(np.matmul(dpre, w.W_hh), dh_prev)
         return (dh_prev, dc_prev)
     i, f, g, o = gates
     tanh_c = np.tanh(c)  # (B, H)

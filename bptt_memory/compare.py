@@ -120,6 +120,8 @@ def round_orders(names: Sequence[T_], rounds: int) -> list[list[T_]]:
     """
     names = list(names)
     n = len(names)
+    if n == 0:
+        return [[] for _ in range(rounds)]
     rotated = [names[k % n:] + names[: k % n] for k in range(rounds + 1)]
     return [rotated[r + 1][::-1] if r % 2 else rotated[r] for r in range(rounds)]
 
@@ -131,8 +133,8 @@ def compare(model: Model, params: Params, xs: np.ndarray, ys: np.ndarray,
 
     full() is always run as the baseline, even when not listed. One untimed warm-up run
     per strategy; then `repeats` rounds, each running every strategy once in the order
-    `round_orders` gives, so machine noise hits all of them alike. Each timed run's wall time, user-mode CPU time and page
-    faults are measured (NOTE [cpu time]). With trace_memory, one extra run per strategy
+    `round_orders` gives, so machine noise hits all of them alike. Each timed run's wall
+    time, user-mode CPU time and page faults are measured (NOTE [cpu time]). With trace_memory, one extra run per strategy
     is made under tracemalloc (not timed).
     """
     names = list(strategies)

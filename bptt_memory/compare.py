@@ -134,8 +134,8 @@ def compare(model: Model, params: Params, xs: np.ndarray, ys: np.ndarray,
     full() is always run as the baseline, even when not listed. One untimed warm-up run
     per strategy; then `repeats` rounds, each running every strategy once in the order
     `round_orders` gives, so machine noise hits all of them alike. Each timed run's wall
-    time, user-mode CPU time and page faults are measured (NOTE [cpu time]). With trace_memory, one extra run per strategy
-    is made under tracemalloc (not timed).
+    time, user-mode CPU time and page faults are measured (NOTE [cpu time]). With
+    trace_memory, one extra run per strategy is made under tracemalloc (not timed).
     """
     names = list(strategies)
     runs = {"full": full(), **strategies}

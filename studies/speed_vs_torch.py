@@ -59,7 +59,9 @@ counts, (F·f + T·b) / (T·(f + b)), with f and b full()'s measured seconds per
 per backward step. Where a time target is missed, one run of the contender is profiled
 with cProfile and summarised, and a further run is split into the time inside matrix
 products and the rest (NOTE [product time]); each target-3 miss carries the ratio the
-recomputation alone would give at full()'s step costs (NOTE [recomputation bound]).
+recomputation alone would give at full()'s step costs (NOTE [recomputation bound]), and
+the ratio its matrix products alone would give, each at the fastest it runs with its
+operands in cache (NOTE [product bound]).
 
 Run: ``python -m studies.speed_vs_torch [--small] [--out DIR] [--quiet]`` (the full grid
 takes about 25 minutes here); writes DIR/speed_vs_torch/report.md, time.png,
@@ -69,6 +71,7 @@ memory.png, ratios.png, results.csv, targets.csv and results.json.
 from __future__ import annotations
 
 import cProfile
+import collections
 import contextlib
 import gc
 import importlib.metadata
@@ -106,6 +109,8 @@ OPTIMAL_FRACTION = 0.05  # optimal's budget as a fraction of full()'s peak_bytes
 THREADS = 1  # BLAS threads for numpy (threadpoolctl) and torch (set_num_threads)
 REPEATS = 5  # timed rounds per configuration, every one of them; medians are reported
 MAX_PROFILES = 5  # cProfile summaries of missed time targets, one per target first
+PRODUCT_REPEATS = 20  # timed calls of each distinct product for a product bound (the fastest)
+SQUARE_N = 1024  # the square product that shows the best rate of this BLAS on this machine
 PROFILE_LINES = 14  # functions per summary, by own time
 SEED = 0
 # -- the targets -------------------------------------------------------------------------
@@ -118,7 +123,8 @@ TARGET_OPTIMAL_VS_CHECKPOINT_TIME = 0.7  # (3)
 TARGET_PREDICTION_SLACK = 1.05  # (4)
 # -- toy sizes for --small (seconds; torch contenders still run when torch is installed) --
 SMALL = dict(BATCH=4, N_IN=3, HIDDEN=(8,), STEPS=(12,), N_OUT=2, REPEATS=5,
-             TARGET_1_HIDDEN=8, TARGET_1_STEPS=12, MAX_PROFILES=2)
+             TARGET_1_HIDDEN=8, TARGET_1_STEPS=12, MAX_PROFILES=2, PRODUCT_REPEATS=3,
+             SQUARE_N=64)
 
 OURS = ("full", "binomial", "optimal")
 NUMPY_KERNELS = ("full_numpy",)  # full() on numpy's kernels where the cell has fused ones
@@ -137,7 +143,7 @@ PARAM_NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_out", "bi
 
 def _settings(small: bool) -> SimpleNamespace:
     names = ("CELLS", "BATCH", "N_IN", "HIDDEN", "STEPS", "DTYPES", "N_OUT", "OPTIMAL_FRACTION",
-             "THREADS", "REPEATS", "MAX_PROFILES",
+             "THREADS", "REPEATS", "MAX_PROFILES", "PRODUCT_REPEATS", "SQUARE_N",
              "PROFILE_LINES", "SEED", "TARGET_FULL_VS_FUSED_TIME", "TARGET_1_CELLS",
              "TARGET_1_HIDDEN", "TARGET_1_STEPS", "TARGET_FULL_VS_FUSED_MEMORY",
              "TARGET_OPTIMAL_VS_CHECKPOINT_TIME", "TARGET_PREDICTION_SLACK")
@@ -463,7 +469,8 @@ def evaluate_targets(s: SimpleNamespace, rows: Sequence[dict]) -> list[dict]:
                         budget_bytes=c.get("budget_bytes"), bound=bound,
                         fused_user_seconds=fused_user_seconds, fastest=fastest,
                         own_forward=own_forward, own_backward=own_backward,
-                        outside_share=outside_share))
+                        outside_share=outside_share, product_bound=None, product_rate=None,
+                        square_bound=None))
 
     for key, c in by.items():
         full = c["full"]
@@ -575,6 +582,112 @@ def timed_products() -> Any:
         np.matmul = real
 
 
+def _layout(x: np.ndarray) -> tuple:
+    return x.shape, x.strides, x.dtype.str
+
+
+def _like(layout: tuple, rng: np.random.Generator) -> np.ndarray:
+    """Fresh random numbers with ``layout``'s shape, strides and dtype (`_layout`): a
+    product reads a transposed or sliced operand differently from a contiguous one."""
+    shape, strides, dtype = layout
+    item = np.dtype(dtype).itemsize
+    if any(st < 0 or st % item for st in strides):
+        return rng.standard_normal(shape).astype(dtype)
+    span = 1 + sum((n - 1) * (st // item) for n, st in zip(shape, strides)) if all(shape) else 1
+    return np.lib.stride_tricks.as_strided(rng.standard_normal(span).astype(dtype), shape, strides)
+
+
+def _flops(a_shape: tuple, b_shape: tuple) -> int:
+    """Floating-point operations of np.matmul on operands of these shapes: 2·M·N·K per
+    product, over the broadcast stack."""
+    a = (1,) + a_shape if len(a_shape) == 1 else a_shape  # (K,) is a (1, K) row
+    b = b_shape + (1,) if len(b_shape) == 1 else b_shape  # (K,) is a (K, 1) column
+    return 2 * math.prod(np.broadcast_shapes(a[:-2], b[:-2])) * a[-2] * a[-1] * b[-1]
+
+
+def product_bound(run: Callable[[], Any], repeats: int) -> tuple[float, int]:
+    """(seconds, flops): what ``run`` would take if it did nothing but its matrix
+    products, each as fast as it runs alone, and the floating-point operations they do.
+
+    NOTE [product bound] One run records every `np.matmul` call's operands by shape,
+    strides and dtype (NOTE [product time]: there are no other products). Each distinct
+    call is then made again on fresh operands laid out the same, ``repeats`` times after
+    two untimed calls, and counts at its fastest, times the number of such calls in the
+    run: every operand already in cache, none of the elementwise work, copies or Python
+    between products. Where this bound is above a target's limit, an implementation
+    making the same products with this BLAS cannot meet it however little it adds
+    around them; only faster products, or fewer, can.
+    """
+    real, calls = np.matmul, collections.Counter()
+
+    def recording(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        calls[_layout(a), _layout(b), None if out is None else _layout(out)] += 1
+        return real(a, b, out=out)
+
+    np.matmul = recording
+    try:
+        run()
+    finally:
+        np.matmul = real
+    rng = np.random.default_rng(0)
+    seconds, flops = 0.0, 0
+    for (la, lb, lo), n in calls.items():
+        a, b = _like(la, rng), _like(lb, rng)
+        out = None if lo is None else _like(lo, rng)
+        times = []
+        for _ in range(2 + repeats):
+            t0 = time.perf_counter()
+            real(a, b, out=out)
+            times.append(time.perf_counter() - t0)
+        seconds += n * min(times[2:])
+        flops += n * _flops(la[0], lb[0])
+    return seconds, flops
+
+
+def square_rate(dtype: str, n: int, repeats: int = 5) -> float:
+    """Floating-point operations per second of an (n, n)·(n, n) product, the fastest of
+    ``repeats``: about the best this BLAS does on this machine, to set a product bound's
+    rate against."""
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal((n, n)).astype(dtype) for _ in range(2))
+    out, best = np.empty_like(a), math.inf
+    for _ in range(1 + repeats):
+        t0 = time.perf_counter()
+        np.matmul(a, b, out=out)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best
+
+
+def _contender(s: SimpleNamespace, t: dict, model: bm.Model, dtype: str) -> bm.Strategy:
+    """The strategy a target row judged: a standard contender, or optimal at the row's budget."""
+    return (_strategies(s, model, t["T"], dtype).get(t["contender"])
+            or bm.optimal(budget_bytes=t["budget_bytes"]))
+
+
+def product_bounds(s: SimpleNamespace, rows: Sequence[dict], targets: Sequence[dict]) -> dict[str, float]:
+    """Give each missed target-3 and 3b row its ``product_bound`` (NOTE [product bound]:
+    the seconds over the checkpointed loop's median), ``product_rate`` (its products'
+    operations per second there) and ``square_bound`` (the bound were every product as
+    fast per operation as `square_rate`'s); return `square_rate` for each dtype with
+    such a row."""
+    loops = {_config(r): r["wall_median"] for r in rows if r["contender"] == "torch_checkpoint"}
+    rates: dict[str, float] = {}
+    for t in targets:
+        if t["target"] not in ("3", "3b") or t["met"]:
+            continue
+        model, params, xs, ys = _problem(s, t["cell"], t["H"], t["T"], t["dtype"])
+        strategy = _contender(s, t, model, t["dtype"])
+        seconds, flops = product_bound(lambda: strategy.run(model, params, xs, ys),
+                                       s.PRODUCT_REPEATS)
+        if t["dtype"] not in rates:
+            rates[t["dtype"]] = square_rate(t["dtype"], s.SQUARE_N)
+        t["product_bound"] = seconds / loops[t["config"]]
+        t["product_rate"] = flops / seconds
+        # the same products, all at the rate of the square one
+        t["square_bound"] = flops / rates[t["dtype"]] / loops[t["config"]]
+    return rates
+
+
 def profile_misses(s: SimpleNamespace, targets: Sequence[dict]) -> list[dict]:
     """cProfile one run of this library's contender where a time target is missed (or, for
     target 1, missed in user-mode CPU time): first the smallest such configuration of each
@@ -592,8 +705,7 @@ def profile_misses(s: SimpleNamespace, targets: Sequence[dict]) -> list[dict]:
             continue
         seen.add(key)
         model, params, xs, ys = _problem(s, t["cell"], t["H"], t["T"], t["dtype"])
-        strategy = (_strategies(s, model, t["T"], t["dtype"]).get(t["contender"])
-                    or bm.optimal(budget_bytes=t["budget_bytes"]))
+        strategy = _contender(s, t, model, t["dtype"])
         prof = cProfile.Profile()
         with _common.pinned_blas(s.THREADS):
             strategy.run(model, params, xs, ys)  # plans, as the warm-up run does (NOTE [plan memo])
@@ -826,7 +938,8 @@ def _memory_note(s: SimpleNamespace, rows: Sequence[dict], targets: Sequence[dic
 
 
 def write_report(d: Path, s: SimpleNamespace, rows: list[dict], targets: list[dict],
-                 profiles: list[dict], meta: dict, seconds: float, command: str,
+                 profiles: list[dict], meta: dict, square_rates: dict[str, float],
+                 seconds: float, command: str,
                  torch_version: str | None) -> Path:
     by: dict[tuple, dict[str, dict]] = {}
     for r in rows:
@@ -845,7 +958,10 @@ def write_report(d: Path, s: SimpleNamespace, rows: list[dict], targets: list[di
                           "optimal tracemalloc": _mib(c["optimal"]["traced_peak_bytes"])})
     t1 = [t for t in targets if t["target"] == "1"]
     t3 = [dict(target=t["target"], config=t["config"], ratio=round(t["ratio"], 3),
-               bound=round(t["bound"], 3), limit=t["limit"])
+               limit=t["limit"], bound=round(t["bound"], 3),
+               **{"product bound": round(t["product_bound"], 3),
+                  "products' GFLOP/s": f"{t['product_rate'] / 1e9:.3g}",
+                  "at the square's rate": round(t["square_bound"], 3)})
           for t in targets if t["target"] in ("3", "3b") and not t["met"]]
     t4 = [{"config": t["config"], "strategy": LABELS[t["contender"]],
            "ratio": round(t["ratio"], 3), "fastest": round(t["fastest"], 3),
@@ -865,12 +981,20 @@ def write_report(d: Path, s: SimpleNamespace, rows: list[dict], targets: list[di
                "action's own bookkeeping (its gradient window, the readout rows), which "
                "binomial pays for every step and full() once per 16 steps."
                "\n\n" + _common.md_table(t4)) if t4 else ""
-    t3_text = ("Target 3 and 3b misses, each with its recomputation bound: the ratio optimal "
-               "would reach if its run cost nothing but its forward and backward steps, each "
-               "at what it costs inside full() (the target-4 prediction, times full()'s time "
-               "over the loop's; NOTE [recomputation bound] in the study). Where the bound is "
-               "above the limit, no change to the executor can meet the target: only faster "
-               "steps can.\n\n" + _common.md_table(t3)) if t3 else ""
+    square = " and ".join(f"{rate / 1e9:.3g} GFLOP/s in {dt}" for dt, rate in square_rates.items())
+    t3_text = ("Target 3 and 3b misses, each with two bounds. The recomputation bound is the "
+               "ratio optimal would reach if its run cost nothing but its forward and backward "
+               "steps, each at what it costs inside full() (the target-4 prediction, times "
+               "full()'s time over the loop's; NOTE [recomputation bound] in the study): where "
+               "it is above the limit, no change to the executor can meet the target, only "
+               "faster steps can. The product bound is the ratio its run would reach if it were "
+               "nothing but its matrix products, each timed alone with its operands in cache, "
+               "at its fastest (NOTE [product bound]): where it is above the limit, no "
+               "implementation making these products with this BLAS can meet the target, "
+               "only faster products can. Beside it, the rate those products ran at there: "
+               f"this BLAS multiplies two {s.SQUARE_N}×{s.SQUARE_N} matrices at {square} "
+               "on this machine, and the last column is the product bound were every product "
+               "that fast.\n\n" + _common.md_table(t3)) if t3 else ""
     errors = {dt: [r["grad_rel_error"] for r in rows if r["dtype"] == dt
                    and r["contender"] != "torch_fused" and r.get("grad_rel_error") is not None]
               for dt in s.DTYPES}
@@ -1023,6 +1147,8 @@ def run(out: Path | str = _common.DEFAULT_OUT, *, small: bool = False, quiet: bo
         if torch is not None:
             torch.set_num_threads(threads)
     targets = evaluate_targets(s, rows)
+    with _common.pinned_blas(s.THREADS):
+        square_rates = product_bounds(s, rows, targets)
     profiles = profile_misses(s, targets)
     seconds = time.perf_counter() - start
     _common.write_csv(d / "results.csv", rows)
@@ -1030,13 +1156,13 @@ def run(out: Path | str = _common.DEFAULT_OUT, *, small: bool = False, quiet: bo
     _common.write_json(d / "results.json", {
         "settings": vars(s), "torch": None if torch is None else torch.__version__,
         "rows": rows, "targets": targets, "profiles": profiles, "configs": meta,
-        "seconds": seconds})
+        "square_rates": square_rates, "seconds": seconds})
     _common.save_figure(plot_time(s, rows), d / "time.png")
     _common.save_figure(plot_memory(s, rows), d / "memory.png")
     if torch is not None:
         _common.save_figure(plot_ratios(s, rows), d / "ratios.png")
     with _common.pinned_blas(s.THREADS):  # so the provenance shows the pinned BLAS
-        return write_report(d, s, rows, targets, profiles, meta, seconds,
+        return write_report(d, s, rows, targets, profiles, meta, square_rates, seconds,
                             _common.command_line(NAME, small),
                             None if torch is None else torch.__version__)
 

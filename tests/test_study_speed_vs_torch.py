@@ -227,6 +227,67 @@ def test_a_profiled_miss_says_how_much_of_it_is_matrix_products():
     assert "torch fused took 833 µs" in note  # 0.01 s over T = 12 steps
 
 
+def test_product_bound_remakes_each_distinct_product_and_counts_it_per_call(monkeypatch):
+    """NOTE [product bound]: every product of the run, remade with its operands' layouts
+    (a transposed view stays transposed), counted as often as the run made it, at its
+    fastest time; and the operations they do."""
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((3, 5)), rng.standard_normal((5, 7))
+    w, out = rng.standard_normal((2, 5, 4)), np.empty((2, 3, 4))
+
+    def run():
+        for _ in range(3):
+            np.matmul(a, b)
+        np.matmul(a, w, out=out)
+        np.matmul(np.ones(5), w)  # a row of ones: (5,)·(2, 5, 4)
+        np.matmul(b.T, a.T)
+
+    made = []
+    real = np.matmul
+
+    def spy(x, y, out=None):
+        made.append(tuple(study._layout(v) for v in (x, y) + (() if out is None else (out,))))
+        return real(x, y, out=out)
+
+    # a clock whose every timed call lasts 1 ms, but the first timed call of each product 3 ms
+    ticks = iter(np.cumsum([0] + [3e-3 if i % 12 == 5 else 1e-3 if i % 2 else 0 for i in range(1, 48)]))
+    monkeypatch.setattr(np, "matmul", spy)
+    monkeypatch.setattr(study.time, "perf_counter", lambda: next(ticks))
+    seconds, flops = study.product_bound(run, repeats=4)
+    assert np.matmul is spy  # the recording wrapper is gone
+    in_run, remade = made[:6], made[6:]
+    assert len(remade) == 4 * 6 and set(remade) == set(in_run)  # 2 untimed + 4 timed each
+    assert all(remade.count(k) == 6 for k in set(in_run))
+    assert ((3, 5), (5 * 8, 8)) in [(l[0][0], l[0][1]) for l in remade] and \
+        any(l[0][:2] == ((7, 5), (8, 7 * 8)) for l in remade)  # b.T and a.T stay views
+    assert np.isclose(seconds, 6 * 1e-3)  # the fastest call of each, 6 calls in the run
+    assert flops == 3 * (2 * 3 * 5 * 7) + 2 * 2 * 3 * 5 * 4 + 2 * 2 * 1 * 5 * 4 + 2 * 7 * 5 * 3
+
+
+def test_product_bound_restores_np_matmul_when_the_run_fails():
+    real = np.matmul
+
+    def run():
+        np.matmul(np.ones((2, 2)), np.ones((2, 2)))
+        raise RuntimeError("a run that fails")
+
+    try:
+        study.product_bound(run, repeats=1)
+    except RuntimeError:
+        pass
+    assert np.matmul is real
+
+
+def test_like_gives_fresh_numbers_laid_out_as_the_original(rng):
+    rows = rng.standard_normal((20, 7)).astype(np.float32)
+    g = rng.standard_normal((3, 16, 5))
+    for x in (rows[4:10], rows.T, g.transpose(0, 2, 1), g[1], np.ones(9), rows[:, 2]):
+        y = study._like(study._layout(x), rng)
+        assert study._layout(y) == study._layout(x) and not np.shares_memory(x, y)
+        y[...] = 1.0  # usable as a product's out
+        assert np.all(y == 1.0)
+
+
 def test_target_4_also_gives_the_ratio_of_the_fastest_rounds():
     s = study._settings(small=True)
     row = dict(cell="gru", H=8, T=10, dtype="float64", wall_median=1.0, wall_min=0.9,
@@ -271,6 +332,15 @@ def test_a_report_with_every_time_target_missed_explains_each_kind(tmp_path, mon
     assert "spent inside matrix products" in text
     if study._load_torch() is not None:
         assert "Target 3 and 3b misses" in text and "| bound |" in text
+        assert "| product bound | products' GFLOP/s | at the square's rate |" in text
+        assert "×64 matrices at" in text
+        targets = _csv(tmp_path / "speed_vs_torch" / "targets.csv")
+        rates = json.loads((tmp_path / "speed_vs_torch" / "results.json").read_text())["square_rates"]
+        for t in targets:  # NOTE [product bound]: every miss of target 3 or 3b has one
+            if t["target"] in ("3", "3b"):
+                assert float(t["product_bound"]) > 0 and float(t["product_rate"]) > 0
+                assert np.isclose(float(t["square_bound"]), float(t["product_bound"])
+                                  * float(t["product_rate"]) / float(rates[t["dtype"]]))
 
 
 def test_the_library_makes_every_matrix_product_with_np_matmul():

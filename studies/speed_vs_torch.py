@@ -23,7 +23,7 @@ user gets it.
 
 NOTE [fair timing] Everything runs in one process. For each configuration every
 contender first runs once untimed, to warm up and to measure its memory, then REPEATS
-timed rounds follow in which every contender runs once, in `bm.compare.round_orders`'
+timed rounds (TARGET_1_REPEATS where target 1 is judged: NOTE [target 1 rounds]) follow in which every contender runs once, in `bm.compare.round_orders`'
 order: rotating from round to round so drift and neighbours' load hit all of them alike,
 and reversed every other round so no contender always runs right after the same one
 (NOTE [round order] in `bptt_memory/compare.py`: at toy sizes, whoever followed torch's
@@ -108,6 +108,7 @@ OPTIMAL_FRACTION = 0.05  # optimal's budget as a fraction of full()'s peak_bytes
 # -- timing ------------------------------------------------------------------------------
 THREADS = 1  # BLAS threads for numpy (threadpoolctl) and torch (set_num_threads)
 REPEATS = 5  # timed rounds per configuration, every one of them; medians are reported
+TARGET_1_REPEATS = 15  # timed rounds where target 1 is judged (NOTE [target 1 rounds])
 MAX_PROFILES = 5  # cProfile summaries of missed time targets, one per target first
 PRODUCT_REPEATS = 20  # timed calls of each distinct product for a product bound (the fastest)
 SQUARE_N = 1024  # the square product that shows the best rate of this BLAS on this machine
@@ -122,7 +123,7 @@ TARGET_FULL_VS_FUSED_MEMORY = 0.75  # (2)
 TARGET_OPTIMAL_VS_CHECKPOINT_TIME = 0.7  # (3)
 TARGET_PREDICTION_SLACK = 1.05  # (4)
 # -- toy sizes for --small (seconds; torch contenders still run when torch is installed) --
-SMALL = dict(BATCH=4, N_IN=3, HIDDEN=(8,), STEPS=(12,), N_OUT=2, REPEATS=5,
+SMALL = dict(BATCH=4, N_IN=3, HIDDEN=(8,), STEPS=(12,), N_OUT=2, REPEATS=5, TARGET_1_REPEATS=7,
              TARGET_1_HIDDEN=8, TARGET_1_STEPS=12, MAX_PROFILES=2, PRODUCT_REPEATS=3,
              SQUARE_N=64)
 
@@ -143,7 +144,7 @@ PARAM_NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_out", "bi
 
 def _settings(small: bool) -> SimpleNamespace:
     names = ("CELLS", "BATCH", "N_IN", "HIDDEN", "STEPS", "DTYPES", "N_OUT", "OPTIMAL_FRACTION",
-             "THREADS", "REPEATS", "MAX_PROFILES", "PRODUCT_REPEATS", "SQUARE_N",
+             "THREADS", "REPEATS", "TARGET_1_REPEATS", "MAX_PROFILES", "PRODUCT_REPEATS", "SQUARE_N",
              "PROFILE_LINES", "SEED", "TARGET_FULL_VS_FUSED_TIME", "TARGET_1_CELLS",
              "TARGET_1_HIDDEN", "TARGET_1_STEPS", "TARGET_FULL_VS_FUSED_MEMORY",
              "TARGET_OPTIMAL_VS_CHECKPOINT_TIME", "TARGET_PREDICTION_SLACK")
@@ -330,8 +331,17 @@ def machine_probe(rounds: int = 500) -> float:
 
 def measure_config(s: SimpleNamespace, torch: Any, kind: str, H: int, T: int,
                    dtype: str) -> tuple[list[dict], dict]:
-    """Time and measure every contender on one configuration (NOTE [fair timing])."""
+    """Time and measure every contender on one configuration (NOTE [fair timing]).
+
+    NOTE [target 1 rounds] Where target 1 is judged, full() and torch fused come within
+    a few percent of each other, and a neighbour's burst of load over two or three of five
+    rounds moved full()'s median float32 LSTM time by 7% (rounds of 212–247 ms against
+    torch's 215–222 in the same run). Those configurations get TARGET_1_REPEATS rounds,
+    so that a median needs more slowed rounds before it moves.
+    """
     model, params, xs, ys = _problem(s, kind, H, T, dtype)
+    repeats = (s.TARGET_1_REPEATS if kind in s.TARGET_1_CELLS and H == s.TARGET_1_HIDDEN
+               and T == s.TARGET_1_STEPS else s.REPEATS)
     strategies = _strategies(s, model, T, dtype)
     models = dict.fromkeys(strategies, model)
     if model.cell.uses_fused(dtype):  # NOTE [numpy kernels]
@@ -377,7 +387,7 @@ def measure_config(s: SimpleNamespace, torch: Any, kind: str, H: int, T: int,
 
     # timed rounds, interleaved: rotating, and reversed every other round (NOTE [fair timing])
     names = list(runs)
-    orders = bm.compare.round_orders(names, s.REPEATS)
+    orders = bm.compare.round_orders(names, repeats)
     wall: dict[str, list[float]] = {n: [] for n in names}
     cpu: dict[str, list[float]] = {n: [] for n in names}
     faults: dict[str, list[int]] = {n: [] for n in names}
@@ -410,7 +420,7 @@ def measure_config(s: SimpleNamespace, torch: Any, kind: str, H: int, T: int,
     for name in names:
         med = statistics.median(wall[name])
         row = dict(cell=kind, H=H, T=T, dtype=dtype, contender=name, library="bptt_memory"
-                   if name in strategies else "torch", repeats=s.REPEATS,
+                   if name in strategies else "torch", repeats=repeats,
                    wall_median=med, wall_min=min(wall[name]), wall_max=max(wall[name]),
                    cpu_median=statistics.median(cpu[name]),
                    user_median=statistics.median(user[name]),
@@ -433,7 +443,7 @@ def measure_config(s: SimpleNamespace, torch: Any, kind: str, H: int, T: int,
         r["cpu_ratio_to_torch_fused"] = r["cpu_median"] / fused["cpu_median"] if fused else None
         r["ratio_to_full"] = r["wall_median"] / base["full"]["wall_median"]
     meta = dict(load_before=load_before, load_after=os.getloadavg()[0],
-                probe_before=probe_before, probe_after=machine_probe(), repeats=s.REPEATS,
+                probe_before=probe_before, probe_after=machine_probe(), repeats=repeats,
                 raw_wall=wall, raw_cpu=cpu, raw_page_faults=faults, raw_phases=phases, orders=orders,
                 strategies={n: st.name for n, st in strategies.items()},
                 **model.cell.sizes(s.BATCH, dtype))
@@ -1095,7 +1105,8 @@ counts grads, transposed weight copies and the chunk buffers (NOTE [chunked prod
 
 - One process; per configuration one untimed warm-up run of every contender, which also
   measures its memory (this library under tracemalloc, torch under a `saved_tensors_hooks`
-  pack hook) and compares its gradient with torch fused's, then {s.REPEATS} timed rounds, each
+  pack hook) and compares its gradient with torch fused's, then {s.REPEATS} timed rounds
+  ({s.TARGET_1_REPEATS} where target 1 is judged: NOTE [target 1 rounds]), each
   running every contender once in an order that rotates from round to round and is
   reversed every other round (no contender always follows the same one; NOTE [fair timing]).
   Medians of wall time are reported; CPU time (`time.process_time`) is in `results.csv` too.

@@ -31,6 +31,10 @@ def _configs():
             for dt in s.DTYPES}
 
 
+def _config_of(r):
+    return f"{r['cell']} H={r['H']} T={r['T']} {r['dtype']}"
+
+
 def _fused(kind, dt):
     """Whether the study's cell runs dt steps on compiled kernels: NOTE [numpy kernels]."""
     return kind == "lstm" and bm.lstm(1, 1).uses_fused(dt)
@@ -70,11 +74,14 @@ def _check_common(d, contenders):
     data = json.loads((d / "results.json").read_text())
     assert len(data["rows"]) == len(rows) and data["settings"]["STEPS"] == list(s.STEPS)
     assert set(data["configs"]) == {f"{k} H={H} T={T} {dt}" for k, H, T, dt in configs}
-    for meta in data["configs"].values():  # NOTE [machine probe], around every configuration
+    for config, meta in data["configs"].items():  # NOTE [machine probe], around every configuration
         assert meta["probe_before"] > 0 and meta["probe_after"] > 0
         # NOTE [fair timing]: every round runs every contender once, in its own order, and
-        # no contender runs right after the same one in every round
-        assert len(meta["orders"]) == s.REPEATS
+        # no contender runs right after the same one in every round; NOTE [target 1 rounds]
+        judged = config.split()[0] in s.TARGET_1_CELLS
+        assert len(meta["orders"]) == meta["repeats"] == (s.TARGET_1_REPEATS if judged else s.REPEATS)
+        assert s.TARGET_1_REPEATS != s.REPEATS
+        assert all(int(r["repeats"]) == meta["repeats"] for r in rows if _config_of(r) == config)
         assert all(sorted(o) == sorted(meta["raw_wall"]) for o in meta["orders"])
         before = {}
         for o in meta["orders"]:

@@ -23,8 +23,8 @@ user gets it.
 
 NOTE [fair timing] Everything runs in one process. For each configuration every
 contender first runs once untimed, to warm up and to measure its memory, then REPEATS
-timed rounds (TARGET_1_REPEATS where target 1 is judged: NOTE [target 1 rounds]) follow in which every contender runs once, in `bm.compare.round_orders`'
-order: rotating from round to round so drift and neighbours' load hit all of them alike,
+timed rounds (TARGET_1_REPEATS where target 1 is judged: NOTE [target 1 rounds]) follow
+in which every contender runs once, in `bm.compare.round_orders`' order: rotating from round to round so drift and neighbours' load hit all of them alike,
 and reversed every other round so no contender always runs right after the same one
 (NOTE [round order] in `bptt_memory/compare.py`: at toy sizes, whoever followed torch's
 checkpointed loop took about 0.3 ms more in every round). Medians are reported, with
@@ -144,8 +144,8 @@ PARAM_NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_out", "bi
 
 def _settings(small: bool) -> SimpleNamespace:
     names = ("CELLS", "BATCH", "N_IN", "HIDDEN", "STEPS", "DTYPES", "N_OUT", "OPTIMAL_FRACTION",
-             "THREADS", "REPEATS", "TARGET_1_REPEATS", "MAX_PROFILES", "PRODUCT_REPEATS", "SQUARE_N",
-             "PROFILE_LINES", "SEED", "TARGET_FULL_VS_FUSED_TIME", "TARGET_1_CELLS",
+             "THREADS", "REPEATS", "TARGET_1_REPEATS", "MAX_PROFILES", "PRODUCT_REPEATS",
+             "SQUARE_N", "PROFILE_LINES", "SEED", "TARGET_FULL_VS_FUSED_TIME", "TARGET_1_CELLS",
              "TARGET_1_HIDDEN", "TARGET_1_STEPS", "TARGET_FULL_VS_FUSED_MEMORY",
              "TARGET_OPTIMAL_VS_CHECKPOINT_TIME", "TARGET_PREDICTION_SLACK")
     s = {n: globals()[n] for n in names}
@@ -674,7 +674,8 @@ def _contender(s: SimpleNamespace, t: dict, model: bm.Model, dtype: str) -> bm.S
             or bm.optimal(budget_bytes=t["budget_bytes"]))
 
 
-def product_bounds(s: SimpleNamespace, rows: Sequence[dict], targets: Sequence[dict]) -> dict[str, float]:
+def product_bounds(s: SimpleNamespace, rows: Sequence[dict],
+                   targets: Sequence[dict]) -> dict[str, float]:
     """Give each missed target-3 and 3b row its ``product_bound`` (NOTE [product bound]:
     the seconds over the checkpointed loop's median), ``product_rate`` (its products'
     operations per second there) and ``square_bound`` (the bound were every product as

@@ -74,14 +74,17 @@ def _check_common(d, contenders):
     data = json.loads((d / "results.json").read_text())
     assert len(data["rows"]) == len(rows) and data["settings"]["STEPS"] == list(s.STEPS)
     assert set(data["configs"]) == {f"{k} H={H} T={T} {dt}" for k, H, T, dt in configs}
-    for config, meta in data["configs"].items():  # NOTE [machine probe], around every configuration
+    assert s.TARGET_1_REPEATS != s.REPEATS
+    for kind, H, T, dt in configs:  # NOTE [machine probe], around every configuration
+        config = f"{kind} H={H} T={T} {dt}"
+        meta = data["configs"][config]
         assert meta["probe_before"] > 0 and meta["probe_after"] > 0
         # NOTE [fair timing]: every round runs every contender once, in its own order, and
         # no contender runs right after the same one in every round; NOTE [target 1 rounds]
-        judged = config.split()[0] in s.TARGET_1_CELLS
-        assert len(meta["orders"]) == meta["repeats"] == (s.TARGET_1_REPEATS if judged else s.REPEATS)
-        assert s.TARGET_1_REPEATS != s.REPEATS
-        assert all(int(r["repeats"]) == meta["repeats"] for r in rows if _config_of(r) == config)
+        judged = (kind in s.TARGET_1_CELLS and H == s.TARGET_1_HIDDEN and T == s.TARGET_1_STEPS)
+        repeats = s.TARGET_1_REPEATS if judged else s.REPEATS
+        assert len(meta["orders"]) == meta["repeats"] == repeats
+        assert all(int(r["repeats"]) == repeats for r in rows if _config_of(r) == config)
         assert all(sorted(o) == sorted(meta["raw_wall"]) for o in meta["orders"])
         before = {}
         for o in meta["orders"]:
@@ -256,8 +259,10 @@ def test_product_bound_remakes_each_distinct_product_and_counts_it_per_call(monk
         made.append(tuple(study._layout(v) for v in (x, y) + (() if out is None else (out,))))
         return real(x, y, out=out)
 
-    # a clock whose every timed call lasts 1 ms, but the first timed call of each product 3 ms
-    ticks = iter(np.cumsum([0] + [3e-3 if i % 12 == 5 else 1e-3 if i % 2 else 0 for i in range(1, 48)]))
+    # a clock whose every call lasts 1 ms, but the first timed call of each product 3 ms:
+    # 6 calls a product, 2 readings a call, the first timed call's end is reading 5
+    steps = [3e-3 if i % 12 == 5 else 1e-3 if i % 2 else 0.0 for i in range(1, 48)]
+    ticks = iter(np.cumsum([0.0] + steps))
     monkeypatch.setattr(np, "matmul", spy)
     monkeypatch.setattr(study.time, "perf_counter", lambda: next(ticks))
     seconds, flops = study.product_bound(run, repeats=4)
@@ -265,8 +270,9 @@ def test_product_bound_remakes_each_distinct_product_and_counts_it_per_call(monk
     in_run, remade = made[:6], made[6:]
     assert len(remade) == 4 * 6 and set(remade) == set(in_run)  # 2 untimed + 4 timed each
     assert all(remade.count(k) == 6 for k in set(in_run))
-    assert ((3, 5), (5 * 8, 8)) in [(l[0][0], l[0][1]) for l in remade] and \
-        any(l[0][:2] == ((7, 5), (8, 7 * 8)) for l in remade)  # b.T and a.T stay views
+    # b.T and a.T stay transposed views, and out a (2, 3, 4) array
+    assert (study._layout(b.T), study._layout(a.T)) in remade
+    assert (study._layout(a), study._layout(w), study._layout(out)) in remade
     assert np.isclose(seconds, 6 * 1e-3)  # the fastest call of each, 6 calls in the run
     assert flops == 3 * (2 * 3 * 5 * 7) + 2 * 2 * 3 * 5 * 4 + 2 * 2 * 1 * 5 * 4 + 2 * 7 * 5 * 3
 
@@ -342,7 +348,8 @@ def test_a_report_with_every_time_target_missed_explains_each_kind(tmp_path, mon
         assert "| product bound | products' GFLOP/s | at the square's rate |" in text
         assert "×64 matrices at" in text
         targets = _csv(tmp_path / "speed_vs_torch" / "targets.csv")
-        rates = json.loads((tmp_path / "speed_vs_torch" / "results.json").read_text())["square_rates"]
+        data = json.loads((tmp_path / "speed_vs_torch" / "results.json").read_text())
+        rates = data["square_rates"]
         for t in targets:  # NOTE [product bound]: every miss of target 3 or 3b has one
             if t["target"] in ("3", "3b"):
                 assert float(t["product_bound"]) > 0 and float(t["product_rate"]) > 0

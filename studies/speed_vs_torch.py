@@ -585,9 +585,17 @@ def timed_products() -> Any:
         finally:
             inside[0] += time.perf_counter() - t0
 
-    np.matmul = timed
-    try:
+    with _matmul_replaced(timed):
         yield inside
+
+
+@contextlib.contextmanager
+def _matmul_replaced(wrapper: Callable[..., Any]) -> Any:
+    """`np.matmul` is ``wrapper`` inside the block, and the real one again after it,
+    however the block ends."""
+    real, np.matmul = np.matmul, wrapper
+    try:
+        yield
     finally:
         np.matmul = real
 
@@ -634,11 +642,8 @@ def product_bound(run: Callable[[], Any], repeats: int) -> tuple[float, int]:
         calls[_layout(a), _layout(b), None if out is None else _layout(out)] += 1
         return real(a, b, out=out)
 
-    np.matmul = recording
-    try:
+    with _matmul_replaced(recording):
         run()
-    finally:
-        np.matmul = real
     rng = np.random.default_rng(0)
     seconds, flops = 0.0, 0
     for (la, lb, lo), n in calls.items():

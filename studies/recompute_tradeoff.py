@@ -655,7 +655,8 @@ exact peak of what a strategy holds for the backward pass (stored states and rec
 steps; `Stats.peak_bytes`), not counting parameters, gradients, the working state or
 transient temporaries. Timed runs: `strategy.run` under one BLAS thread, one untimed
 warm-up round, then {s.REPEATS} rounds running every strategy once each (the order rotated
-each round and reversed every other round: NOTE [round order] in `bptt_memory/compare.py`). The whole study took {seconds / 60:.1f} min.
+each round and reversed every other round: NOTE [round order] in
+`bptt_memory/compare.py`). The whole study took {seconds / 60:.1f} min.
 
 ## Files
 

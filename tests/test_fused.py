@@ -73,7 +73,8 @@ def _spy(monkeypatch) -> dict:
             return getattr(_fused, name)(*args)
         return call
 
-    spy = SimpleNamespace(**{n: counted(n) for n in ("lstm_forward", "lstm_output", "lstm_vjp", "sum_gates")})
+    names = ("lstm_forward", "lstm_output", "lstm_vjp", "sum_gates")
+    spy = SimpleNamespace(**{n: counted(n) for n in names})
     monkeypatch.setattr(cells, "_fused_kernels", lambda: spy)
     monkeypatch.setattr(cells, "_FUSED", True)  # whatever BPTT_MEMORY_FUSED says
     return calls
@@ -103,7 +104,8 @@ def test_cell_methods_use_the_fused_kernels_and_agree_with_numpy(rng, monkeypatc
     fused = _cell_steps(cell, params, state, x, cot)
     assert calls == {"lstm_forward": 2, "lstm_output": 1, "lstm_vjp": 1, "sum_gates": 1}
     numpy_ = _cell_steps(bm.lstm(N_IN, H, fused=False), params, state, x, cot)
-    assert calls == {"lstm_forward": 2, "lstm_output": 1, "lstm_vjp": 1, "sum_gates": 1}  # no more calls
+    # no more calls
+    assert calls == {"lstm_forward": 2, "lstm_output": 1, "lstm_vjp": 1, "sum_gates": 1}
     for a, b in zip(fused, numpy_):
         assert a.dtype == np.float32 and a.shape == b.shape
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

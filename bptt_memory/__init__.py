@@ -1,7 +1,8 @@
 """bptt_memory: what must be kept to backpropagate through time, and what keeping less costs.
 
-Cells (`vanilla`, `lstm`, `gru`) with PyTorch's equations, a `Model` (cell + linear
-readout + loss), and interchangeable backward strategies with one call shape,
+Cells (`vanilla`, `lstm`, `gru`, any of them stacked, and any cell written against the
+`Cell` protocol) with PyTorch's equations, a `Model` (cell + linear readout + loss), and
+interchangeable backward strategies with one call shape,
 ``strategy.run(model, params, xs, ys, *, h0=None, mask=None)``:
 
 - `full`: store every step's residuals (exact, O(T) memory);
@@ -13,10 +14,11 @@ Every result carries `Stats` with the exact bytes the strategy held for the back
 """
 
 from . import compare, tasks  # noqa: F401  (bm.tasks.adding_problem, bm.compare.plan, ...)
-from .cells import Cell, gru, lstm, vanilla
+from .cell import Cell, CellError, Kernels, PlainKernels
+from .cells import CELLS, gru, lstm, stack, vanilla
 from .checkpoint import Binomial, Optimal, binomial, binomial_forward_steps, optimal
 from .engine import execute
-from .model import LOSSES, Model, Result, Stats
+from .model import LOSSES, LossFn, Model, Result, Stats
 from .reference import reference_gradients
 from .schedule import (Action, Advance, Cost, Free, Record, Restore, Reverse, ScheduleError,
                        Store, format_schedule, simulate)
@@ -35,8 +37,8 @@ STRATEGIES = {
 }
 
 __all__ = [
-    "Cell", "vanilla", "lstm", "gru",
-    "Model", "Result", "Stats", "LOSSES",
+    "Cell", "CellError", "Kernels", "PlainKernels", "CELLS", "vanilla", "lstm", "gru", "stack",
+    "Model", "Result", "Stats", "LOSSES", "LossFn",
     "Strategy", "ScheduledStrategy", "STRATEGIES",
     "full", "truncated", "uniform", "binomial", "optimal", "best_uniform",
     "Full", "Truncated", "Uniform", "Binomial", "Optimal", "Update",

@@ -20,7 +20,8 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from .cells import _check_size, _run_bytes
+from .cell import check_size as _check_size
+from .cell import run_bytes as _run_bytes
 from .schedule import Action, Advance, Free, Record, Restore, Reverse, Store
 from .strategies import ScheduledStrategy, _check_steps
 

@@ -23,7 +23,7 @@ except ImportError:  # Windows
 
 import numpy as np
 
-from .cells import Cell, Params
+from .cell import Cell, Params
 from .checkpoint import binomial, binomial_forward_steps, optimal
 from .model import Model, Result
 from .schedule import simulate

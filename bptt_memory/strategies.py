@@ -13,6 +13,7 @@ with Sublinear Memory Cost" (uniform checkpoints); checkpointing policies in
 
 from __future__ import annotations
 
+import collections
 import itertools
 import math
 import time
@@ -22,9 +23,12 @@ from typing import Iterable, Iterator, NamedTuple
 
 import numpy as np
 
-from .cells import Params, State, _check_size, _run_bytes
-from .engine import Sweep, _execute, measure
-from .model import Model, Result
+from .cell import Params, PlainKernels, State
+from .cell import check_size as _check_size
+from .cell import run_bytes as _run_bytes
+from .engine import _execute, measure
+from .model import Model, Result, Stats, check_model
+from .walk import Ledger
 from .schedule import Action, Advance, Cost, Free, Record, Restore, Reverse, Store, simulate
 
 __all__ = ["Strategy", "ScheduledStrategy", "full", "truncated", "uniform", "best_uniform", "Full",
@@ -71,6 +75,7 @@ class ScheduledStrategy(Strategy):
     def run(self, model: Model, params: Params, xs: np.ndarray, ys: np.ndarray, *,
             h0: State | np.ndarray | None = None, mask: np.ndarray | None = None,
             trace_memory: bool = False) -> Result:
+        check_model(model, f"{self.name}.run")
         xs, ys, h0_, mask_ = model.check(params, xs, ys, h0, mask)
         T, B = xs.shape[:2]
         sizes = model.cell.sizes(B, xs.dtype)
@@ -295,6 +300,7 @@ class Truncated(Strategy):
     def run(self, model: Model, params: Params, xs: np.ndarray, ys: np.ndarray, *,
             h0: State | np.ndarray | None = None, mask: np.ndarray | None = None,
             trace_memory: bool = False) -> Result:
+        check_model(model, f"{self.name}.run")
         xs, ys, h0_, mask_ = model.check(params, xs, ys, h0, mask)
         T, B = xs.shape[:2]
 
@@ -302,19 +308,20 @@ class Truncated(Strategy):
             start = time.perf_counter()
             loss, grads = 0.0, {k: np.zeros_like(v) for k, v in params.items()}
             grad_h0 = tuple(np.zeros_like(a) for a in h0_)
-            steps = zip(xs, ys, mask_)
-            sweep = Sweep(model, params)
-            for u in self._updates(sweep, steps, h0_, B, xs.dtype, n_steps=T):
+            ledger: Ledger = Ledger()
+            for u in self._updates(model, params, zip(xs, ys, mask_), h0_, B, ledger, n_steps=T):
                 loss += u.loss
                 for k in grads:
                     grads[k] += u.grads[k]
                 if u.grad_h0 is not None:
                     grad_h0 = tuple(a + b for a, b in zip(grad_h0, u.grad_h0))
             cell = model.cell
-            stats = sweep.stats(time.perf_counter() - start,
-                                state_bytes=cell.state_bytes(B, xs.dtype),
-                                residual_bytes=cell.residual_bytes(B, xs.dtype),
-                                peak_residuals=min(self.k2, T))
+            stats = Stats(peak_bytes=ledger.peak, forward_steps=ledger.forward_steps,
+                          backward_steps=ledger.backward_steps,
+                          seconds=time.perf_counter() - start,
+                          state_bytes=cell.state_bytes(B, xs.dtype),
+                          residual_bytes=cell.residual_bytes(B, xs.dtype),
+                          peak_residuals=min(self.k2, T))
             return Result(loss, grads, grad_h0, stats)
 
         return measure(run, model, params, B, xs.dtype) if trace_memory else run()
@@ -331,10 +338,12 @@ class Truncated(Strategy):
                 residuals computed with the params of the step that recorded them,
                 as in Williams & Peng's online algorithm.
 
-        Memory is a ring of k2 recorded steps, whatever the stream's length; the last
-        k2 inputs and targets are kept by reference. A final update covers the steps
-        after the last multiple of k1 when the stream ends.
+        Memory is a ring of at most k2 recorded steps, whatever the stream's length (and
+        never more than the steps seen so far); the last k2 inputs and targets are kept
+        by reference. A final update covers the steps after the last multiple of k1 when
+        the stream ends.
         """
+        check_model(model, f"{self.name}.stream")
         it = iter(steps)
         try:
             first = next(it)
@@ -352,49 +361,59 @@ class Truncated(Strategy):
                     raise ValueError(f"steps[{i}]: batch {x.shape[0]} differs from the first step's {B}")
                 yield x, y, m
 
-        yield from self._updates(Sweep(model, params), checked(), h0_, B, dtype, n_steps=None)
+        yield from self._updates(model, params, checked(), h0_, B, Ledger(), n_steps=None)
 
-    def _updates(self, sweep: Sweep, steps: Iterable[tuple[np.ndarray, ...]], h0: State,
-                 B: int, dtype: np.dtype, n_steps: int | None) -> Iterator[Update]:
-        """TBPTT(k1, k2) over (x_t, y_t, mask_t) steps on a preallocated ring of k2 entries.
+    def _updates(self, model: Model, params: Params, steps: Iterable[tuple[np.ndarray, ...]],
+                 h0: State, B: int, ledger: Ledger, n_steps: int | None) -> Iterator[Update]:
+        """TBPTT(k1, k2) over (x_t, y_t, mask_t) steps on a ring of at most k2 entries.
 
         NOTE [tbptt window] Steps are numbered 1 … T. At update point t the losses of the
         steps since the previous update point are backpropagated through steps
         (max(0, t − k2), t]; the state entering that window is a constant, so the adjoint
         leaving it is dropped unless the window reaches h0.
+
+        Steps are recorded and reversed through the cell's protocol alone (`PlainKernels`),
+        reading ``params`` at every call; the ring grows to k2 entries and then reuses
+        its oldest, so nothing is allocated ahead of the steps that fill it.
         """
-        cell, params, k1, k2 = sweep.cell, sweep.params, self.k1, self.k2
-        size = k2 if n_steps is None else min(k2, n_steps)
-        ring = [cell.new_residuals(B, dtype) for _ in range(size)]
-        for res in ring:
-            sweep.hold(res)
-        inputs: list = [None] * size  # (x, y, scale) of the step in each ring slot
+        kernels = PlainKernels(model.cell, params, {}, B)
+        ring: collections.deque = collections.deque()  # (x, y, scale, residuals), oldest first
         state, t, last = h0, 0, 0
         for x, y, m in steps:
-            slot = t % size
-            state = cell.record(params, cell.project(params, x), state, ring[slot])
-            sweep.forward_steps += 1
-            inputs[slot] = (x, y, m / B)
+            if len(ring) == self.k2:
+                ledger.drop(t - self.k2)
+                ring.popleft()
+            state, res, nbytes = kernels.record(x, state, None)
+            ledger.keep(t, res, nbytes)
+            ledger.forward_steps += 1
+            ring.append((x, y, m / B, res))
             t += 1
-            if t % k1 == 0 or t == n_steps:
-                yield self._update(sweep, ring, inputs, h0, t, last)
+            if t % self.k1 == 0 or t == n_steps:
+                yield self._update(model, kernels, ring, ledger, h0, t, last)
                 last = t
         if t > last:  # a stream that ended between update points
-            yield self._update(sweep, ring, inputs, h0, t, last)
+            yield self._update(model, kernels, ring, ledger, h0, t, last)
 
-    def _update(self, sweep: Sweep, ring: list, inputs: list, h0: State, t: int,
-                last: int) -> Update:
-        sweep.grads = {k: np.zeros_like(v) for k, v in sweep.params.items()}
-        sweep.loss = 0.0
-        size = len(ring)
-        first = max(0, t - self.k2)  # window: steps first+1 … t, ring slots (step-1) % size
-        dstate = sweep.zero_adjoint(h0)
+    def _update(self, model: Model, kernels: PlainKernels, ring: collections.deque,
+                ledger: Ledger, h0: State, t: int, last: int) -> Update:
+        params = kernels.params
+        grads = kernels.grads = {k: np.zeros_like(v) for k, v in params.items()}
+        loss = 0.0
+        first = t - len(ring)  # window: steps first+1 … t, the whole ring
+        dstate = tuple(np.zeros_like(a) for a in h0)
         for step in range(t, first, -1):
-            slot = (step - 1) % size
-            x, y, scale = inputs[slot]
-            with_loss = step > last
-            dstate = sweep.reverse(ring[slot], dstate, x, y if with_loss else None, scale)
-        return Update(t, sweep.loss, sweep.grads, dstate if first == 0 else None, t - first)
+            x, y, scale, res = ring[step - first - 1]
+            if step > last:  # the step's own loss, read out now
+                h = kernels.output(res)
+                o = model.readout(params, h)
+                step_loss, do = model.step_loss(o, y, scale)
+                loss += step_loss
+                model.readout_grads(h, do, np.ones(h.shape[0], h.dtype), grads)
+                dh = model.readout_input_grad(params, do, out=np.empty_like(h))
+                dstate = kernels.add_output_grad(dh, dstate)
+            dstate = kernels.vjp(0, x, res, dstate)
+        ledger.backward_steps += t - first
+        return Update(t, loss, grads, dstate if first == 0 else None, t - first)
 
 
 def _check_stream_step(model: Model, params: Params, step: object,

@@ -31,8 +31,8 @@ def test_compare_table_lists_requested_strategies(capsys):
 
 @pytest.mark.parametrize("fused", [True, False])
 def test_compare_says_when_steps_ran_on_the_compiled_kernels(capsys, monkeypatch, fused):
-    from bptt_memory import cells
-    monkeypatch.setattr(cells, "_FUSED", fused)  # as if numba were (not) installed
+    from bptt_memory.cells import _gated
+    monkeypatch.setattr(_gated, "FUSED", fused)  # as if numba were (not) installed
     args = ["compare", "--cell", "lstm", "--steps", "9", "--batch", "2", "--hidden", "3",
             "--inputs", "2", "--repeats", "1", "--strategies", "full", "--quiet"]
     if fused:

@@ -216,7 +216,7 @@ def _states_at_boundaries(model, params, xs, h0):
     """The true state at every boundary 0 … T, by plain cell steps."""
     states = [h0]
     for x in xs:
-        states.append(model.cell.step(params, model.cell.project(params, x[None])[0], states[-1]))
+        states.append(model.cell.step(params, x, states[-1]))
     return states
 
 
@@ -440,8 +440,8 @@ def test_execute_rejects_an_invalid_schedule_before_any_work(rng, monkeypatch, c
     def no_work(*args, **kwargs):
         raise AssertionError("a step ran before the schedule was rejected")
 
-    for name in ("project", "step", "record", "vjp", "output", "new_residuals", "enter"):
-        monkeypatch.setattr(bm.Cell, name, no_work)
+    for name in ("step", "record", "vjp", "residual_output", "enter", "kernels"):
+        monkeypatch.setattr(bm.cells.Gated, name, no_work)
     with pytest.raises(bm.ScheduleError, match="schedule"):
         bm.execute(INVALID_SCHEDULES[case], model, params, xs, ys, h0=h0, mask=mask)
     # the same schedule as a one-shot generator is rejected the same way
@@ -505,7 +505,8 @@ def test_workspace_is_the_chunk_buffers_whatever_the_strategy_and_T(rng, cell_na
         cell = model.cell
         G, H, I, O = cell.n_gates, cell.n_hidden, cell.n_in, model.n_out
         gated = 2 if cell.kind == "gru" else 1  # dxp, and GRU's separate dhp rows
-        expected = CHUNK_STEPS * B * ((I + 1) + (1 + gated) * G * H + 3 * H + O + 1) * 8
+        # ... and a 1 per row for the readout's sums too
+        expected = CHUNK_STEPS * B * ((I + 1) + (1 + gated) * G * H + 3 * H + O + 2) * 8
         for strategy in (bm.full(), bm.binomial(2), bm.uniform()):
             seen.add(strategy.run(model, params, xs, ys, h0=h0, mask=mask).stats.workspace_bytes)
         assert seen == {expected}
@@ -521,13 +522,13 @@ def test_single_step_reversals_read_out_many_steps_per_product(rng, monkeypatch,
     from bptt_memory import engine
 
     read_out = []  # steps per readout product
-    real = engine.Sweep._readout
+    real = engine._Readout.read
 
     def spy(self, r0, r1, y, scale):
         read_out.append(y.shape[0])
         return real(self, r0, r1, y, scale)
 
-    monkeypatch.setattr(engine.Sweep, "_readout", spy)
+    monkeypatch.setattr(engine._Readout, "read", spy)
     T = 64
     model, params, xs, ys, mask, h0 = _problem(rng, cell_name, "mse", T)
     budget = model.cell.recorded_bytes(T, B, np.float64) // 10
@@ -539,19 +540,18 @@ def test_single_step_reversals_read_out_many_steps_per_product(rng, monkeypatch,
         _assert_matches_reference(res, model, params, xs, ys, h0, mask, strategy.name)
 
 
-def test_the_sweep_refuses_to_reverse_a_step_out_of_order(rng):
-    """Sweep's windows assume steps are reversed last first (execute's schedules are
-    checked for that by simulate); a direct caller who skips ahead gets a clear error,
-    not a wrong loss."""
-    from bptt_memory.engine import Sweep
+def test_the_executor_refuses_to_reverse_a_step_out_of_order(rng):
+    """The executor's windows assume steps are reversed last first (execute's schedules
+    are checked for that by simulate); a direct caller who skips ahead gets a clear
+    error, not a wrong loss."""
+    from bptt_memory.engine import _Run
 
     T = 40
     model, params, xs, ys, mask, h0 = _problem(rng, "lstm", "mse", T)
-    sweep = Sweep(model, params, xs, ys, mask)
-    res, _ = model.cell.enter(h0)
-    sweep.record(h0, 0, 1, lambda t, state: res)
+    run = _Run(model, params, xs, ys, mask, links=True)
+    run.record(h0, 0, 1)
     with pytest.raises(ValueError, match="reverse every step, last first"):
-        sweep.reverse_step(0, res, sweep.zero_adjoint(h0))
+        run.reverse(0, 1, tuple(np.zeros_like(a) for a in h0))
 
 
 @pytest.mark.parametrize("sizes", [(2, 7, 1), (1, 2, 1), (1, 5, 0)], ids=["lstm", "vanilla", "gru"])

@@ -189,7 +189,7 @@ class Kernels(ABC):
     def __init__(self, cell: Cell, params: Params, grads: Params) -> None:
         self.cell, self.params, self.grads = cell, params, grads
 
-    def project(self, xs: np.ndarray) -> Sequence[Any]:
+    def project(self, xs: np.ndarray) -> Sequence[Any] | np.ndarray:
         """Per-step inputs for the steps of xs (K, B, n_in), K at most the chunk."""
         return xs
 
@@ -263,6 +263,7 @@ class PlainKernels(Kernels):
     def output(self, residuals: Any, out: np.ndarray | None = None) -> np.ndarray:
         res, kept = residuals
         h = kept if kept is not None else self.cell.residual_output(res)
+        assert h is not None  # kept unless the cell reads it off its residuals
         if out is None:
             return h
         np.copyto(out, h)

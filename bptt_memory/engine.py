@@ -346,7 +346,8 @@ def _execute(actions: Iterable[Action], model: Model, params: Params, xs: np.nda
     stats = Stats(peak_bytes=ledger.peak, forward_steps=ledger.forward_steps,
                   backward_steps=ledger.backward_steps, seconds=time.perf_counter() - start,
                   workspace_bytes=run.workspace_bytes(), peak_states=cost.peak_states,
-                  peak_residuals=cost.peak_residuals, **sizes)
+                  peak_residuals=cost.peak_residuals, state_bytes=sizes["state_bytes"],
+                  residual_bytes=sizes["residual_bytes"], link_bytes=sizes["link_bytes"])
     # where the time went: cell steps forward (advance, record) and backward (reverse)
     stats.extra.update(forward_seconds=run.forward_seconds, backward_seconds=run.backward_seconds)
     return Result(run.readout.loss, run.grads, dh0, stats)

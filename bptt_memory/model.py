@@ -328,7 +328,7 @@ class Stats:
         peak_states, peak_residuals: peak counts of stored states and recorded steps.
         state_bytes, residual_bytes: bytes of one stored state / one recorded step.
         link_bytes: what a step recorded while the step before it is held shares with
-            it, so keeps less (NOTE [linked steps] in cells.py; 0 for truncated's ring).
+            it, so keeps less (NOTE [linked steps] in bptt_memory/cells/_gated.py; 0 for truncated's ring).
         traced_peak_bytes: tracemalloc's peak over the run when run with
             ``trace_memory=True`` (else None). It also sees the grads and transient
             temporaries, so peak_bytes ≤ traced_peak_bytes ≤ peak_bytes + `traced_allowance`.

@@ -150,7 +150,7 @@ class Cost:
     ``peak_bytes`` is the peak of states·state_bytes + residuals·residual_bytes −
     linked·link_bytes taken at every moment (not the sum of separate peaks), where
     `linked` counts the recorded steps that were recorded while the step before them was
-    held (NOTE [linked steps] in cells.py); None when the byte sizes were not given.
+    held (NOTE [linked steps] in bptt_memory/cells/_gated.py); None when the byte sizes were not given.
     """
 
     n_steps: int

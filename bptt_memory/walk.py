@@ -46,7 +46,7 @@ class Ledger(Generic[S, R]):
 
     def keep(self, t: int, residuals: R, nbytes: int) -> None:
         """Step t's residuals, holding `nbytes` (less than their size where they share
-        arrays with the step before: NOTE [linked steps] in cells.py)."""
+        arrays with the step before: NOTE [linked steps] in bptt_memory/cells/_gated.py)."""
         self.residuals[t] = residuals
         self._bytes["r", t] = nbytes
         self.hold(nbytes)

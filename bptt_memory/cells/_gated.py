@@ -70,15 +70,16 @@ def _weights(cell: Gated, params: Params, batch: int | None = None,
     W_hhT = W_hh.transpose(0, 2, 1)
     if batch is not None:
         W_hh, W_hhT = np.ascontiguousarray(W_hh), np.ascontiguousarray(W_hhT)
-    consts: tuple = (None,) * 4
+    on_sigma = on_tanh = half = shift = None
     if cell.sigma_gates:
         on_sigma = np.array(cell.sigma_gates, W_hh.dtype).reshape(G, 1, 1)
         if batch is not None:
             on_sigma = np.broadcast_to(on_sigma, (G, batch, H)).copy()
-        consts = (on_sigma, 1.0 - on_sigma, 1.0 - 0.5 * on_sigma, 0.5 * on_sigma)
+        on_tanh, half, shift = 1.0 - on_sigma, 1.0 - 0.5 * on_sigma, 0.5 * on_sigma
     same = dtype is None or dtype == W_hh.dtype
     fused = fused_kernels() if same and cell.uses_fused(W_hh.dtype) else None
-    return _Weights(W_hhT, W_hh, params["bias_hh"].reshape(G, 1, H), *consts, fused)
+    return _Weights(W_hhT, W_hh, params["bias_hh"].reshape(G, 1, H), on_sigma, on_tanh, half,
+                    shift, fused)
 
 
 # NOTE [gate-major layout] A cell with G gates computes G blocks of pre-activations per

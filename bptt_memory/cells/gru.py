@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..cell import Cell, check_size
+from ..cell import Cell
 from ._gated import Gated, Residuals, State, _Weights, sigmoid
 
 __all__ = ["GRU", "gru"]
@@ -42,22 +42,22 @@ def _new_h(gates: np.ndarray, h: np.ndarray, out: np.ndarray | None = None) -> n
     return h_new
 
 
-def _step(cell: Gated, w: _Weights, xp: np.ndarray, state: State) -> State:
+def _step(cell: GRU, w: _Weights, xp: np.ndarray, state: State) -> State:
     (h,) = state
     return (_forward(w, xp, h, np.empty((3,) + h.shape, h.dtype), np.empty_like(h)),)
 
 
-def _record(cell: Gated, w: _Weights, xp: np.ndarray, state: State,
+def _record(cell: GRU, w: _Weights, xp: np.ndarray, state: State,
                 res: Residuals) -> State:
     _, gates, hn = res
     return (_forward(w, xp, state[0], gates, hn),)
 
 
-def _output(cell: Gated, res: Residuals, out: np.ndarray | None = None) -> np.ndarray:
+def _output(cell: GRU, res: Residuals, out: np.ndarray | None = None) -> np.ndarray:
     return _new_h(res[1], res[0], out)
 
 
-def _vjp(cell: Gated, w: _Weights, res: Residuals, dstate: State, dxp: np.ndarray,
+def _vjp(cell: GRU, w: _Weights, res: Residuals, dstate: State, dxp: np.ndarray,
              dhp: np.ndarray) -> State:
     h_prev, gates, hn = res
     (dh,) = dstate

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..cell import Cell, check_size
+from ..cell import Cell
 from . import _gated
 from ._gated import Gated, Residuals, State, _Weights
 
@@ -41,7 +41,7 @@ def _new_c(gates: np.ndarray, c: np.ndarray, out: np.ndarray | None = None) -> n
     return c_new
 
 
-def _step(cell: Gated, w: _Weights, xp: np.ndarray, state: State) -> State:
+def _step(cell: LSTM, w: _Weights, xp: np.ndarray, state: State) -> State:
     h, c = state
     if w.fused is not None:
         gates = np.matmul(h, w.W_hhT)  # (4, B, H), activated in place
@@ -55,7 +55,7 @@ def _step(cell: Gated, w: _Weights, xp: np.ndarray, state: State) -> State:
     return (h_new, c_new)
 
 
-def _record(cell: Gated, w: _Weights, xp: np.ndarray, state: State,
+def _record(cell: LSTM, w: _Weights, xp: np.ndarray, state: State,
                  res: Residuals) -> State:
     h, c = state
     _, _, gates, c_new = res
@@ -70,7 +70,7 @@ def _record(cell: Gated, w: _Weights, xp: np.ndarray, state: State,
     return (_output(cell, res), c_new)
 
 
-def _output(cell: Gated, res: Residuals, out: np.ndarray | None = None) -> np.ndarray:
+def _output(cell: LSTM, res: Residuals, out: np.ndarray | None = None) -> np.ndarray:
     fused = _gated.fused_kernels() if cell.uses_fused(res[3].dtype) else None
     if fused is not None:  # the forward's own tanh (NOTE [fused float32 LSTM])
         h = np.empty_like(res[3]) if out is None else out
@@ -81,8 +81,9 @@ def _output(cell: Gated, res: Residuals, out: np.ndarray | None = None) -> np.nd
     return h
 
 
-def _vjp(cell: Gated, w: _Weights, res: Residuals, dstate: State, dpre: np.ndarray,
-              dhp: np.ndarray) -> State:
+def _vjp(cell: LSTM, w: _Weights, res: Residuals, dstate: State, dxp: np.ndarray,
+         dhp: np.ndarray) -> State:
+    dpre = dxp  # (4, B, H): the gates' pre-activations, dhp the same array
     h_prev, c_prev, gates, c = res
     dh, dc = dstate
     if w.fused is not None:
@@ -106,6 +107,7 @@ def _vjp(cell: Gated, w: _Weights, res: Residuals, dstate: State, dpre: np.ndarr
     np.multiply(dh, tanh_c, out=dpre[3])
     # times every gate's activation derivative, on all blocks at once:
     # σ' = σ·(1 - σ) on i, f, o and tanh' = g·(0 - g) + 1 on g (NOTE [one tanh for all gates])
+    assert w.on_sigma is not None and w.on_tanh is not None  # an LSTM's gate constants
     slope = np.subtract(w.on_sigma, gates)  # (4, B, H)
     slope *= gates
     slope += w.on_tanh

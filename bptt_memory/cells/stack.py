@@ -13,7 +13,7 @@ is no dropout between layers.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -99,7 +99,8 @@ class Stack(Cell):
         return self._join(new)
 
     def record(self, params: Params, x: np.ndarray, state: State) -> tuple[State, tuple]:
-        new, res = [], []
+        new: list[State] = []
+        res: list[Any] = []
         for i, (c, p, s) in enumerate(zip(self.layers, self._params(params), self._split(state))):
             if self._copies[i]:
                 res.append(np.array(x))
@@ -128,7 +129,9 @@ class Stack(Cell):
         xs = [x]
         for i in range(1, len(self.layers)):
             copy = layers[i][0]
-            xs.append(copy if copy is not None else self.layers[i - 1].residual_output(layers[i - 1][1]))
+            x_i = copy if copy is not None else self.layers[i - 1].residual_output(layers[i - 1][1])
+            assert x_i is not None  # a copy is kept where the layer below cannot read it off
+            xs.append(x_i)
         return xs
 
     def residual_output(self, residuals: tuple) -> np.ndarray | None:
@@ -152,7 +155,9 @@ class Stack(Cell):
 
     def vjp_input(self, params: Params, x: np.ndarray, residuals: tuple, dstate: State
                   ) -> tuple[State, Params, np.ndarray]:
-        return self._reverse(params, x, residuals, dstate, True)
+        dprev, dparams, dx = self._reverse(params, x, residuals, dstate, True)
+        assert dx is not None
+        return dprev, dparams, dx
 
     def _reverse(self, params: Params, x: np.ndarray, residuals: tuple, dstate: State,
                  want_dx: bool) -> tuple[State, Params, np.ndarray | None]:

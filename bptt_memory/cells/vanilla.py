@@ -9,7 +9,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..cell import Cell, check_size
+from ..cell import Cell
 from ._gated import Gated, Residuals, State, _Weights, sigmoid
 
 __all__ = ["Vanilla", "vanilla", "ACTIVATIONS"]
@@ -58,35 +58,35 @@ ACTIVATIONS: dict[str, tuple[Callable, Callable]] = {
 }
 
 
-def _forward(cell: Gated, w: _Weights, xp: np.ndarray, h: np.ndarray,
+def _forward(cell: Vanilla, w: _Weights, xp: np.ndarray, h: np.ndarray,
                      out: np.ndarray) -> np.ndarray:
     np.matmul(h, w.W_hhT[0], out=out)  # (B, H); xp is (1, B, H)
     out += xp[0]
     return ACTIVATIONS[cell.activation][0](out)
 
 
-def _step(cell: Gated, w: _Weights, xp: np.ndarray, state: State) -> State:
+def _step(cell: Vanilla, w: _Weights, xp: np.ndarray, state: State) -> State:
     return (_forward(cell, w, xp, state[0], np.empty_like(state[0])),)
 
 
-def _record(cell: Gated, w: _Weights, xp: np.ndarray, state: State,
+def _record(cell: Vanilla, w: _Weights, xp: np.ndarray, state: State,
                     res: Residuals) -> State:
     # The new state shares memory with the residual h' (states are never mutated), so
     # the next recorded step can link its h_prev to it (NOTE [linked steps]).
     return (_forward(cell, w, xp, state[0], res[1]),)
 
 
-def _output(cell: Gated, res: Residuals, out: np.ndarray | None = None) -> np.ndarray:
+def _output(cell: Vanilla, res: Residuals, out: np.ndarray | None = None) -> np.ndarray:
     if out is None:
         return res[1]
     np.copyto(out, res[1])
     return out
 
 
-def _vjp(cell: Gated, w: _Weights, res: Residuals, dstate: State, dz: np.ndarray,
-                 dhp: np.ndarray) -> State:
+def _vjp(cell: Vanilla, w: _Weights, res: Residuals, dstate: State, dxp: np.ndarray,
+         dhp: np.ndarray) -> State:
     h_prev, h = res
-    dz = dz[0]  # (B, H) of (1, B, H); dhp is dz
+    dz = dxp[0]  # (B, H) of (1, B, H); dhp is dxp
     ACTIVATIONS[cell.activation][1](h, dstate[0], dz)
     return (np.matmul(dz, w.W_hh[0]),)
 

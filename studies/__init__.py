@@ -15,4 +15,5 @@ STUDIES = (
     "long_dependency_training",
     "checkpoint_benchmark",
     "speed_vs_torch",
+    "user_cell_speed",
 )

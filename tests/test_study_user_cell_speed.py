@@ -9,7 +9,8 @@ def test_small_run_writes_a_report_without_a_verdict_and_equal_gradients(tmp_pat
     report = study.run(tmp_path, small=True, quiet=True)
     text = report.read_text()
     assert "no verdict" in text and "within" not in text and "over the" not in text
-    rows = list(csv.DictReader(open(report.parent / "results.csv")))
+    with open(report.parent / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
     assert [r["dtype"] for r in rows] == list(study.DTYPES)
     f64 = next(r for r in rows if r["dtype"] == "float64")
     assert float(f64["max_rel_grad_diff"]) <= 1e-12

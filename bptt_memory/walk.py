@@ -93,11 +93,14 @@ class Executor(ABC, Generic[S, R]):
         """A copy of `state` to store, and its bytes."""
 
 
-def walk(actions: Iterable[Action], executor: Executor[S, R], h0: S, dstate: Any) -> Any:
+def walk(actions: Iterable[Action], executor: Executor[S, R], h0: S, dstate: Any,
+         start: S | None = None) -> Any:
     """Walk already validated actions (`simulate` has checked them) with `executor`,
     from h0 and the adjoint dL/dstate_T; return dL/dh0. The books are in
-    ``executor.ledger``."""
-    ledger, state = executor.ledger, h0
+    ``executor.ledger``. ``start``: the working state where the actions begin, when it
+    is not h0 (a forward pass that ran elsewhere, e.g. on a stream)."""
+    ledger = executor.ledger
+    state = h0 if start is None else start
     for a in actions:
         if isinstance(a, Advance):
             state = executor.advance(state, a.n0, a.n1)

@@ -18,10 +18,10 @@ from .checkpoint import Binomial, Optimal, binomial, binomial_forward_steps, opt
 from .engine import execute
 from .model import LOSSES, Model, Result, Stats
 from .reference import reference_gradients
-from .schedule import (Action, Advance, Cost, Free, Record, Restore, Reverse, ScheduleError,
-                       Store, format_schedule, simulate)
+from .schedule import (Action, Advance, Cost, EndForward, Free, Record, Restore, Reverse,
+                       ScheduleError, Store, format_schedule, simulate)
 from .strategies import (Full, ScheduledStrategy, Strategy, Truncated, Uniform, Update,
-                         best_uniform, full, truncated, uniform)
+                         best_uniform, clear_plan_caches, full, plan_cache_bytes, truncated, uniform)
 
 __version__ = "0.1.0"
 
@@ -41,6 +41,7 @@ __all__ = [
     "full", "truncated", "uniform", "binomial", "optimal", "best_uniform",
     "Full", "Truncated", "Uniform", "Binomial", "Optimal", "Update",
     "Action", "Advance", "Record", "Reverse", "Store", "Restore", "Free",
-    "Cost", "ScheduleError", "simulate", "format_schedule", "execute",
+    "EndForward", "Cost", "ScheduleError", "simulate", "format_schedule", "execute",
+    "plan_cache_bytes", "clear_plan_caches",
     "binomial_forward_steps", "reference_gradients", "compare", "tasks",
 ]

@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, NamedTuple
 
 import numpy as np
 
 from .cells import _check_size, _run_bytes
 from .schedule import Action, Advance, Free, Record, Restore, Reverse, Store
-from .strategies import ScheduledStrategy, _check_steps
+from .schedule import Cost, simulate
+from .strategies import ScheduledStrategy, _check_materialise, _check_sizes, _check_steps
 
 __all__ = ["binomial", "optimal", "Binomial", "Optimal", "binomial_forward_steps"]
 
@@ -33,11 +34,27 @@ def _eta(s: int, r: int) -> int:
 
 
 def _repetitions(n: int, s: int) -> int:
-    """r: the smallest integer with C(s + r, s) >= n."""
-    r = 0
-    while _eta(s, r) < n:
-        r += 1
-    return r
+    """r: the smallest integer with C(s + r, s) >= n; O(log r) binomials (s = 1 has r = n − 1)."""
+    if n <= 1:
+        return 0
+    hi = 1
+    while _eta(s, hi) < n:
+        hi *= 2
+    lo = hi // 2  # η(s, lo) < n <= η(s, hi)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if _eta(s, mid) < n:
+            lo = mid
+        else:
+            hi = mid
+    return hi
+
+
+def _t(n: int, s: int) -> int:
+    """t(n, s) = r·n − C(s + r, s + 1): Griewank's fewest advances to reverse n steps with
+    s snapshots (the entry one included), one step's residuals at a time (eq. 2)."""
+    r = _repetitions(n, s)
+    return r * n - math.comb(s + r, s + 1)
 
 
 def binomial_forward_steps(n_steps: int, slots: int) -> int:
@@ -46,9 +63,7 @@ def binomial_forward_steps(n_steps: int, slots: int) -> int:
     >>> binomial_forward_steps(10, 2)   # r = 2: 10 + 2·10 − C(5, 4)
     25
     """
-    T, s = n_steps, slots + 1
-    r = _repetitions(T, s)
-    return T + r * T - math.comb(s + r, s + 1)
+    return n_steps + _t(n_steps, slots + 1)
 
 
 def _split(n: int, s: int) -> int:
@@ -87,31 +102,59 @@ class Binomial(ScheduledStrategy):
 
     def schedule(self, n_steps: int, state_bytes: int | None = None,
                  residual_bytes: int | None = None, link_bytes: int = 0) -> tuple[Action, ...]:
+        _check_materialise("binomial().schedule", _check_steps("binomial().schedule", n_steps))
         return tuple(self.iter_schedule(n_steps))
 
     def iter_schedule(self, n_steps: int, state_bytes: int | None = None,
                       residual_bytes: int | None = None, link_bytes: int = 0) -> Iterator[Action]:
         T = _check_steps("binomial().schedule", n_steps)
-        # Pending left parts (n0, n1, snapshots, n1 stored?), at most slots + 1 deep.
-        stack = [(0, T, int(self.slots) + 1, False)]
-        pos = 0
-        while stack:
-            n0, n1, snaps, n1_stored = stack.pop()
-            if n1_stored:
-                yield Free(n1)
-            if pos != n0:
-                yield Restore(n0)
-            while n1 - n0 > 1:
-                m = n0 + _split(n1 - n0, snaps)
-                yield Advance(n0, m)
-                store = n1 - m > 1  # a one-step right part is recorded straight away
-                if store:
-                    yield Store(m)
-                stack.append((n0, m, snaps, store))
-                n0, snaps = m, snaps - 1
-            yield Record(n0, n1)
-            yield Reverse(n0, n1)
-            pos = n1
+        return _binomial_actions(T, 1, self.slots)
+
+    def cost(self, n_steps: int, state_bytes: int | None = None,
+             residual_bytes: int | None = None, link_bytes: int = 0) -> Cost:
+        """`Strategy.cost` in closed form: T + t(T, slots + 1) forward steps,
+        min(slots, T − 2) states at the deepest point, while one step is recorded."""
+        T = _check_steps("binomial().cost", n_steps)
+        _check_sizes("binomial().cost", state_bytes, residual_bytes, link_bytes)
+        states = min(self.slots, max(T - 2, 0))
+        peak = None if state_bytes is None else states * state_bytes + residual_bytes
+        return Cost(T, binomial_forward_steps(T, self.slots), T, states, 1, peak, None)
+
+
+def _binomial_actions(T: int, length: int, slots: int) -> Iterator[Action]:
+    """Binomial checkpointing over ⌈T/length⌉ segments of `length` steps (the last one
+    shorter), each reversed whole: Record then Reverse of the segment.
+
+    With length 1 this is `binomial(slots)`; with longer segments it is the plan of
+    NOTE [segment plans]. Generated lazily from Griewank's closed-form split (NOTE
+    [binomial split]) with an O(slots) stack; boundaries are segment indices times
+    `length`.
+    """
+    N = -(-T // length)
+
+    def at(i: int) -> int:
+        return min(i * length, T)
+
+    # Pending left parts (n0, n1, snapshots, n1 stored?), at most slots + 1 deep.
+    stack = [(0, N, slots + 1, False)]
+    pos = 0
+    while stack:
+        n0, n1, snaps, n1_stored = stack.pop()
+        if n1_stored:
+            yield Free(at(n1))
+        if pos != n0:
+            yield Restore(at(n0))
+        while n1 - n0 > 1:
+            m = n0 + _split(n1 - n0, snaps)
+            yield Advance(at(n0), at(m))
+            store = n1 - m > 1  # a one-segment right part is recorded straight away
+            if store:
+                yield Store(at(m))
+            stack.append((n0, m, snaps, store))
+            n0, snaps = m, snaps - 1
+        yield Record(at(n0), at(n1))
+        yield Reverse(at(n0), at(n1))
+        pos = n1
 
 
 def binomial(slots: int = 8) -> Binomial:
@@ -253,20 +296,35 @@ def _round_up(x: int, step: int) -> int:
     return -(-x // step) * step
 
 
+def _table_bytes(n_cap: int, m_cap: int, linked: bool) -> int:
+    """Bytes of `_tables`' arrays: D, E and choice_e (int32), choice_d (int8), and L
+    (int32) with choice_l (int8) when linked steps make L differ from D."""
+    return (n_cap + 1) * (m_cap + 1) * (13 + (5 if linked else 0))
+
+
+#: The exact programme runs where its work n_cap²·m_cap stays below this (a few seconds
+#: on one core); elsewhere the segment plans of NOTE [segment plans] are used.
+EXACT_WORK = 1_500_000_000
+#: The memo of the programme's tables holds at most this many bytes (`plan_cache_bytes`).
+TABLE_CACHE_BYTES = 64 << 20
+
+
 class _TableMemo:
-    """Memo of `_tables` per (state units, residual units, linked residual units).
+    """Memo of `_tables` per (state units, residual units, linked residual units),
+    bounded in bytes.
 
     Any table computed so far answers every shorter sequence and smaller budget than
     its own, so a sweep over budgets (largest first, or within one rounding step) runs
     the programme once. A miss builds just the table asked for: merging it with a cached
     one of another shape would build their product (a long sequence at a small budget
-    after a short one at a large budget). A pure function's cache: what it returns never
-    depends on what was asked before.
+    after a short one at a large budget). The oldest tables go first once the memo
+    would hold more than `max_bytes`. A pure function's cache: what it returns never
+    depends on what was asked before; `clear_plan_caches` empties it.
     """
 
-    def __init__(self, max_entries: int = 4) -> None:
-        self._max = max_entries
-        self._entries: list[tuple[tuple[int, int], tuple[np.ndarray, ...]]] = []
+    def __init__(self, max_bytes: int = TABLE_CACHE_BYTES) -> None:
+        self.max_bytes = max_bytes
+        self._entries: list[tuple[tuple[int, int, int], tuple[np.ndarray, ...]]] = []
 
     def get(self, state_u: int, residual_u: int, linked_u: int, n: int, m: int
             ) -> tuple[np.ndarray, ...]:
@@ -274,12 +332,92 @@ class _TableMemo:
         for k, tables in self._entries:
             if k == key and tables[0].shape[0] > n and tables[0].shape[1] > m:
                 return tables
-        tables = _tables(state_u, residual_u, linked_u, _round_up(n, 256), _round_up(m, 64))
-        self._entries = [*self._entries[-(self._max - 1):], (key, tables)]
+        n_cap, m_cap = _round_up(n, 256), _round_up(m, 64)
+        need = _table_bytes(n_cap, m_cap, residual_u != linked_u)
+        if need > self.max_bytes:
+            raise ValueError(
+                f"optimal(): the exact programme for n_steps={n} at {m} budget units needs "
+                f"{need} bytes of tables, over the memo's {self.max_bytes}; plan it with "
+                "Optimal.iter_schedule, which uses segment plans there (NOTE [segment plans])"
+            )
+        while self._entries and self.nbytes() + need > self.max_bytes:
+            del self._entries[0]
+        tables = _tables(state_u, residual_u, linked_u, n_cap, m_cap)
+        self._entries.append((key, tables))
         return tables
+
+    def nbytes(self) -> int:
+        """Bytes of every array held (L is D, and choice_l is choice_d, without links)."""
+        seen: dict[int, int] = {}
+        for _, tables in self._entries:
+            for a in tables:
+                seen[id(a)] = a.nbytes
+        return sum(seen.values())
+
+    def clear(self) -> None:
+        self._entries = []
 
 
 _MEMO = _TableMemo()
+
+
+class _Exact(NamedTuple):
+    """A plan of the exact programme: its forward steps, the h0 chain and the choices."""
+
+    forward_steps: int
+    choices: tuple[np.ndarray, ...]  # choice_c, choice_d, choice_l, choice_e
+    units: tuple[int, int, int, int]  # S, R, R', M
+
+
+class _Segments(NamedTuple):
+    """A segment plan (NOTE [segment plans]): binomial with `slots` over segments of
+    `length` steps, each recorded whole."""
+
+    forward_steps: int
+    length: int
+    slots: int
+
+
+def _segment_cost(T: int, N: int, budget: int, sb: int, rb: int, lb: int
+                  ) -> tuple[int, int, int, int] | None:
+    """(forward steps, peak bytes, length, slots) of the best segment plan with about N
+    segments, or None when one segment's residuals do not fit."""
+    length = -(-T // N)
+    N = -(-T // length)  # the segments that length really makes
+    spare = budget - _run_bytes(length, rb, lb)
+    if spare < 0:
+        return None
+    slots = min(spare // sb, max(N - 2, 0))  # binomial never holds more than N − 2
+    peak = slots * sb + _run_bytes(length, rb, lb)
+    return T + length * _t(N, slots + 1), peak, length, slots
+
+
+def _best_segments(T: int, budget: int, sb: int, rb: int, lb: int) -> _Segments:
+    """The segment plan with the fewest forward steps (then the least peak) over a search
+    of the segment count N: every N up to 64, a geometric grid beyond, then every N (or a
+    fine grid) near the best. Closed forms only: O(log T) binomials per candidate."""
+    def best_of(ns) -> tuple[int, int, int, int] | None:
+        found = None
+        for n in ns:
+            c = _segment_cost(T, n, budget, sb, rb, lb)
+            if c is not None and (found is None or c[:2] < found[:2]):
+                found = c
+        return found
+
+    coarse = set(range(1, min(T, 64) + 1))
+    n = 64.0
+    while n < T:
+        n *= 1.02
+        coarse.add(min(T, int(n)))
+    best = best_of(sorted(coarse))
+    assert best is not None  # budget >= residual_bytes: one-step segments always fit
+    N = -(-T // best[2])
+    lo, hi = max(1, int(N / 1.03)), min(T, int(N * 1.03) + 1)
+    step = max(1, (hi - lo) // 2000)
+    near = best_of(range(lo, hi + 1, step))
+    if near is not None and near[:2] < best[:2]:
+        best = near
+    return _Segments(best[0], best[2], best[3])
 
 
 @dataclass(frozen=True)
@@ -304,7 +442,7 @@ class Optimal(ScheduledStrategy):
 
     def units(self, state_bytes: int, residual_bytes: int, link_bytes: int = 0
               ) -> tuple[int, int, int]:
-        """(state units, residual units, budget units) the programme works in.
+        """(state units, residual units, budget units) the exact programme works in.
 
         The unit is gcd(state_bytes, residual_bytes, residual_bytes − link_bytes), so
         costs are exact, unless the budget would then exceed `MAX_UNITS` units: then the
@@ -350,38 +488,55 @@ class Optimal(ScheduledStrategy):
 
     def forward_steps(self, n_steps: int, state_bytes: int, residual_bytes: int,
                       link_bytes: int = 0) -> int:
-        """Forward steps of this policy's plan, from the programme alone (no schedule)."""
+        """Forward steps of this policy's plan, from the planner alone (no schedule)."""
         T = _check_steps("optimal().forward_steps", n_steps)
         sb, rb, lb = self._sizes(state_bytes, residual_bytes, link_bytes)
         if self._fits_all(T, rb, lb):
             return T
+        return self._plan(T, sb, rb, lb).forward_steps
+
+    def _exact_feasible(self, T: int, sb: int, rb: int, lb: int) -> bool:
+        """Whether the exact programme runs for T here: its work and its tables are bounded
+        (EXACT_WORK, TABLE_CACHE_BYTES) and one step's residuals fit in rounded units."""
+        S, R, R1, M = self._units(sb, rb, lb)
+        n_cap, m_cap = _round_up(T, 256), _round_up(M, 64)
+        return (R <= M and n_cap * n_cap * m_cap <= EXACT_WORK
+                and _table_bytes(n_cap, m_cap, R1 != R) <= _MEMO.max_bytes)
+
+    def _plan(self, T: int, sb: int, rb: int, lb: int) -> _Exact | _Segments:
+        """The exact programme's plan where it runs and beats every segment plan, else the
+        best segment plan (NOTE [segment plans]); binomial is the segment plan of length 1,
+        so neither ever does more forward steps than binomial at the same bytes."""
+        segments = _best_segments(T, self.budget_bytes, sb, rb, lb)
+        if not self._exact_feasible(T, sb, rb, lb):
+            return segments
+        S, R, R1, M = units = self._units(sb, rb, lb)
+        D, L, _, choice_d, choice_l, choice_e = _MEMO.get(S, R, R1, T, M)
+        C, choice_c = _top_column(D, L, T, R, M)
+        if int(C[T]) < segments.forward_steps:
+            return _Exact(int(C[T]), (choice_c, choice_d, choice_l, choice_e), units)
+        return segments
+
+    def cost(self, n_steps: int, state_bytes: int | None = None,
+             residual_bytes: int | None = None, link_bytes: int = 0) -> Cost:
+        """`Strategy.cost`: closed forms for full() and segment plans; `simulate` walks
+        the exact programme's plans (at most a few thousand steps, EXACT_WORK)."""
+        T = _check_steps("optimal().cost", n_steps)
+        sb, rb, lb = self._sizes(state_bytes, residual_bytes, link_bytes)
+        if self._fits_all(T, rb, lb):
+            return Cost(T, T, T, 0, T, _run_bytes(T, rb, lb), 2)
         plan = self._plan(T, sb, rb, lb)
-        if plan is None:
-            return binomial_forward_steps(T, self._binomial_slots(sb, rb))
-        return int(plan[0][T])
-
-    def _binomial_slots(self, sb: int, rb: int) -> int:
-        return max(1, (self.budget_bytes - rb) // sb)
-
-    def _plan(self, T: int, sb: int, rb: int, lb: int) -> tuple[np.ndarray, ...] | None:
-        """(C, choice_c, choice_d, choice_l, choice_e), or None when binomial does at
-        least as well.
-
-        Binomial can only win when rounding sizes up to units cost the programme its
-        optimality (budgets over `MAX_UNITS` units).
-        """
-        s_u, r_u, r1_u, m_u = self._units(sb, rb, lb)
-        if r_u > m_u:  # rounding up made one step's residuals not fit: binomial does
-            return None
-        D, L, _, choice_d, choice_l, choice_e = _MEMO.get(s_u, r_u, r1_u, T, m_u)
-        C, choice_c = _top_column(D, L, T, r_u, m_u)
-        slots = (self.budget_bytes - rb) // sb
-        if slots >= 1 and binomial_forward_steps(T, slots) < C[T]:
-            return None
-        return C, choice_c, choice_d, choice_l, choice_e
+        if isinstance(plan, _Exact):
+            return simulate(self.iter_schedule(T, sb, rb, lb), n_steps=T, state_bytes=sb,
+                            residual_bytes=rb, link_bytes=lb)
+        N = -(-T // plan.length)
+        states = min(plan.slots, max(N - 2, 0))
+        peak = states * sb + _run_bytes(plan.length, rb, lb)
+        return Cost(T, plan.forward_steps, T, states, plan.length, peak, None)
 
     def schedule(self, n_steps: int, state_bytes: int | None = None,
                  residual_bytes: int | None = None, link_bytes: int = 0) -> tuple[Action, ...]:
+        _check_materialise("optimal().schedule", _check_steps("optimal().schedule", n_steps))
         return tuple(self.iter_schedule(n_steps, state_bytes, residual_bytes, link_bytes))
 
     def iter_schedule(self, n_steps: int, state_bytes: int | None = None,
@@ -391,9 +546,9 @@ class Optimal(ScheduledStrategy):
         if self._fits_all(T, rb, lb):
             return iter((Record(0, T), Reverse(0, T)))
         plan = self._plan(T, sb, rb, lb)
-        if plan is None:
-            return Binomial(self._binomial_slots(sb, rb)).iter_schedule(T)
-        return _coalesce(_walk(*plan[1:], T, *self._units(sb, rb, lb)))
+        if isinstance(plan, _Segments):
+            return _binomial_actions(T, plan.length, plan.slots)
+        return _coalesce(_walk(*plan.choices, T, *plan.units))
 
 
 def _walk(choice_c: np.ndarray, choice_d: np.ndarray, choice_l: np.ndarray,

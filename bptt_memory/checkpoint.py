@@ -121,19 +121,20 @@ class Binomial(ScheduledStrategy):
         return Cost(T, binomial_forward_steps(T, self.slots), T, states, 1, peak, None)
 
 
-def _binomial_actions(T: int, length: int, slots: int) -> Iterator[Action]:
-    """Binomial checkpointing over ⌈T/length⌉ segments of `length` steps (the last one
-    shorter), each reversed whole: Record then Reverse of the segment.
+def _binomial_actions(T: int, length: int, slots: int, N: int | None = None
+                      ) -> Iterator[Action]:
+    """Binomial checkpointing over N segments (default ⌈T/length⌉), [i·length, (i+1)·length)
+    but the last, [(N − 1)·length, T), each reversed whole: Record then Reverse.
 
     With length 1 this is `binomial(slots)`; with longer segments it is the plan of
     NOTE [segment plans]. Generated lazily from Griewank's closed-form split (NOTE
     [binomial split]) with an O(slots) stack; boundaries are segment indices times
     `length`.
     """
-    N = -(-T // length)
+    N = -(-T // length) if N is None else N
 
     def at(i: int) -> int:
-        return min(i * length, T)
+        return T if i >= N else i * length
 
     # Pending left parts (n0, n1, snapshots, n1 stored?), at most slots + 1 deep.
     stack = [(0, N, slots + 1, False)]
@@ -370,17 +371,30 @@ class _Exact(NamedTuple):
 
 
 class _Segments(NamedTuple):
-    """A segment plan (NOTE [segment plans]): binomial with `slots` over segments of
-    `length` steps, each recorded whole."""
+    """A segment plan (NOTE [segment plans]): binomial with `slots` over N segments of
+    `length` steps but the last, which ends at T, each recorded whole."""
 
     forward_steps: int
     length: int
     slots: int
+    N: int
+
+    def peak(self, T: int, sb: int, rb: int, lb: int) -> tuple[int, int, int]:
+        """(states, recorded steps, bytes) at the peak: binomial's deepest point, min(slots,
+        N − 2) states, while the longest segment is recorded."""
+        states = min(self.slots, max(self.N - 2, 0))
+        longest = max(self.length, T - (self.N - 1) * self.length)
+        return states, longest, states * sb + _run_bytes(longest, rb, lb)
+
+
+def _fit(room: int, rb: int, lb: int) -> int:
+    """The most steps recorded in one run within `room` bytes (0 when not even one)."""
+    return 0 if room < rb else 1 + (room - rb) // (rb - lb)
 
 
 def _segment_cost(T: int, N: int, budget: int, sb: int, rb: int, lb: int
-                  ) -> tuple[int, int, int, int] | None:
-    """(forward steps, peak bytes, length, slots) of the best segment plan with about N
+                  ) -> tuple[tuple[int, int], _Segments] | None:
+    """((forward steps, peak bytes), plan) of the best equal-segment plan with about N
     segments, or None when one segment's residuals do not fit."""
     length = -(-T // N)
     N = -(-T // length)  # the segments that length really makes
@@ -388,20 +402,38 @@ def _segment_cost(T: int, N: int, budget: int, sb: int, rb: int, lb: int
     if spare < 0:
         return None
     slots = min(spare // sb, max(N - 2, 0))  # binomial never holds more than N − 2
-    peak = slots * sb + _run_bytes(length, rb, lb)
-    return T + length * _t(N, slots + 1), peak, length, slots
+    plan = _Segments(T + length * _t(N, slots + 1), length, slots, N)
+    return (plan.forward_steps, plan.peak(T, sb, rb, lb)[2]), plan
+
+
+def _long_last_cost(T: int, N: int, budget: int, sb: int, rb: int, lb: int
+                    ) -> tuple[tuple[int, int], _Segments] | None:
+    """Like `_segment_cost` with a state stored at every segment boundary (no segment is
+    advanced twice: T + length·(N − 1) forward steps) and the last segment as long as the
+    room left allows, since it is recorded straight away, never advanced."""
+    if N < 2:
+        return None
+    room = _fit(budget - (N - 2) * sb, rb, lb)
+    last = min(room, T - (N - 1))
+    if last < 1:
+        return None
+    length = -(-(T - last) // (N - 1))
+    if length > room or T - (N - 1) * length < 1:
+        return None
+    plan = _Segments(T + length * (N - 1), length, N - 2, N)
+    return (plan.forward_steps, plan.peak(T, sb, rb, lb)[2]), plan
 
 
 def _best_segments(T: int, budget: int, sb: int, rb: int, lb: int) -> _Segments:
     """The segment plan with the fewest forward steps (then the least peak) over a search
     of the segment count N: every N up to 64, a geometric grid beyond, then every N (or a
     fine grid) near the best. Closed forms only: O(log T) binomials per candidate."""
-    def best_of(ns) -> tuple[int, int, int, int] | None:
+    def best_of(ns) -> tuple[tuple[int, int], _Segments] | None:
         found = None
         for n in ns:
-            c = _segment_cost(T, n, budget, sb, rb, lb)
-            if c is not None and (found is None or c[:2] < found[:2]):
-                found = c
+            for c in (_segment_cost(T, n, budget, sb, rb, lb), _long_last_cost(T, n, budget, sb, rb, lb)):
+                if c is not None and (found is None or c[0] < found[0]):
+                    found = c
         return found
 
     coarse = set(range(1, min(T, 64) + 1))
@@ -411,13 +443,13 @@ def _best_segments(T: int, budget: int, sb: int, rb: int, lb: int) -> _Segments:
         coarse.add(min(T, int(n)))
     best = best_of(sorted(coarse))
     assert best is not None  # budget >= residual_bytes: one-step segments always fit
-    N = -(-T // best[2])
+    N = best[1].N
     lo, hi = max(1, int(N / 1.03)), min(T, int(N * 1.03) + 1)
     step = max(1, (hi - lo) // 2000)
     near = best_of(range(lo, hi + 1, step))
-    if near is not None and near[:2] < best[:2]:
+    if near is not None and near[0] < best[0]:
         best = near
-    return _Segments(best[0], best[2], best[3])
+    return best[1]
 
 
 @dataclass(frozen=True)
@@ -529,10 +561,8 @@ class Optimal(ScheduledStrategy):
         if isinstance(plan, _Exact):
             return simulate(self.iter_schedule(T, sb, rb, lb), n_steps=T, state_bytes=sb,
                             residual_bytes=rb, link_bytes=lb)
-        N = -(-T // plan.length)
-        states = min(plan.slots, max(N - 2, 0))
-        peak = states * sb + _run_bytes(plan.length, rb, lb)
-        return Cost(T, plan.forward_steps, T, states, plan.length, peak, None)
+        states, longest, peak = plan.peak(T, sb, rb, lb)
+        return Cost(T, plan.forward_steps, T, states, longest, peak, None)
 
     def schedule(self, n_steps: int, state_bytes: int | None = None,
                  residual_bytes: int | None = None, link_bytes: int = 0) -> tuple[Action, ...]:
@@ -547,7 +577,7 @@ class Optimal(ScheduledStrategy):
             return iter((Record(0, T), Reverse(0, T)))
         plan = self._plan(T, sb, rb, lb)
         if isinstance(plan, _Segments):
-            return _binomial_actions(T, plan.length, plan.slots)
+            return _binomial_actions(T, plan.length, plan.slots, plan.N)
         return _coalesce(_walk(*plan.choices, T, *plan.units))
 
 

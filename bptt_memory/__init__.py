@@ -17,6 +17,7 @@ from .cells import Cell, gru, lstm, vanilla
 from .checkpoint import Binomial, Optimal, binomial, binomial_forward_steps, optimal
 from .engine import execute
 from .model import LOSSES, Model, Result, Stats
+from .online import Online, OnlinePolicy, online
 from .reference import reference_gradients
 from .schedule import (Action, Advance, Cost, EndForward, Free, Record, Restore, Reverse,
                        ScheduleError, Store, format_schedule, simulate)
@@ -32,14 +33,15 @@ STRATEGIES = {
     "uniform": uniform,
     "binomial": binomial,
     "optimal": optimal,
+    "online": online,
 }
 
 __all__ = [
     "Cell", "vanilla", "lstm", "gru",
     "Model", "Result", "Stats", "LOSSES",
     "Strategy", "ScheduledStrategy", "STRATEGIES",
-    "full", "truncated", "uniform", "binomial", "optimal", "best_uniform",
-    "Full", "Truncated", "Uniform", "Binomial", "Optimal", "Update",
+    "full", "truncated", "uniform", "binomial", "optimal", "online", "best_uniform",
+    "Full", "Truncated", "Uniform", "Binomial", "Optimal", "Online", "OnlinePolicy", "Update",
     "Action", "Advance", "Record", "Reverse", "Store", "Restore", "Free",
     "EndForward", "Cost", "ScheduleError", "simulate", "format_schedule", "execute",
     "plan_cache_bytes", "clear_plan_caches",

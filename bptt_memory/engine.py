@@ -464,9 +464,11 @@ def execute(schedule: Iterable[Action], model: Model, params: Params, xs: np.nda
 
 def _execute(actions: Iterable[Action], model: Model, params: Params, xs: np.ndarray,
              ys: np.ndarray, h0: State, mask: np.ndarray, sizes: dict[str, int],
-             cost: Cost) -> Result:
+             cost: Cost, resume: tuple[State, dict[int, State]] | None = None) -> Result:
     """Walk already validated actions (``sizes`` as `Cell.sizes`, ``cost`` from
-    `simulate`). Stats carry the simulator's peak counts, and in
+    `simulate`); ``resume``: the working state and the stored states (held from the
+    start) of a forward pass run elsewhere, e.g. `Online.stream`'s, which the actions
+    continue. Stats carry the simulator's peak counts, and in
     ``stats.extra`` the wall seconds spent in forward steps (Advance, Record:
     ``forward_seconds``) and in backward steps (Reverse and the weight gradients:
     ``backward_seconds``), the rest being bookkeeping."""
@@ -475,6 +477,10 @@ def _execute(actions: Iterable[Action], model: Model, params: Params, xs: np.nda
     cell = model.cell
     state = h0
     stored = sweep.stored  # step -> the state stored there (Store)
+    if resume is not None:
+        state = resume[0]
+        stored.update(resume[1])
+        sweep.hold([a for s in resume[1].values() for a in s])
     residuals: dict[int, Residuals] = {}
     owned: dict[int, tuple[np.ndarray, ...]] = {}  # what each recorded step added
     dstate = sweep.zero_adjoint(h0)

@@ -1,8 +1,8 @@
 """Side-by-side comparison of strategies on one problem, and planning before running.
 
 `default_strategies` gives each registered strategy sensible parameters for a sequence
-(truncated and uniform at k = √T, binomial with √T slots, optimal at 5% of full()'s
-bytes); `compare` runs them on the same problem, timing them interleaved against
+(truncated and uniform at k = √T, binomial and online with √T slots, optimal at 5% of
+full()'s bytes); `compare` runs them on the same problem, timing them interleaved against
 full() in the same process; `plan` answers, without running anything, which exact
 strategy fits a memory budget and what it will cost.
 """
@@ -26,6 +26,7 @@ import numpy as np
 from .cells import Cell, Params
 from .checkpoint import binomial, optimal
 from .model import Model, Result
+from .online import online
 from .strategies import Strategy, best_uniform, full, truncated, uniform
 
 __all__ = ["default_strategies", "compare", "round_orders", "Row", "plan", "Plan", "parse_bytes",
@@ -54,6 +55,7 @@ def default_strategies(cell: Cell, n_steps: int, batch: int,
         "uniform": uniform(),
         "binomial": binomial(slots=k),
         "optimal": optimal(budget_bytes=budget),
+        "online": online(slots=k),
     }
 
 

@@ -41,6 +41,8 @@ def _exact_configs(name, cell, batch, T, dtype=np.float64):
         budgets = [rb, rb + sb, rb + 2 * sb, 2 * rb, 2 * rb + 3 * sb, max(rb, (T // 2) * rb + sb),
                    max(rb, linked - 1), linked, max(rb, T * rb - 1), T * rb, 10 * T * rb]
         return [factory(budget_bytes=b) for b in budgets]
+    if name == "online":
+        return [factory(1), factory(2), factory(3), factory(max(1, T - 1)), factory(T + 4)]
     raise AssertionError(f"strategy {name!r} is in bm.STRATEGIES but has no exact configuration here")
 
 
@@ -324,6 +326,11 @@ def test_scheduled_stats_are_what_the_simulator_predicts(rng, name, cell_name):
         if isinstance(strategy, bm.Binomial):
             assert stats.peak_states <= strategy.slots and stats.peak_residuals == 1, strategy.name
             assert stats.forward_steps == bm.binomial_forward_steps(T, strategy.slots), strategy.name
+        priced = strategy.cost(T, **sizes)  # every strategy prices itself the same way
+        assert (priced.forward_steps, priced.backward_steps, priced.peak_states,
+                priced.peak_residuals, priced.peak_bytes) == (
+            cost.forward_steps, cost.backward_steps, cost.peak_states, cost.peak_residuals,
+            cost.peak_bytes), strategy.name
         if isinstance(strategy, bm.Uniform):  # the formulas in uniform's docstring
             k = strategy.segment(T)
             m = -(-T // k)
@@ -349,7 +356,7 @@ def test_truncated_stats(rng, cell_name, k1, k2):
 def _traced_configs(cell, batch, T):
     rb = cell.residual_bytes(batch, np.float64)
     return [bm.full(), bm.truncated(5, 10), bm.uniform(), bm.uniform(every=8), bm.binomial(4),
-            bm.optimal(budget_bytes=6 * rb)]
+            bm.optimal(budget_bytes=6 * rb), bm.online(4)]
 
 
 @pytest.mark.parametrize("cell_name", ["vanilla-tanh", "lstm", "gru"])

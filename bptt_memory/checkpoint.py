@@ -102,7 +102,7 @@ class Binomial(ScheduledStrategy):
 
     def schedule(self, n_steps: int, state_bytes: int | None = None,
                  residual_bytes: int | None = None, link_bytes: int = 0) -> tuple[Action, ...]:
-        _check_materialise("binomial().schedule", _check_steps("binomial().schedule", n_steps))
+        _check_materialise(f"{self.name}.schedule", _check_steps("binomial().schedule", n_steps))
         return tuple(self.iter_schedule(n_steps))
 
     def iter_schedule(self, n_steps: int, state_bytes: int | None = None,
@@ -117,7 +117,8 @@ class Binomial(ScheduledStrategy):
         T = _check_steps("binomial().cost", n_steps)
         _check_sizes("binomial().cost", state_bytes, residual_bytes, link_bytes)
         states = min(self.slots, max(T - 2, 0))
-        peak = None if state_bytes is None else states * state_bytes + residual_bytes
+        peak = (None if state_bytes is None or residual_bytes is None
+                else states * state_bytes + residual_bytes)
         return Cost(T, binomial_forward_steps(T, self.slots), T, states, 1, peak, None)
 
 
@@ -366,7 +367,7 @@ class _Exact(NamedTuple):
     """A plan of the exact programme: its forward steps, the h0 chain and the choices."""
 
     forward_steps: int
-    choices: tuple[np.ndarray, ...]  # choice_c, choice_d, choice_l, choice_e
+    choices: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # choice_c, _d, _l, _e
     units: tuple[int, int, int, int]  # S, R, R', M
 
 
@@ -459,7 +460,8 @@ def _best_segments(T: int, budget: int, sb: int, rb: int, lb: int) -> _Segments:
     def best_of(ns) -> tuple[tuple[int, int], _Segments] | None:
         found = None
         for n in ns:
-            for c in (_segment_cost(T, n, budget, sb, rb, lb), _long_last_cost(T, n, budget, sb, rb, lb)):
+            for c in (_segment_cost(T, n, budget, sb, rb, lb),
+                      _long_last_cost(T, n, budget, sb, rb, lb)):
                 if c is not None and (found is None or c[0] < found[0]):
                     found = c
         return found
@@ -594,7 +596,7 @@ class Optimal(ScheduledStrategy):
 
     def schedule(self, n_steps: int, state_bytes: int | None = None,
                  residual_bytes: int | None = None, link_bytes: int = 0) -> tuple[Action, ...]:
-        _check_materialise("optimal().schedule", _check_steps("optimal().schedule", n_steps))
+        _check_materialise(f"{self.name}.schedule", _check_steps("optimal().schedule", n_steps))
         return tuple(self.iter_schedule(n_steps, state_bytes, residual_bytes, link_bytes))
 
     def iter_schedule(self, n_steps: int, state_bytes: int | None = None,

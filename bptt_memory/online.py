@@ -30,7 +30,7 @@ from .model import Model, Result
 from .schedule import (Action, Advance, Cost, EndForward, Free, Record, Restore, Reverse, Store,
                        simulate)
 from .strategies import (ScheduledStrategy, _check_materialise, _check_sizes, _check_steps,
-                         _check_stream_step)
+                         _check_stream_step, plan_cache_bytes)
 
 __all__ = ["online", "Online", "OnlinePolicy"]
 
@@ -188,7 +188,7 @@ class Online(ScheduledStrategy):
 
     def schedule(self, n_steps: int, state_bytes: int | None = None,
                  residual_bytes: int | None = None, link_bytes: int = 0) -> tuple[Action, ...]:
-        _check_materialise("online().schedule", _check_steps("online().schedule", n_steps))
+        _check_materialise(f"{self.name}.schedule", _check_steps("online().schedule", n_steps))
         return tuple(self.iter_schedule(n_steps))
 
     def iter_schedule(self, n_steps: int, state_bytes: int | None = None,
@@ -211,7 +211,8 @@ class Online(ScheduledStrategy):
         for _ in range(T - 1):
             policy.forward()
         states = min(self.slots, max(T - 2, 0))
-        peak = None if state_bytes is None else states * state_bytes + residual_bytes
+        peak = (None if state_bytes is None or residual_bytes is None
+                else states * state_bytes + residual_bytes)
         return Cost(T, T - 1 + policy.reversal_forward_steps(T), T, states, 1, peak, None)
 
     def stream(self, model: Model, params: Params, steps: Iterable[tuple[np.ndarray, ...]], *,
@@ -278,6 +279,7 @@ class Online(ScheduledStrategy):
         s.peak_bytes = max(s.peak_bytes, cost.peak_states * sizes["state_bytes"])
         s.seconds += forward_seconds
         s.extra["forward_seconds"] = s.extra.get("forward_seconds", 0.0) + forward_seconds
+        s.extra["plan_cache_bytes"] = plan_cache_bytes()
         return res
 
 

@@ -255,7 +255,8 @@ def simulate(schedule: Iterable[Action], *, n_steps: int | None = None,
             if ended:
                 raise fail(i, a, "the forward pass has already ended; give one EndForward")
             if adjoint != T:
-                raise fail(i, a, "comes after a Reverse; the forward pass ends before any step is reversed")
+                raise fail(i, a, "comes after a Reverse; the forward pass ends before any step "
+                           "is reversed")
             if a.n != T:
                 raise fail(i, a, f"says T = {a.n}, but the sequence has {T} steps")
             ended = True

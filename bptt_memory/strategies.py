@@ -116,10 +116,11 @@ class ScheduledStrategy(Strategy):
         """`Strategy.cost`; by default `simulate` walks the schedule (O(actions)): the
         built-in policies override it with their closed forms."""
         T = _check_steps(f"{self.name}.cost", n_steps)
-        sizes = {} if state_bytes is None else {"state_bytes": state_bytes,
-                                                "residual_bytes": residual_bytes,
-                                                "link_bytes": link_bytes}
-        return simulate(self.iter_schedule(T, **sizes), n_steps=T, **sizes)
+        if state_bytes is None or residual_bytes is None:
+            return simulate(self.iter_schedule(T), n_steps=T)
+        return simulate(self.iter_schedule(T, state_bytes, residual_bytes, link_bytes), n_steps=T,
+                        state_bytes=state_bytes, residual_bytes=residual_bytes,
+                        link_bytes=link_bytes)
 
     def run(self, model: Model, params: Params, xs: np.ndarray, ys: np.ndarray, *,
             h0: State | np.ndarray | None = None, mask: np.ndarray | None = None,
@@ -159,7 +160,7 @@ class _PlanMemo:
 
     def get(self, strategy: ScheduledStrategy, T: int, sizes: dict[str, int]
             ) -> tuple[tuple[Action, ...] | None, Cost]:
-        key = (strategy, T, *sizes.values())
+        key: tuple | None = (strategy, T, *sizes.values())
         try:
             hash(key)
         except TypeError:  # a user's strategy that is not a frozen dataclass: plan each time
@@ -167,6 +168,7 @@ class _PlanMemo:
         if key is None or key not in self._entries:
             schedule = strategy.iter_schedule(T, **sizes)
             head = tuple(itertools.islice(schedule, self._max_actions + 1))
+            entry: tuple[tuple[Action, ...] | None, Cost, int]
             if len(head) <= self._max_actions:
                 entry = (head, simulate(head, n_steps=T, **sizes), _tuple_bytes(head))
             else:
@@ -314,7 +316,7 @@ class Uniform(ScheduledStrategy):
 
     def schedule(self, n_steps: int, state_bytes: int | None = None,
                  residual_bytes: int | None = None, link_bytes: int = 0) -> tuple[Action, ...]:
-        _check_materialise("uniform().schedule", _check_steps("uniform().schedule", n_steps))
+        _check_materialise(f"{self.name}.schedule", _check_steps("uniform().schedule", n_steps))
         return tuple(self.iter_schedule(n_steps))
 
     def iter_schedule(self, n_steps: int, state_bytes: int | None = None,

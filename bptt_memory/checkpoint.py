@@ -304,9 +304,10 @@ def _table_bytes(n_cap: int, m_cap: int, linked: bool) -> int:
     return (n_cap + 1) * (m_cap + 1) * (13 + (5 if linked else 0))
 
 
-#: The exact programme runs where its work n_cap²·m_cap stays below this (a few seconds
-#: on one core); elsewhere the segment plans of NOTE [segment plans] are used.
-EXACT_WORK = 1_500_000_000
+#: The exact programme runs where its work n_cap²·m_cap stays below this (about a second
+#: on one core, so that `bptt-memory plan` answers in two); elsewhere the segment plans of
+#: NOTE [segment plans] are used.
+EXACT_WORK = 500_000_000
 #: The memo of the programme's tables holds at most this many bytes (`plan_cache_bytes`).
 TABLE_CACHE_BYTES = 64 << 20
 

@@ -5,7 +5,8 @@ states it reverses T steps with the provably fewest forward steps,
 T + t(T, s + 1), t(n, s) = r·n − C(s + r, s + 1), where r is the smallest integer with
 C(s + r, s) >= n. `optimal` is Gruslys et al.'s dynamic programme (BPTT-MSM), which may
 also keep whole steps' residuals, and so beats binomial when a budget is in bytes and
-residuals cost more than states.
+residuals cost more than states; beyond the programme's reach it plans binomial over
+segments recorded whole, in closed form (NOTE [segment plans]).
 
 References: A. Griewank & A. Walther, "Algorithm 799: Revolve", ACM TOMS 26(1), 2000
 (eq. 2 for t(n, s), Prop. 1 for the optimal split); A. Gruslys et al., "Memory-Efficient
@@ -678,9 +679,15 @@ def optimal(budget_bytes: int = 1 << 20) -> Optimal:
     budget; exactly T once the budget holds every step's residuals (full()'s bytes,
     ``cell.recorded_bytes(T, B, dtype)``); peak_bytes <= budget_bytes always.
 
-    The budget must hold at least one step's residuals. The programme is O(T²·m) in T
-    and the budget in units (see `Optimal.units`), memoised across budgets; T = 1000 at
-    a budget of a few hundred states takes about a second.
+    The budget must hold at least one step's residuals. The exact programme is O(T²·m)
+    in T and the budget in units (see `Optimal.units`), memoised across budgets (bounded
+    in bytes, `plan_cache_bytes`); it runs where that work stays under `EXACT_WORK`.
+    Longer sequences get the best segment plan (NOTE [segment plans]): binomial over
+    segments each recorded whole, priced in closed form, generated lazily with O(slots)
+    memory, so T = 10⁶ plans in milliseconds. Where the budget holds many steps, such a
+    plan is provably within a hair of the optimum (forward steps >= 2T − K for every
+    exact schedule); where it holds only a few states it can do more forward steps than
+    the exact programme would (reports/long_sequences), never more than binomial.
 
     Give it the cell's `link_bytes` as well (``**cell.sizes(B, dtype)``), as `run` does,
     and it plans with what consecutive recorded steps share (NOTE [linked steps]).

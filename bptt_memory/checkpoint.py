@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterable, Iterator, NamedTuple
+from typing import Callable, Iterable, Iterator, NamedTuple
 
 import numpy as np
 
@@ -123,10 +123,13 @@ class Binomial(ScheduledStrategy):
         return Cost(T, binomial_forward_steps(T, self.slots), T, states, 1, peak, None)
 
 
-def _binomial_actions(T: int, length: int, slots: int, N: int | None = None
+def _binomial_actions(T: int, length: int, slots: int, N: int | None = None,
+                      leaf: Callable[[int, int], Iterator[Action]] | None = None
                       ) -> Iterator[Action]:
     """Binomial checkpointing over N segments (default ⌈T/length⌉), [i·length, (i+1)·length)
-    but the last, [(N − 1)·length, T), each reversed whole: Record then Reverse.
+    but the last, [(N − 1)·length, T), each reversed whole: Record then Reverse, or
+    ``leaf(n0, n1)``'s actions, which start and may restore at n0: then every segment's
+    entry is stored (or is h0) while its leaf runs (NOTE [block plans]).
 
     With length 1 this is `binomial(slots)`; with longer segments it is the plan of
     NOTE [segment plans]. Generated lazily from Griewank's closed-form split (NOTE
@@ -150,13 +153,17 @@ def _binomial_actions(T: int, length: int, slots: int, N: int | None = None
         while n1 - n0 > 1:
             m = n0 + _split(n1 - n0, snaps)
             yield Advance(at(n0), at(m))
-            store = n1 - m > 1  # a one-segment right part is recorded straight away
+            # a one-segment right part is recorded straight away, unless a leaf restores it
+            store = n1 - m > 1 or leaf is not None
             if store:
                 yield Store(at(m))
             stack.append((n0, m, snaps, store))
             n0, snaps = m, snaps - 1
-        yield Record(at(n0), at(n1))
-        yield Reverse(at(n0), at(n1))
+        if leaf is None:
+            yield Record(at(n0), at(n1))
+            yield Reverse(at(n0), at(n1))
+        else:
+            yield from leaf(at(n0), at(n1))
         pos = n1
 
 
@@ -484,6 +491,119 @@ def _best_segments(T: int, budget: int, sb: int, rb: int, lb: int) -> _Segments:
     return best[1]
 
 
+# NOTE [block plans] Where the budget holds only a few states, recording whole segments
+# wastes what the exact programme knows: mixing states and residuals pays most on short
+# stretches. A block plan is binomial with `slots` over N segments like a segment plan,
+# but each segment is reversed by the exact programme's plan for it (the h0 chain of
+# NOTE [optimal programme], at most LEAF_STEPS steps in LEAF_UNITS units, the segment's
+# entry standing for h0). So that the leaf may restore its entry, every segment's entry
+# is stored while its leaf runs (`_binomial_actions` with a leaf). Forward steps:
+#     ℓ·t(N, s + 1) + (N − 1)·C[ℓ] + C[last]   (C: the leaf programme's h0 chain);
+# peak: the most states the top holds at a leaf, entry included, times S, plus what that
+# leaf holds: min(s + 1, N − 1) at the first descent's (last) leaf, counted by running
+# the descent, and min(s + 1, N − 2) at the others, or s for s + 3 <= N <= 2s + 2 (tested
+# against `simulate`). `optimal` looks for one only where the best segment plan is more
+# than 0.1% over the lower bound 2T − K (NOTE [segment plans] 4), i.e. where it may gain.
+#: Block plans' leaves have at most this many steps ...
+LEAF_STEPS = 512
+#: ... and are planned by the exact programme in at most this many units.
+LEAF_UNITS = 256
+
+
+class _Blocks(NamedTuple):
+    """A block plan (NOTE [block plans])."""
+
+    forward_steps: int
+    length: int
+    slots: int
+    N: int
+    leaf: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # choice_c, _d, _l, _e
+    units: tuple[int, int, int, int]  # the leaves' S, R, R', M
+    peak: tuple[int, int, int]  # states, recorded steps, bytes
+
+    def leaf_actions(self, n0: int, n1: int) -> Iterator[Action]:
+        """The exact programme's plan for the segment [n0, n1), its entry as h0."""
+        for a in _coalesce(_walk(*self.leaf, n1 - n0, *self.units)):
+            yield _shift(a, n0)
+
+
+def _shift(a: Action, n0: int) -> Action:
+    """The action a of a plan over [0, L) moved to [n0, n0 + L)."""
+    if isinstance(a, (Advance, Record, Reverse)):
+        return type(a)(a.n0 + n0, a.n1 + n0)
+    return type(a)(a.n + n0)  # type: ignore[union-attr, call-arg]
+
+
+def _leaf_units(sb: int, rb: int, lb: int) -> tuple[int, int, int, int]:
+    """(unit, S, R, R') for the leaves: exact units unless a step would take more than 64
+    of them; then sizes are rounded up (a leaf can only hold less than counted)."""
+    unit = math.gcd(sb, rb, rb - lb)
+    if rb // unit > 64:
+        unit = -(-rb // 64)
+    return unit, -(-sb // unit), -(-rb // unit), -(-(rb - lb) // unit)
+
+
+def _full_leaf_depth(N: int, slots: int) -> int:
+    """The most states the top holds at a leaf other than the last, its entry included
+    (NOTE [block plans])."""
+    if N < 2:
+        return 0
+    if slots + 3 <= N <= 2 * slots + 2:
+        return slots
+    return min(slots + 1, N - 2)
+
+
+def _last_leaf_depth(N: int, slots: int) -> int:
+    """States the top holds at the last segment's leaf: one per split of the first descent."""
+    n0, snaps, depth = 0, slots + 1, 0
+    while N - n0 > 1:
+        n0, snaps, depth = n0 + _split(N - n0, snaps), snaps - 1, depth + 1
+    return depth
+
+
+def _best_blocks(T: int, budget: int, sb: int, rb: int, lb: int) -> _Blocks | None:
+    """The block plan with the fewest forward steps, over leaf lengths 1 … LEAF_STEPS and
+    a dozen leaf budgets; None where no leaf budget fits."""
+    unit, S, R, R1 = _leaf_units(sb, rb, lb)
+    m_max = min(budget // unit, LEAF_UNITS)
+    if m_max < R:
+        return None
+    n_cap = min(T, LEAF_STEPS)
+    D, L, _, choice_d, choice_l, choice_e = _MEMO.get(S, R, R1, n_cap, m_max)
+    found = None
+    for M in sorted({R + round((m_max - R) * f) for f in (0, .05, .1, .15, .2, .3, .4, .5,
+                                                           .65, .8, 1)}):
+        C, choice_c = _top_column(D, L, n_cap, R, M)
+        top = (budget - M * unit) // sb  # states the top may hold at a leaf, entry included
+        for length in range(1, n_cap + 1):
+            N = -(-T // length)
+            if N == 1:
+                slots, cost = 0, int(C[T])
+            elif top < 1:
+                continue
+            else:
+                slots = min(top - 1, N - 2)
+                cost = (length * _t(N, slots + 1) + (N - 1) * int(C[length])
+                        + int(C[T - (N - 1) * length]))
+            if found is None or cost < found[0]:
+                found = (cost, length, slots, N, M, choice_c)
+    if found is None:
+        return None
+    cost, length, slots, N, M, choice_c = found
+    plan = _Blocks(cost, length, slots, N, (choice_c, choice_d, choice_l, choice_e),
+                   (S, R, R1, M), (0, 0, 0))
+    peaks = []
+    last = T - (N - 1) * length
+    for n, depth in ((last, _last_leaf_depth(N, slots)), (length, _full_leaf_depth(N, slots))):
+        if n == last or N >= 2:
+            c = simulate(plan.leaf_actions(0, n), n_steps=n, state_bytes=sb, residual_bytes=rb,
+                         link_bytes=lb)
+            peaks.append((depth + c.peak_states, c.peak_residuals,
+                          depth * sb + (c.peak_bytes or 0)))
+    peak = (max(p[0] for p in peaks), max(p[1] for p in peaks), max(p[2] for p in peaks))
+    return plan._replace(peak=peak)
+
+
 @dataclass(frozen=True)
 class Optimal(ScheduledStrategy):
     """Build with `optimal`."""
@@ -567,18 +687,31 @@ class Optimal(ScheduledStrategy):
         return (R <= M and n_cap * n_cap * m_cap <= EXACT_WORK
                 and _table_bytes(n_cap, m_cap, R1 != R) <= _MEMO.max_bytes)
 
-    def _plan(self, T: int, sb: int, rb: int, lb: int) -> _Exact | _Segments:
-        """The exact programme's plan where it runs and beats every segment plan, else the
-        best segment plan (NOTE [segment plans]); binomial is the segment plan of length 1,
-        so neither ever does more forward steps than binomial at the same bytes."""
-        segments = _best_segments(T, self.budget_bytes, sb, rb, lb)
+    def _plan(self, T: int, sb: int, rb: int, lb: int) -> _Exact | _Segments | _Blocks:
+        """The exact programme's plan where it runs and beats every segment plan, else
+        `_structured`'s; binomial is the segment plan of length 1, so no plan ever does
+        more forward steps than binomial at the same bytes."""
         if not self._exact_feasible(T, sb, rb, lb):
-            return segments
+            return self._structured(T, sb, rb, lb)
+        segments = _best_segments(T, self.budget_bytes, sb, rb, lb)
         S, R, R1, M = units = self._units(sb, rb, lb)
         D, L, _, choice_d, choice_l, choice_e = _MEMO.get(S, R, R1, T, M)
         C, choice_c = _top_column(D, L, T, R, M)
         if int(C[T]) < segments.forward_steps:
             return _Exact(int(C[T]), (choice_c, choice_d, choice_l, choice_e), units)
+        return segments
+
+    def _structured(self, T: int, sb: int, rb: int, lb: int) -> _Segments | _Blocks:
+        """The plan beyond the exact programme: the best segment plan (NOTE [segment
+        plans]), or a block plan (NOTE [block plans]) where the segment plan is more than
+        0.1% over the lower bound and a block plan does better."""
+        segments = _best_segments(T, self.budget_bytes, sb, rb, lb)
+        bound = 2 * T - _fit(self.budget_bytes, rb, lb)
+        if segments.forward_steps * 1000 <= bound * 1001:
+            return segments  # within 0.1% of the optimum already
+        blocks = _best_blocks(T, self.budget_bytes, sb, rb, lb)
+        if blocks is not None and blocks.forward_steps < segments.forward_steps:
+            return blocks
         return segments
 
     def cost(self, n_steps: int, state_bytes: int | None = None,
@@ -593,6 +726,8 @@ class Optimal(ScheduledStrategy):
         if isinstance(plan, _Exact):
             return simulate(self.iter_schedule(T, sb, rb, lb), n_steps=T, state_bytes=sb,
                             residual_bytes=rb, link_bytes=lb)
+        if isinstance(plan, _Blocks):
+            return Cost(T, plan.forward_steps, T, *plan.peak, None)
         states, longest, peak = plan.peak(T, sb, rb, lb)
         return Cost(T, plan.forward_steps, T, states, longest, peak, None)
 
@@ -610,6 +745,8 @@ class Optimal(ScheduledStrategy):
         plan = self._plan(T, sb, rb, lb)
         if isinstance(plan, _Segments):
             return _binomial_actions(T, plan.length, plan.slots, plan.N)
+        if isinstance(plan, _Blocks):
+            return _binomial_actions(T, plan.length, plan.slots, plan.N, plan.leaf_actions)
         return _coalesce(_walk(*plan.choices, T, *plan.units))
 
 

@@ -24,7 +24,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from .cells import Params, State
-from .checkpoint import _binomial_actions, _t
+from .checkpoint import _binomial_actions, _shift, _t
 from .engine import _execute
 from .model import Model, Result
 from .schedule import (Action, Advance, Cost, EndForward, Free, Record, Restore, Reverse, Store,
@@ -157,13 +157,6 @@ class OnlinePolicy:
                        for i, (n0, n1) in enumerate(zip(bounds, bounds[1:])) if n1 > n0)
 
 
-def _shift(a: Action, n0: int) -> Action:
-    """The action a of a plan over [0, L) moved to [n0, n0 + L)."""
-    if isinstance(a, (Advance, Record, Reverse)):
-        return type(a)(a.n0 + n0, a.n1 + n0)
-    return type(a)(a.n + n0)  # type: ignore[union-attr, call-arg]
-
-
 @dataclass(frozen=True)
 class Online(ScheduledStrategy):
     """Build with `online`."""
@@ -293,8 +286,9 @@ def online(slots: int = 8) -> Online:
     stay within a few percent beyond (NOTE [online placement]).
 
     >>> from bptt_memory import binomial_forward_steps, simulate
-    >>> plan = online(slots=2).schedule(n_steps=10)
-    >>> simulate(plan).forward_steps, binomial_forward_steps(10, 2)
-    (25, 25)
+    >>> [simulate(online(slots=2).schedule(n_steps=T)).forward_steps for T in (6, 10)]
+    [13, 26]
+    >>> [binomial_forward_steps(T, 2) for T in (6, 10)]   # equal up to (2 + 1)(2 + 2)/2 = 6
+    [13, 25]
     """
     return Online(slots)

@@ -607,13 +607,16 @@ def test_optimal_plans_long_sequences_in_closed_form(T):
         assert head and isinstance(head[0], (Advance, Record))
 
 
-def test_optimal_segment_plan_runs_exactly(rng):
-    """A segment plan, forced by a tiny EXACT_WORK, gives full()'s gradients."""
+@pytest.mark.parametrize("residuals, kind", [(6, ck._Segments), (2, ck._Blocks)])
+def test_optimal_segment_and_block_plans_run_exactly(rng, residuals, kind):
+    """Segment and block plans, forced by a tiny EXACT_WORK, give full()'s gradients."""
     model = bm.Model(bm.lstm(3, 5), n_out=2)
     params = model.init(rng)
     T = 40
     xs, ys = rng.standard_normal((T, 2, 3)), rng.standard_normal((T, 2, 2))
-    budget = 6 * model.cell.residual_bytes(2, np.float64)
+    sizes = model.cell.sizes(2, np.float64)
+    budget = residuals * sizes["residual_bytes"]
+    assert isinstance(bm.optimal(budget)._structured(T, *sizes.values()), kind)
     ref = bm.full().run(model, params, xs, ys)
     old = ck.EXACT_WORK
     ck.EXACT_WORK = 0
@@ -624,6 +627,7 @@ def test_optimal_segment_plan_runs_exactly(rng):
         ck.EXACT_WORK = old
         bm.clear_plan_caches()
     assert res.stats.peak_bytes <= budget
+    assert res.stats.forward_steps == bm.optimal(budget)._structured(T, *sizes.values()).forward_steps
     for k in params:
         assert np.abs(res.grads[k] - ref.grads[k]).max() <= 1e-12 * np.abs(ref.grads[k]).max()
 
@@ -662,3 +666,40 @@ def test_binomial_cost_is_its_closed_form_at_any_length():
     cost = bm.binomial(1).cost(10**9, state_bytes=8, residual_bytes=24)
     assert cost.forward_steps == 10**9 + t_closed(10**9, 2)  # h0 and one slot
     assert (cost.peak_states, cost.peak_residuals, cost.peak_bytes) == (1, 1, 32)
+
+
+@settings(max_examples=40, deadline=None)
+@given(T=st.integers(1, 900), sb=st.integers(1, 8), extra=st.integers(0, 30), data=st.data())
+def test_block_plans_cost_what_their_closed_forms_say(T, sb, extra, data):
+    """NOTE [block plans]: forward steps ℓ·t(N, s + 1) + (N − 1)·C[ℓ] + C[last]; peak from
+    the top's depth at the first descent and at the other leaves; within the budget."""
+    rb = sb + extra
+    lb = data.draw(st.integers(0, rb - 1), label="link")
+    budget = data.draw(st.integers(rb, max(rb, rb * T // 3)), label="budget")
+    plan = ck._best_blocks(T, budget, sb, rb, lb)
+    if plan is None:
+        return
+    cost = simulate(ck._binomial_actions(T, plan.length, plan.slots, plan.N, plan.leaf_actions),
+                    n_steps=T, state_bytes=sb, residual_bytes=rb, link_bytes=lb)
+    assert (cost.forward_steps, cost.peak_states, cost.peak_residuals, cost.peak_bytes) == (
+        plan.forward_steps, *plan.peak)
+    assert cost.peak_bytes <= budget
+
+
+@pytest.mark.parametrize("slots", range(0, 9))
+def test_leaf_depths_are_what_the_walk_finds(slots):
+    """The top's depth at each leaf, its entry included (NOTE [block plans])."""
+    for N in range(1, 120):
+        stored, last, others = set(), 0, 0
+        for a in ck._binomial_actions(N, 1, slots, leaf=lambda n0, n1: iter((Record(n0, n1),
+                                                                             Reverse(n0, n1)))):
+            if isinstance(a, Store):
+                stored.add(a.n)
+            elif isinstance(a, Free):
+                stored.discard(a.n)
+            elif isinstance(a, Record):
+                if a.n0 == N - 1:
+                    last = len(stored)
+                else:
+                    others = max(others, len(stored))
+        assert (last, others) == (ck._last_leaf_depth(N, slots), ck._full_leaf_depth(N, slots)), N

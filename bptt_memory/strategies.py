@@ -88,7 +88,7 @@ def _check_sizes(where: str, state_bytes: int | None, residual_bytes: int | None
 
 
 def _check_materialise(where: str, n_steps: int) -> None:
-    """Refuse a tuple of O(n_steps) actions past MAX_SCHEDULE_STEPS (NOTE [lazy schedules])."""
+    """Refuse a tuple of O(n_steps) actions past MAX_SCHEDULE_STEPS: `iter_schedule` serves."""
     if n_steps > MAX_SCHEDULE_STEPS:
         raise ValueError(
             f"{where}(n_steps={n_steps}): a tuple of actions for more than "

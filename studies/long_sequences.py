@@ -65,7 +65,7 @@ GOAL_PLAN_SECONDS = 2.0
 # -- (d) optimal's run at T = 1000 against full() ----------------------------------------
 RUN_STEPS = 1000
 RUN_FRACTION = 0.05
-RUN_ROUNDS = 5
+RUN_ROUNDS = 9  # each round runs both, adjacent: the verdict is the median per-round ratio
 GOAL_RUN_RATIO = 1.35
 SEED = 0
 # -- toy sizes for --small (seconds; no verdicts) -----------------------------------------
@@ -356,8 +356,11 @@ def run(out: Path | str = C.DEFAULT_OUT, *, small: bool = False, quiet: bool = F
         f"{timed['optimal']['max']:.3f}); per-round ratio "
         f"{timed['ratio_per_round']['min']:.3f}–{timed['ratio_per_round']['max']:.3f}; "
         f"gradient relative error {timed['grad_rel_error']:.1e}.",
-        f"- ratio of medians {timed['ratio_of_medians']:.3f}, goal ≤ {GOAL_RUN_RATIO}"
-        f"{_verdict(timed['ratio_of_medians'] <= GOAL_RUN_RATIO, small)}",
+        f"Ratio of the medians {timed['ratio_of_medians']:.3f}. optimal's plan here is the exact "
+        f"programme's ({timed['optimal_forward_steps']} forward steps), as before issue 17: "
+        "these ratios measure the executor and the machine, not the planner.",
+        f"- median per-round ratio {timed['ratio_per_round']['median']:.3f}, goal ≤ "
+        f"{GOAL_RUN_RATIO}{_verdict(timed['ratio_per_round']['median'] <= GOAL_RUN_RATIO, small)}",
         "",
     ]
     return C.write_text(d / "report.md", "\n".join(lines))

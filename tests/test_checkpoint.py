@@ -524,7 +524,7 @@ def _exact_optimum(T, sb, rb, lb, budget):
     return int(ck._top_column(D, L, T, R, M)[0][T])
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=15, deadline=None)
 @given(T=st.integers(2, 3000), sb=st.integers(1, 9), extra=st.integers(0, 30),
        link=st.integers(0, 100), data=st.data())
 def test_optimal_equals_the_exact_programme_wherever_it_runs(T, sb, extra, link, data):

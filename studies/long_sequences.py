@@ -287,7 +287,7 @@ def run(out: Path | str = C.DEFAULT_OUT, *, small: bool = False, quiet: bool = F
         f"within {100 * (worst_bound - 1):.3f}% of a proven lower bound on any exact schedule's "
         f"forward steps. `online(slots)` equals offline binomial up to at least (s+1)(s+2)/2 "
         f"steps for every s tried, and does at most {worst_online:.3f}× its forward steps beyond "
-        f"(T ≤ {s.ONLINE_MAX_STEPS:,}). `bptt-memory plan` answers T up to "
+        f"(T ≤ {s.ONLINE_MAX_STEPS:,}, on a log grid). `bptt-memory plan` answers T up to "
         f"{max(s.PLAN_STEPS):.0e} in at most {plan_worst:.2f} s.",
         "",
         "![online against offline binomial](online_vs_binomial.png)",
@@ -325,6 +325,11 @@ def run(out: Path | str = C.DEFAULT_OUT, *, small: bool = False, quiet: bool = F
         "beyond it.",
         "",
         "## (b) online(slots) against offline binomial(slots)",
+        "",
+        f"Forward steps from `Online.cost` (the placement run step by step, then the reversal's "
+        f"closed forms) over `binomial_forward_steps`, for every T up to 2·(s+1)(s+2)/2 and "
+        f"{s.ONLINE_POINTS} log-spaced T up to {s.ONLINE_MAX_STEPS:,} (online_vs_binomial.csv); "
+        "worst_ratio_seen is over those T.",
         "",
         C.md_table(online_summary),
         f"- equal to offline binomial up to (s+1)(s+2)/2 for every s{_verdict(equal_ok, small)}",

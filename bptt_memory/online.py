@@ -24,7 +24,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from .cells import Params, State
-from .checkpoint import _binomial_actions, _shift, _t
+from .checkpoint import _binomial_actions, _coalesce, _shift, _t
 from .engine import _execute
 from .model import Model, Result
 from .schedule import (Action, Advance, Cost, EndForward, Free, Record, Restore, Reverse, Store,
@@ -186,12 +186,19 @@ class Online(ScheduledStrategy):
 
     def iter_schedule(self, n_steps: int, state_bytes: int | None = None,
                       residual_bytes: int | None = None, link_bytes: int = 0) -> Iterator[Action]:
-        """The policy fed n_steps − 1 steps, then told the end: T is read only there."""
+        """The policy fed n_steps − 1 steps, then told the end: T is read only there.
+        Lazy: O(slots) memory whatever T."""
         T = _check_steps("online().schedule", n_steps)
         policy = self.policy()
-        for _ in range(T - 1):
-            yield from policy.forward()
-        yield from policy.end(T)
+
+        def actions() -> Iterator[Action]:
+            for _ in range(T - 1):
+                yield from policy.forward()
+            yield from policy.end(T)
+
+        # runs of one-step advances between stores become one Advance: the executor
+        # projects a run's inputs in chunks (NOTE [chunked products] in engine.py)
+        return _coalesce(actions())
 
     def cost(self, n_steps: int, state_bytes: int | None = None,
              residual_bytes: int | None = None, link_bytes: int = 0) -> Cost:

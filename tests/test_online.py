@@ -37,13 +37,22 @@ def test_golden_trace_for_two_slots_and_five_steps():
     assert simulate(bm.online(2).schedule(5)).forward_steps == bm.binomial_forward_steps(5, 2)
 
 
+def _unit_steps(actions):
+    """Advances split into one-step advances: the same work, whatever was merged."""
+    for a in actions:
+        if isinstance(a, Advance):
+            yield from (Advance(t, t + 1) for t in range(a.n0, a.n1))
+        else:
+            yield a
+
+
 def test_the_forward_actions_do_not_depend_on_T():
     """Everything before EndForward is the same whatever the sequence's length turns out to be."""
     for slots in (1, 3, 6):
-        longest = bm.online(slots).schedule(300)
+        longest = list(_unit_steps(bm.online(slots).schedule(300)))
         for T in (1, 2, 7, 50, 299):
             plan = bm.online(slots).schedule(T)
-            forward = plan[: plan.index(EndForward(T))]
+            forward = list(_unit_steps(plan[: plan.index(EndForward(T))]))
             assert forward == longest[: len(forward)]
             assert all(isinstance(a, (Advance, Store, Free)) for a in forward)
 

@@ -19,11 +19,12 @@ from .cells import CELLS, gru, lstm, stack, vanilla
 from .checkpoint import Binomial, Optimal, binomial, binomial_forward_steps, optimal
 from .engine import execute
 from .model import LOSSES, LossFn, Model, Result, Stats
+from .online import Online, OnlinePolicy, online
 from .reference import reference_gradients
-from .schedule import (Action, Advance, Cost, Free, Record, Restore, Reverse, ScheduleError,
-                       Store, format_schedule, simulate)
+from .schedule import (Action, Advance, Cost, EndForward, Free, Record, Restore, Reverse,
+                       ScheduleError, Store, format_schedule, simulate)
 from .strategies import (Full, ScheduledStrategy, Strategy, Truncated, Uniform, Update,
-                         best_uniform, full, truncated, uniform)
+                         best_uniform, clear_plan_caches, full, plan_cache_bytes, truncated, uniform)
 
 __version__ = "0.1.0"
 
@@ -34,15 +35,17 @@ STRATEGIES = {
     "uniform": uniform,
     "binomial": binomial,
     "optimal": optimal,
+    "online": online,
 }
 
 __all__ = [
     "Cell", "CellError", "Kernels", "PlainKernels", "CELLS", "vanilla", "lstm", "gru", "stack",
     "Model", "Result", "Stats", "LOSSES", "LossFn",
     "Strategy", "ScheduledStrategy", "STRATEGIES",
-    "full", "truncated", "uniform", "binomial", "optimal", "best_uniform",
-    "Full", "Truncated", "Uniform", "Binomial", "Optimal", "Update",
+    "full", "truncated", "uniform", "binomial", "optimal", "online", "best_uniform",
+    "Full", "Truncated", "Uniform", "Binomial", "Optimal", "Online", "OnlinePolicy", "Update",
     "Action", "Advance", "Record", "Reverse", "Store", "Restore", "Free",
-    "Cost", "ScheduleError", "simulate", "format_schedule", "execute",
+    "EndForward", "Cost", "ScheduleError", "simulate", "format_schedule", "execute",
+    "plan_cache_bytes", "clear_plan_caches",
     "binomial_forward_steps", "reference_gradients", "compare", "tasks",
 ]

@@ -329,16 +329,19 @@ def execute(schedule: Iterable[Action], model: Model, params: Params, xs: np.nda
 
 def _execute(actions: Iterable[Action], model: Model, params: Params, xs: np.ndarray,
              ys: np.ndarray, h0: State, mask: np.ndarray, sizes: dict[str, int],
-             cost: Cost, stored: dict[int, State] | None = None) -> Result:
+             cost: Cost, resume: tuple[State, dict[int, State]] | None = None) -> Result:
     """Walk already validated actions (``sizes`` as `Cell.sizes`, ``cost`` from
-    `simulate`); ``stored``: states already stored by boundary, held from the start
-    (a schedule whose forward steps ran elsewhere, e.g. on a stream). Stats carry the
-    simulator's peak counts."""
+    `simulate`); ``resume``: the working state and the stored states (held from the
+    start) of a forward pass run elsewhere, e.g. `Online.stream`'s, which the actions
+    continue. Stats carry the simulator's peak counts."""
     start = time.perf_counter()
     run = _Run(model, params, xs, ys, mask, links=sizes["link_bytes"] > 0)
-    for n, s in (stored or {}).items():
-        run.ledger.store(n, s, sum([a.nbytes for a in s]))
-    dh0 = walk(actions, run, h0, tuple(np.zeros_like(a) for a in h0))
+    state = None
+    if resume is not None:
+        state = resume[0]
+        for n, s in resume[1].items():
+            run.ledger.store(n, s, sum([a.nbytes for a in s]))
+    dh0 = walk(actions, run, h0, tuple(np.zeros_like(a) for a in h0), start=state)
     t0 = time.perf_counter()
     run.finish()
     run.backward_seconds += time.perf_counter() - t0

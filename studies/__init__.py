@@ -16,4 +16,5 @@ STUDIES = (
     "checkpoint_benchmark",
     "speed_vs_torch",
     "user_cell_speed",
+    "long_sequences",
 )

@@ -78,6 +78,8 @@ OPTIMAL_FIT_MIN_T = 100
 # keeps 7·B·H = 28 672 float64 numbers (224 KiB), 6·B·H (192 KiB) once its c_prev links to
 # the step before (NOTE [linked steps] in bptt_memory/cells.py); full() at T = 600 holds 113 MiB
 TIMELINE = dict(cell="lstm", batch=32, hidden=128, n_in=8, T=600)
+# The strategies swept (online's memory is binomial's at the same slots)
+FAMILIES = ("full", "truncated", "uniform", "binomial", "optimal")
 TIMELINE_STRATEGIES = ("full", "uniform", "binomial", "truncated")
 # The sweep's own LSTM problem at its largest T, each strategy in its own process: the
 # exact peak measured (not predicted) at T = 10⁵, and the kernel's peak RSS beside it
@@ -118,7 +120,7 @@ def _cell(kind: str, n_in: int, hidden: int) -> bm.Cell:
 def _kwargs(s: SimpleNamespace, family: str, residual_bytes: int) -> dict:
     """Each family's parameters: fixed in T, so the slope shows the strategy's own order."""
     return {"full": {}, "truncated": dict(k1=s.K_TRUNCATED, k2=s.K_TRUNCATED), "uniform": {},
-            "binomial": dict(slots=s.SLOTS),
+            "binomial": dict(slots=s.SLOTS), "online": dict(slots=s.SLOTS),
             "optimal": dict(budget_bytes=s.OPTIMAL_BUDGET_STEPS * residual_bytes)}[family]
 
 
@@ -134,6 +136,7 @@ def _label(s: SimpleNamespace, family: str) -> str:
     """A family's strategy as the sweep builds it, the same for every cell."""
     return {"full": "full()", "truncated": f"truncated(k1={s.K_TRUNCATED}, k2={s.K_TRUNCATED})",
             "uniform": "uniform(), every round(√T)", "binomial": f"binomial(slots={s.SLOTS})",
+            "online": f"online(slots={s.SLOTS})",
             "optimal": f"optimal({s.OPTIMAL_BUDGET_STEPS} steps' residual bytes)"}[family]
 
 
@@ -156,7 +159,7 @@ def _predicted_peak(strategy: bm.Strategy, T: int, sizes: dict[str, int]) -> int
 
 def sweep(s: SimpleNamespace, quiet: bool) -> list[dict]:
     """One row per (cell, strategy, T): measured under tracemalloc where T <= RUN_MAX_T."""
-    points = [(kind, family, T) for kind in s.CELLS for T in s.STEPS for family in bm.STRATEGIES
+    points = [(kind, family, T) for kind in s.CELLS for T in s.STEPS for family in FAMILIES
               if family != "optimal" or T <= s.OPTIMAL_MAX_T]
     # the bar counts the steps of the runs; predicted points are instant
     bar = _common.progress(total=sum(T for *_, T in points if T <= s.RUN_MAX_T), quiet=quiet,
@@ -201,7 +204,7 @@ def slopes(s: SimpleNamespace, rows: Sequence[dict]) -> list[dict]:
     """
     out = []
     for kind in s.CELLS:
-        for family in bm.STRATEGIES:
+        for family in FAMILIES:
             fit_min = s.OPTIMAL_FIT_MIN_T if family == "optimal" else s.FIT_MIN_T
             rs = [r for r in rows if r["cell"] == kind and r["family"] == family
                   and r["T"] >= fit_min]
@@ -359,7 +362,7 @@ def plot_scaling(s: SimpleNamespace, rows: Sequence[dict], rss: Sequence[dict]) 
     fig, axes = plt.subplots(1, len(s.CELLS), figsize=(5.2 * len(s.CELLS), 4.6), sharey=True,
                              squeeze=False)
     for ax, kind in zip(axes[0], s.CELLS):
-        for family in bm.STRATEGIES:
+        for family in FAMILIES:
             rs = [r for r in rows if r["cell"] == kind and r["family"] == family]
             if not rs:
                 continue
@@ -504,7 +507,7 @@ def _peak_table(s: SimpleNamespace, rows: Sequence[dict], kind: str) -> str:
     rs = [r for r in rows if r["cell"] == kind]
     Ts = [T for T in s.STEPS if T >= s.FIT_MIN_T] or list(s.STEPS)
     table = []
-    for f in bm.STRATEGIES:
+    for f in FAMILIES:
         line = {"strategy": next((r["strategy"] for r in rs if r["family"] == f), f)}
         for T in Ts:
             r = next((r for r in rs if r["family"] == f and r["T"] == T), None)
@@ -520,7 +523,7 @@ def write_report(d: Path, s: SimpleNamespace, rows: Sequence[dict], fits: Sequen
     lt, tl = s.LONG, s.TIMELINE
     tl_sizes = _cell(tl["cell"], tl["n_in"], tl["hidden"]).sizes(tl["batch"], DTYPE)
     findings = []
-    for f in bm.STRATEGIES:
+    for f in FAMILIES:
         fs = [r for r in fits if r["family"] == f]
         expected = (f"{EXPECTED[f][0]:g} expected" if f != "full" else
                     f"{_range([r['expected'] for r in fs])} expected at the measured T, that "

@@ -506,3 +506,13 @@ def test_bad_stream_h0_raises_naming_h0(rng):
     model, params, good = _stream_setup(rng)
     with pytest.raises(ValueError, match="h0"):
         list(bm.truncated(2).stream(model, params, iter(good), h0=np.zeros((2, 7))))
+
+
+def test_a_huge_k2_allocates_only_what_the_steps_fill(rng):
+    """The ring grows with the steps seen, up to k2: k2 = 10¹² on a stream holds T steps."""
+    model, params, good = _stream_setup(rng)
+    updates = list(bm.truncated(3, 10**12).stream(model, params, iter(good)))
+    res = bm.truncated(3, 10**12).run(model, params, np.stack([s[0] for s in good]),
+                                      np.stack([s[1] for s in good]))
+    assert res.stats.peak_bytes == len(good) * model.cell.residual_bytes(good[0][0].shape[0], np.float64)
+    assert updates[-1].t == len(good) and updates[-1].backward_steps == len(good)

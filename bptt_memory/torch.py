@@ -83,7 +83,7 @@ class _SavedCounter:
         if key is not None and key not in self.shared and key not in self.seen:
             self.seen.add(key)
             self.nbytes += t.untyped_storage().nbytes()
-        return t
+        return t.detach()  # a saved output keeping its own grad_fn would be a reference cycle
 
     @staticmethod
     def unpack(t: Tensor) -> Tensor:
@@ -239,7 +239,8 @@ def _trace(p: _Problem) -> StepSizes:
     try:
         with torch.enable_grad(), counter.hooks():
             x = _leaf(p.xs[0]) if p.xs.requires_grad else p.xs[0].detach()
-            out = p.call(x, tuple(_leaf(a) for a in p.h0))
+            s_in = tuple(_leaf(a) for a in p.h0)
+            out = p.call(x, s_in)
             mid = _rng_get(p.devices)
             loss = p.loss(out, 0)
             if not torch.equal(mid[0], torch.get_rng_state()) or any(
@@ -248,11 +249,33 @@ def _trace(p: _Problem) -> StepSizes:
                                  "recomputes a step, so draw them inside step instead")
         if not isinstance(loss, Tensor) or loss.numel() != 1:
             raise TypeError(f"scan: loss_fn must return a scalar tensor, got {_describe(loss)}")
+        _check_leaves(p, [*out, loss], [x, *s_in])
     finally:
         _rng_set(before, p.devices)
     residual = counter.take()
     state = sum(a.numel() * a.element_size() for a in out)
     return StepSizes(state_bytes=state, residual_bytes=max(residual, 1))
+
+
+def _check_leaves(p: _Problem, outputs: list[Tensor], own: list[Tensor]) -> None:
+    """Refuse a step or loss_fn that uses a leaf requiring grad other than x_t, the state
+    and params: its gradient would silently be missing (a plain callable's closure)."""
+    known = {id(q) for q in (*p.params, *own)}
+    seen, todo = set(), [o.grad_fn for o in outputs if o.grad_fn is not None]
+    while todo:
+        node = todo.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if type(node).__name__ == "AccumulateGrad":  # a leaf's node: .variable is the leaf
+            v = node.variable
+            if id(v) not in known:
+                raise ValueError(
+                    f"scan: step or loss_fn uses a tensor {tuple(v.shape)} that requires grad but "
+                    "is not among the parameters; pass params=[...] naming every tensor to "
+                    "differentiate (a plain callable's tensors are not found by themselves)")
+        else:
+            todo.extend(n for n, _ in node.next_functions)
 
 
 def measure_step(step: Step, xs: Tensor, h0: Any, *, loss_fn: LossFn, ys: Tensor | None = None,
@@ -290,7 +313,7 @@ def cost(step: Step, xs: Tensor, h0: Any, *, loss_fn: LossFn, ys: Tensor | None 
     >>> c = cost(cell, torch.zeros(100, 2, 3), torch.zeros(2, 8), loss_fn=lambda h, y: h.sum(),
     ...          strategy=bm.binomial(slots=4))
     >>> c.forward_steps, c.backward_steps
-    (330, 100)
+    (416, 100)
     """
     p = _Problem("cost", step, xs, h0, ys, loss_fn, strategy or Full(), params)
     sizes = _trace(p)
@@ -617,12 +640,10 @@ class _TruncatedRun(_Run):
         state, last = self.h0.state, 0
         ex.dloss = None
         for t in range(1, p.T + 1):  # step t runs index t − 1
-            w = ex.record(_Working(state), t - 1, t)
-            state = w.state
+            if t - 1 - s.k2 >= 0:  # the step leaving the window, before the ring grows
+                led.drop(t - 1 - s.k2)
+            state = ex.record(_Working(state), t - 1, t).state
             led.forward_steps += 1
-            stale = t - 1 - s.k2  # index that left the window
-            if stale >= 0:
-                led.drop(stale)
             if t % s.k1 == 0 or t == p.T:
                 first = max(0, t - s.k2)
                 dstate = tuple(torch.zeros_like(a) for a in state)

@@ -19,7 +19,6 @@ Griewank & Walther 2000 (revolve); Williams & Peng 1990 (TBPTT); `torch.utils.ch
 
 from __future__ import annotations
 
-import itertools
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -160,9 +159,12 @@ class _Problem:
     def y(self, t: int) -> Tensor | None:
         return None if self.ys is None else self.ys[t]
 
-    def call(self, x: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
-        """One step on the state as a tuple, checked against the state's structure."""
+    def call(self, x: Tensor, state: tuple[Tensor, ...], check: bool = True) -> tuple[Tensor, ...]:
+        """One step on the state as a tuple, checked against the state's structure (the
+        first pass checks every step; recomputation repeats them unchecked)."""
         out = self.step(x, state if self.tuple_state else state[0])
+        if not check:
+            return out if self.tuple_state else (out,)
         if self.tuple_state:
             ok = isinstance(out, tuple) and len(out) == len(state) and all(
                 isinstance(o, Tensor) for o in out)
@@ -171,8 +173,8 @@ class _Problem:
             out = (out,)
         if not ok or any(o.shape != s.shape or o.dtype != s.dtype for o, s in zip(out, state)):
             raise TypeError(
-                f"scan: step returned {_describe(out if ok or not self.tuple_state else out)} for a "
-                f"state {_describe(state if self.tuple_state else state[0])}; a step must return "
+                f"scan: step returned {_describe(out)} for a state "
+                f"{_describe(state if self.tuple_state else state[0])}; a step must return "
                 "the same structure, shapes and dtypes as the state it took")
         return out
 
@@ -353,6 +355,7 @@ class _TorchExecutor(Executor):
         self.dparams: list[Tensor | None] = [None] * len(self.params)
         self.dxs: Tensor | None = None
         self.dloss: Tensor | None = None  # dL/dloss, given to the backward pass
+        self.cuts: set[int] | None = None  # NOTE [recorded runs]
 
     def _resume(self, w: _Working) -> tuple[Tensor, ...]:
         if w.rng is not None:
@@ -372,41 +375,65 @@ class _TorchExecutor(Executor):
         p, state = self.p, self._resume(w)
         with torch.no_grad():
             for t in range(n0, n1):
-                state = p.call(p.xs[t], state)
+                state = p.call(p.xs[t], state, self.first_pass)
                 if self.first_pass and t == self.reached:
                     self._add_loss(t, p.loss(state, t))
         self._arrive(n1, state)
         return _Working(state)
 
     def record(self, w: _Working, n0: int, n1: int) -> _Working:
-        p, state = self.p, self._resume(w)
+        # NOTE [recorded runs] Consecutive recorded steps stay one autograd graph, so a
+        # Reverse over them is one torch.autograd.grad call, as fast as plain autograd; the
+        # graph is cut (the step's input state made a fresh leaf) where a run starts and at
+        # every boundary a Reverse stops at (`cuts`, from the whole schedule), so no
+        # backward call ever reaches a step it must leave for later. cuts=None cuts at
+        # every step.
+        p, state, check = self.p, self._resume(w), self.first_pass
+        chained: tuple[Tensor, ...] | None = None
         for t in range(n0, n1):
             x = _leaf(p.xs[t]) if self.xs_grad else p.xs[t].detach()
-            s_in = tuple(_leaf(a) for a in state)
+            if chained is None or self.cuts is None or t in self.cuts:
+                s_in: tuple[Tensor, ...] | None = tuple(_leaf(a) for a in state)
+                inp = s_in
+            else:
+                s_in, inp = None, chained
             with torch.enable_grad(), (self.counter.hooks() if self.counter else _nothing()):
-                out = p.call(x, s_in)
+                out = p.call(x, inp, check)
                 loss = p.loss(out, t)
             self.ledger.keep(t, (s_in, x, out, loss), self.counter.take() if self.counter else 0)
             self._add_loss(t, loss)
-            state = tuple(o.detach() for o in out)
+            chained, state = out, out
+        state = tuple(o.detach() for o in state)
         self._arrive(n1, state)
         return _Working(state)
 
     def reverse(self, n0: int, n1: int, dstate: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
-        for t in range(n1 - 1, n0 - 1, -1):
-            dstate = self._reverse_step(t, dstate, self.dloss, self.ledger.drop(t))
+        led, t = self.ledger, n1
+        while t > n0:  # one backward call per piece of a recorded run (NOTE [recorded runs])
+            start = t - 1
+            while led.residuals[start][0] is None:
+                start -= 1
+            assert start >= n0, "a Reverse stops inside a recorded run: cuts missed it"
+            kept = [led.drop(i) for i in range(start, t)]
+            dstate = self._reverse_run(start, kept, dstate, self.dloss)
+            t = start
         return dstate
 
-    def _reverse_step(self, t: int, dstate: tuple[Tensor, ...], dloss: Tensor | None,
-                      kept: tuple, retain: bool = False) -> tuple[Tensor, ...]:
-        s_in, x, out, loss = kept
+    def _reverse_run(self, n0: int, kept: list[tuple], dstate: tuple[Tensor, ...],
+                     dloss: Tensor | None, retain: bool = False) -> tuple[Tensor, ...]:
+        """Backpropagate through recorded steps n0 … n0 + len(kept) − 1, one graph whose
+        first step's input is a leaf, from dL/dstate at its end and dL/dloss for each
+        step's loss (None: their losses are not differentiated); dL/dstate_n0."""
+        s_in, out = kept[0][0], kept[-1][2]
         outputs = [o for o in out if o.requires_grad]
         grads = [d for o, d in zip(out, dstate) if o.requires_grad]
-        if dloss is not None and loss.requires_grad:
-            outputs.append(loss)
-            grads.append(dloss)
+        if dloss is not None:
+            for _, _, _, loss in kept:
+                if loss.requires_grad:
+                    outputs.append(loss)
+                    grads.append(dloss)
         want_s = [a for a in s_in if a.requires_grad]
-        want_x = [x] if self.xs_grad else []
+        want_x = [k[1] for k in kept] if self.xs_grad else []
         inputs = [*want_s, *want_x, *self.params]
         if not outputs or not inputs:
             return tuple(torch.zeros_like(a) for a in s_in)
@@ -414,11 +441,11 @@ class _TorchExecutor(Executor):
         it = iter(g[:len(want_s)])
         ds = tuple(_or_zeros(next(it), a) if a.requires_grad else torch.zeros_like(a) for a in s_in)
         if self.xs_grad:
-            gx = g[len(want_s)]
-            if gx is not None:
-                if self.dxs is None:
-                    self.dxs = torch.zeros_like(self.p.xs)
-                self.dxs[t] += gx
+            if self.dxs is None:
+                self.dxs = torch.zeros_like(self.p.xs)
+            for i, gx in enumerate(g[len(want_s):len(want_s) + len(want_x)]):
+                if gx is not None:
+                    self.dxs[n0 + i] += gx
         for i, gp in enumerate(g[len(want_s) + len(want_x):]):
             if gp is not None:
                 self.dparams[i] = gp if self.dparams[i] is None else self.dparams[i] + gp
@@ -479,14 +506,11 @@ class _Run:
         ctx.run = self
         p, ex = self.p, self.ex
         self.h0 = _Working(self.h0.state, _rng_get(p.devices))
-        plan = iter(p.strategy.iter_schedule(p.T, **self.sizes.sizes()))  # type: ignore[union-attr]
-        head = []
-        for a in plan:
-            if isinstance(a, Reverse):
-                self.rest = itertools.chain([a], plan)
-                break
-            head.append(a)
-        walk(head, ex, self.h0, None)
+        plan = tuple(p.strategy.schedule(p.T, **self.sizes.sizes()))  # type: ignore[union-attr]
+        ex.cuts = {a.n0 for a in plan if isinstance(a, Reverse)}
+        first = next(i for i, a in enumerate(plan) if isinstance(a, Reverse))
+        self.rest = iter(plan[first:])
+        walk(plan[:first], ex, self.h0, None)
         ex.first_pass = False
         assert ex.loss is not None and ex.state_T is not None and ex.reached == p.T
         self.seconds += time.perf_counter() - start
@@ -649,8 +673,8 @@ class _TruncatedRun(_Run):
                 dstate = tuple(torch.zeros_like(a) for a in state)
                 one = torch.ones((), dtype=ex.loss.dtype, device=ex.loss.device)  # type: ignore[union-attr]
                 for i in range(t - 1, first - 1, -1):
-                    dstate = ex._reverse_step(i, dstate, one if i >= last else None,
-                                              led.residuals[i], retain=True)
+                    dstate = ex._reverse_run(i, [led.residuals[i]], dstate,
+                                             one if i >= last else None, retain=True)
                     led.backward_steps += 1
                 if first == 0:
                     self.dh0_sum = dstate if getattr(self, "dh0_sum", None) is None else tuple(

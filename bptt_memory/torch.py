@@ -121,8 +121,9 @@ class _Problem:
                 raise TypeError(f"{where}: ys must be a torch.Tensor of shape (T, ...) or None, "
                                 f"got {type(ys).__name__}")
             if ys.ndim < 1 or ys.shape[0] != T:
-                raise ValueError(f"{where}: ys has {ys.shape[0] if ys.ndim else 0} steps but xs has "
-                                 f"{T}; give one target per step (T first)")
+                n = ys.shape[0] if ys.ndim else 0
+                raise ValueError(f"{where}: ys has {n} steps but xs has {T}; give one target "
+                                 "per step (T first)")
             if ys.requires_grad:
                 raise ValueError(f"{where}: ys requires grad; targets are constants here, pass "
                                  "ys.detach() (or put what needs a gradient into xs)")
@@ -134,8 +135,8 @@ class _Problem:
             raise TypeError(f"{where}: h0 must be a tensor or a non-empty tuple of tensors, got "
                             f"{type(h0).__name__}")
         if not isinstance(strategy, Strategy):
-            raise TypeError(f"{where}: strategy must be a bptt_memory strategy such as "
-                            f"bm.full() or bm.optimal(budget_bytes=...), got {type(strategy).__name__}")
+            raise TypeError(f"{where}: strategy must be a bptt_memory strategy such as bm.full() "
+                            f"or bm.optimal(budget_bytes=...), got {type(strategy).__name__}")
         if params is None:
             found: dict[int, Tensor] = {}
             for m in (step, loss_fn):
@@ -245,8 +246,8 @@ def _trace(p: _Problem) -> StepSizes:
             out = p.call(x, s_in)
             mid = _rng_get(p.devices)
             loss = p.loss(out, 0)
-            if not torch.equal(mid[0], torch.get_rng_state()) or any(
-                    not torch.equal(a, torch.cuda.get_rng_state(d)) for a, d in zip(mid[1], p.devices)):
+            now = _rng_get(p.devices)
+            if not all(torch.equal(a, b) for a, b in zip((mid[0], *mid[1]), (now[0], *now[1]))):
                 raise ValueError("scan: loss_fn draws random numbers; scan runs it again when it "
                                  "recomputes a step, so draw them inside step instead")
         if not isinstance(loss, Tensor) or loss.numel() != 1:
@@ -500,6 +501,7 @@ class _Run:
         self.rest: Iterator[Action] = iter(())
         self.h0 = _Working(tuple(a.detach() for a in p.h0))
         self.seconds = 0.0
+        self.backward_done = False
 
     def forward(self, ctx: Any) -> tuple[Tensor, ...]:
         start = time.perf_counter()
@@ -518,6 +520,7 @@ class _Run:
         return (ex.loss, *(a.detach() for a in ex.state_T))
 
     def backward(self, dloss: Tensor, dstate: tuple[Tensor, ...]) -> tuple[Tensor | None, ...]:
+        self._once()
         start = time.perf_counter()
         p, ex = self.p, self.ex
         ex.dloss = dloss
@@ -531,20 +534,33 @@ class _Run:
         self._fill()
         return self._grads(dh0)
 
+    def _once(self) -> None:
+        """The schedule's backward part runs once: refuse a second backward pass and
+        higher-order gradients, which it cannot give."""
+        if torch.is_grad_enabled():
+            raise RuntimeError("scan: higher-order gradients (backward with create_graph=True) "
+                               "are not supported; run the loop under plain autograd for them")
+        if self.backward_done:
+            raise RuntimeError("scan: backward through this scan already ran, and its schedule "
+                               "freed what it held (retain_graph does not apply); call scan again")
+        self.backward_done = True
+
     def _grads(self, dh0: tuple[Tensor, ...]) -> tuple[Tensor | None, ...]:
         p, ex = self.p, self.ex
         xs_grad, _, param_grad = self.needs
         dxs = (ex.dxs if ex.dxs is not None else torch.zeros_like(p.xs)) if xs_grad else None
         dh = tuple(d if a.requires_grad else None for d, a in zip(dh0, p.h0))
         dps = iter(ex.dparams)
-        dparams = tuple((_or_zeros(next(dps), q) if g else None) for q, g in zip(p.params, param_grad))
+        dparams = tuple((_or_zeros(next(dps), q) if g else None)
+                        for q, g in zip(p.params, param_grad))
         return (None, dxs, *dh, *dparams)
 
     def _fill(self) -> None:
         if self.stats is None:
             return
         led, st = self.ex.ledger, self.stats
-        st.peak_bytes, st.forward_steps, st.backward_steps = led.peak, led.forward_steps, led.backward_steps
+        st.peak_bytes = led.peak
+        st.forward_steps, st.backward_steps = led.forward_steps, led.backward_steps
         st.peak_states, st.peak_residuals = led.peak_states, led.peak_residuals
         st.state_bytes, st.residual_bytes, st.link_bytes = (self.sizes.state_bytes,
                                                             self.sizes.residual_bytes, 0)
@@ -651,7 +667,8 @@ class _Truncated(torch.autograd.Function):
         return run.forward()
 
     @staticmethod
-    def backward(ctx: Any, dloss: Tensor | None, *dstate: Tensor | None) -> tuple[Tensor | None, ...]:
+    def backward(ctx: Any, dloss: Tensor | None,
+                 *dstate: Tensor | None) -> tuple[Tensor | None, ...]:
         return ctx.run.backward(dloss, dstate)
 
 
@@ -671,7 +688,7 @@ class _TruncatedRun(_Run):
             if t % s.k1 == 0 or t == p.T:
                 first = max(0, t - s.k2)
                 dstate = tuple(torch.zeros_like(a) for a in state)
-                one = torch.ones((), dtype=ex.loss.dtype, device=ex.loss.device)  # type: ignore[union-attr]
+                one = torch.ones_like(ex.loss)  # type: ignore[arg-type]
                 for i in range(t - 1, first - 1, -1):
                     dstate = ex._reverse_run(i, [led.residuals[i]], dstate,
                                              one if i >= last else None, retain=True)
@@ -687,7 +704,9 @@ class _TruncatedRun(_Run):
         self._fill()
         return (ex.loss, *(a.detach() for a in state))  # type: ignore[misc]
 
-    def backward(self, dloss: Tensor | None, dstate: tuple) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+    def backward(self, dloss: Tensor | None,  # type: ignore[override]
+                 dstate: tuple) -> tuple[Tensor | None, ...]:
+        self._once()
         if any(d is not None and bool(d.ne(0).any()) for d in dstate):
             raise RuntimeError(
                 f"scan(strategy={self.p.strategy.name}): a gradient reached state_T from outside "

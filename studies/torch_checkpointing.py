@@ -60,9 +60,10 @@ NAME = "torch_checkpointing"
 # --- constants ---------------------------------------------------------------------------
 CELLS = ("lstm", "gru")
 B, I = 32, 32               # batch, input width
-GRID = [(128, 1000), (512, 1000), (128, 10_000), (512, 10_000)]  # (H, T)
+GRID = [(128, 1000), (512, 1000), (128, 10_000), (512, 10_000)]  # (H, T), the issue's
 THREADS = 1                 # torch and BLAS threads for every timing
 ROUNDS = 5                  # timed rounds per configuration
+LONG_ROUNDS = 3             # ... where T >= 10 000 (a round of seven contenders takes minutes)
 LOW_FRACTION = 0.05         # optimal's second budget: this fraction of plain's bytes
 SEED = 0
 # --small: toy sizes, seconds
@@ -142,7 +143,8 @@ def _contenders(torch: Any, bm: Any, scan: Callable, cost: Callable, c: dict
         return run
 
     plain_bytes = _saved_bytes(torch, plain, [*cell.parameters(), *readout.parameters(), xs, ys])
-    ckpt_bytes = cost(cell, xs, h0, ys=ys, loss_fn=readout, strategy=bm.uniform(every=seg)).peak_bytes
+    ckpt_bytes = cost(cell, xs, h0, ys=ys, loss_fn=readout,
+                      strategy=bm.uniform(every=seg)).peak_bytes
     from bptt_memory.torch import measure_step
 
     one_step = measure_step(cell, xs, h0, ys=ys, loss_fn=readout).residual_bytes
@@ -210,7 +212,8 @@ def _measure(torch: Any, bm: Any, kind: str, H: int, T: int, rounds: int) -> lis
     for k, strategy in budgets["strategies"].items():  # warm-up with stats: bytes, steps, planning
         zero()
         start = time.perf_counter()
-        plan = cost(c["cell"], c["xs"], c["h0"], ys=c["ys"], loss_fn=c["readout"], strategy=strategy)
+        plan = cost(c["cell"], c["xs"], c["h0"], ys=c["ys"], loss_fn=c["readout"],
+                    strategy=strategy)
         plan_s = time.perf_counter() - start
         loss, _, st = scan(c["cell"], c["xs"], c["h0"], ys=c["ys"], loss_fn=c["readout"],
                            strategy=strategy, stats=True)
@@ -307,7 +310,8 @@ def _provenance(command: str, torch: Any) -> str:
     return "\n".join([
         f"- Command: `{command}`",
         f"- Date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
-        f"- Machine: {cpu}, {os.cpu_count()} cores (shared), {platform.system()} {platform.machine()}",
+        f"- Machine: {cpu}, {os.cpu_count()} cores (shared), "
+        f"{platform.system()} {platform.machine()}",
         f"- Python {platform.python_version()}, torch {torch.__version__}, "
         f"{THREADS} torch/BLAS thread(s) for every timing",
     ])
@@ -369,7 +373,6 @@ def run(out: Path | str | None = None, *, small: bool = False, quiet: bool = Fal
     d = Path(out) / NAME
     d.mkdir(parents=True, exist_ok=True)
     grid = list(grid or (SMALL_GRID if small else GRID))
-    rounds = rounds or (SMALL_ROUNDS if small else ROUNDS)
     old = torch.get_num_threads()
     torch.set_num_threads(THREADS)
     rows: list[dict] = []
@@ -379,7 +382,9 @@ def run(out: Path | str | None = None, *, small: bool = False, quiet: bool = Fal
                 for kind in cells:
                     if not quiet:
                         print(f"{NAME}: {kind} H={H} T={T}", file=sys.stderr, flush=True)
-                    rows += _measure(torch, bm, kind, H, T, rounds)
+                    n = rounds or (SMALL_ROUNDS if small
+                                   else LONG_ROUNDS if T >= 10_000 else ROUNDS)
+                    rows += _measure(torch, bm, kind, H, T, n)
     finally:
         torch.set_num_threads(old)
     command = command or f"python -m studies.{NAME}" + (" --small" if small else "")

@@ -21,7 +21,8 @@ def test_small_run_writes_every_file_and_judges_nothing(tmp_path):
     by = {(r["cell"], r["contender"]): r for r in rows}
     for cell in study.CELLS:
         # optimal at torch checkpoint's bytes holds no more than it
-        assert int(by[cell, "scan_optimal_ckpt"]["bytes"]) <= int(by[cell, "torch_checkpoint"]["bytes"])
+        ckpt = int(by[cell, "torch_checkpoint"]["bytes"])
+        assert int(by[cell, "scan_optimal_ckpt"]["bytes"]) <= ckpt
         assert int(by[cell, "scan_full"]["forward_steps"]) == 12
     data = json.loads((d / "results.json").read_text())
     assert data["targets"] == [] and len(data["rows"]) == len(rows)

@@ -181,6 +181,18 @@ def test_explicit_params_and_a_plain_callable_with_ys_none():
     _assert_close(torch.autograd.grad(loss, [W, U]), want)
 
 
+def test_a_second_backward_and_higher_order_gradients_are_refused():
+    for strategy in (bm.binomial(slots=2), bm.truncated(3)):
+        step, loss_fn, xs, ys, h0 = _problem("gru", 7, False)
+        loss, _ = scan(step, xs, h0, ys=ys, loss_fn=loss_fn, strategy=strategy)
+        loss.backward(retain_graph=True)
+        with pytest.raises(RuntimeError, match="already ran"):
+            loss.backward()
+        loss, _ = scan(step, xs, h0, ys=ys, loss_fn=loss_fn, strategy=strategy)
+        with pytest.raises(RuntimeError, match="higher-order"):
+            torch.autograd.grad(loss, list(step.parameters()), create_graph=True)
+
+
 # --- truncated: against a plain-autograd TBPTT ----------------------------------------------
 
 
@@ -293,7 +305,8 @@ def test_bytes_saved_during_backward_stay_within_the_plan_and_the_budget(kind):
             assert plan.peak_bytes <= strategy.budget_bytes
         loss, _, stats = scan(step, xs, h0, ys=ys, loss_fn=loss_fn, strategy=strategy, stats=True)
         loss.backward()
-        assert (stats.forward_steps, stats.backward_steps) == (plan.forward_steps, plan.backward_steps)
+        assert (stats.forward_steps, stats.backward_steps) == (plan.forward_steps,
+                                                               plan.backward_steps)
         assert (stats.peak_bytes, stats.peak_states, stats.peak_residuals) == (
             plan.peak_bytes, plan.peak_states, plan.peak_residuals), strategy.name
 
@@ -365,7 +378,8 @@ def test_under_no_grad_scan_only_runs_forward():
         loss, (h, _), stats = scan(step, xs, h0, ys=ys, loss_fn=loss_fn,
                                    strategy=bm.binomial(slots=2), stats=True)
     assert loss.grad_fn is None and not loss.requires_grad
-    assert abs(loss.item() - loss_ref.item()) <= TOL * abs(loss_ref.item()) and torch.equal(h, h_ref.detach())
+    assert abs(loss.item() - loss_ref.item()) <= TOL * abs(loss_ref.item())
+    assert torch.equal(h, h_ref.detach())
     assert (stats.forward_steps, stats.backward_steps, stats.peak_bytes) == (17, 0, 0)
 
 
@@ -398,7 +412,8 @@ def test_bad_input_gets_a_clear_error_before_any_work():
         scan(counted, xs, h0, ys=ys, loss_fn=loss_fn)  # a plain callable: its weights unnamed
     sizes = measure_step(step, xs, h0, ys=ys, loss_fn=loss_fn)
     with pytest.raises(ValueError, match=f"raise budget_bytes to at least {sizes.residual_bytes}"):
-        scan(counted, xs, h0, ys=ys, loss_fn=loss_fn, params=[*step.parameters(), *loss_fn.parameters()],
+        scan(counted, xs, h0, ys=ys, loss_fn=loss_fn,
+             params=[*step.parameters(), *loss_fn.parameters()],
              strategy=bm.optimal(budget_bytes=sizes.residual_bytes - 1))
     with pytest.raises(ValueError, match="raise budget_bytes"):
         cost(step, xs, h0, ys=ys, loss_fn=loss_fn, strategy=bm.optimal(budget_bytes=8))

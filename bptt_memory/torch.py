@@ -20,6 +20,7 @@ Griewank & Walther 2000 (revolve); Williams & Peng 1990 (TBPTT); `torch.utils.ch
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -338,9 +339,10 @@ def cost(step: Step, xs: Tensor, h0: Any, *, loss_fn: LossFn, ys: Tensor | None 
 class _TorchExecutor(Executor):
     """Walks a schedule's actions on torch tensors (see `walk.Executor`).
 
-    A recorded step keeps (its input leaves, its x leaf, its output, its loss), each with
-    its autograd graph; `reverse` backpropagates them one step at a time with
-    `torch.autograd.grad` and sums the parameters' gradients.
+    A recorded step keeps (its input leaves or None where it continues the step before's
+    graph, its x leaf, its output, its loss), with their autograd graph; `reverse`
+    backpropagates each piece of a recorded run with one `torch.autograd.grad` call
+    (NOTE [recorded runs]) and sums the parameters' gradients over the pieces.
     """
 
     def __init__(self, p: _Problem, needs: tuple[bool, bool, list[bool]], count: bool) -> None:
@@ -398,7 +400,7 @@ class _TorchExecutor(Executor):
                 inp = s_in
             else:
                 s_in, inp = None, chained
-            with torch.enable_grad(), (self.counter.hooks() if self.counter else _nothing()):
+            with torch.enable_grad(), (self.counter.hooks() if self.counter else nullcontext()):
                 out = p.call(x, inp, check)
                 loss = p.loss(out, t)
             self.ledger.keep(t, (s_in, x, out, loss), self.counter.take() if self.counter else 0)
@@ -459,14 +461,6 @@ class _TorchExecutor(Executor):
 
 def _or_zeros(g: Tensor | None, like: Tensor) -> Tensor:
     return torch.zeros_like(like) if g is None else g
-
-
-class _nothing:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 # --- the autograd function ----------------------------------------------------------------

@@ -9,6 +9,8 @@ import subprocess
 import sys
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import bptt_memory as bm
 
@@ -457,3 +459,25 @@ def test_cuda_smoke():
     loss.backward()
     assert h.device.type == "cuda" and stats.forward_steps > 30
     _assert_close(_grads(leaves), want)
+
+
+# --- property: any T, any schedule -----------------------------------------------------------
+
+
+@settings(max_examples=25, deadline=None)
+@given(T=st.integers(1, 40), which=st.sampled_from(["uniform", "binomial", "optimal"]),
+       size=st.integers(1, 9), xs_grad=st.booleans())
+def test_any_schedule_gives_plain_autograds_gradients(T, which, size, xs_grad):
+    step, loss_fn, xs, ys, h0 = _problem("user", T, True, seed=T)
+    xs.requires_grad_(xs_grad)
+    if which == "optimal":
+        sizes = measure_step(step, xs, h0, ys=ys, loss_fn=loss_fn)
+        strategy = bm.optimal(budget_bytes=sizes.residual_bytes + size * sizes.state_bytes)
+    else:
+        strategy = bm.uniform(every=size) if which == "uniform" else bm.binomial(slots=size)
+    leaves = [a for a in _leaves(step, loss_fn, xs, h0) if a.requires_grad]
+    want = torch.autograd.grad(_plain(step, loss_fn, xs, ys, h0)[0], leaves)
+    loss, _, stats = scan(step, xs, h0, ys=ys, loss_fn=loss_fn, strategy=strategy, stats=True)
+    _assert_close(torch.autograd.grad(loss, leaves), want)
+    plan = cost(step, xs, h0, ys=ys, loss_fn=loss_fn, strategy=strategy)
+    assert (stats.forward_steps, stats.peak_bytes) == (plan.forward_steps, plan.peak_bytes)

@@ -334,6 +334,8 @@ def _write(d: Path, rows: list[dict], small: bool, command: str, torch: Any,
         answer = (f"{met} of {len(targets)} target checks met on this machine. "
                   + "; ".join(f"target {t['target'][0]} {t['config']}: {t['ratio']:.2f}x "
                               f"({'met' if t['met'] else 'not met'})" for t in targets) + ".")
+    ran = sorted({(r["H"], r["T"]) for r in rows})
+    skipped = sorted(set(GRID) - set(ran)) or "none"
     cols = ["cell", "H", "T", "contender", "strategy", "median_s", "min_s", "max_s",
             "vs_plain", "vs_checkpoint", "bytes", "forward_steps", "plan_seconds"]
     text = "\n".join([
@@ -346,11 +348,12 @@ def _write(d: Path, rows: list[dict], small: bool, command: str, torch: Any,
         "Seconds are forward + backward, median (min, max) over the timed rounds; `vs_plain` "
         "and `vs_checkpoint` are medians of per-round ratios. `bytes`: NOTE [bytes] in the "
         "study (torch checkpoint's in this library's accounting). `plan_seconds`: "
-        "`cost(...)`, i.e. one traced step plus planning (memoised across runs, so not in "
-        "the timed rounds).", "",
+        "`cost(...)`, i.e. one traced step plus planning; optimal's tables are memoised, so "
+        "each timed run pays only for reading its plan out of them.", "",
         _table(rows, cols), "",
         "## How it was made", "",
         _provenance(command, torch),
+        f"- Configurations (H, T): {ran}; of the issue's grid, not run: {skipped}",
         f"- Wall time of the study: {seconds:.0f} s", "",
     ])
     (d / "report.md").write_text(text + "\n")

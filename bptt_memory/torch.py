@@ -667,6 +667,12 @@ class _Truncated(torch.autograd.Function):
 
 
 class _TruncatedRun(_Run):
+    """One `scan` call under `truncated`: NOTE [truncated in torch]."""
+
+    def __init__(self, p: _Problem, sizes: StepSizes, stats: Stats | None) -> None:
+        super().__init__(p, sizes, stats)
+        self.dh0_sum: tuple[Tensor, ...] | None = None  # the windows that reach h0
+
     def forward(self, ctx: Any = None) -> tuple[Tensor, ...]:  # type: ignore[override]
         start = time.perf_counter()
         p, ex, s = self.p, self.ex, self.p.strategy
@@ -688,7 +694,7 @@ class _TruncatedRun(_Run):
                                              one if i >= last else None, retain=True)
                     led.backward_steps += 1
                 if first == 0:
-                    self.dh0_sum = dstate if getattr(self, "dh0_sum", None) is None else tuple(
+                    self.dh0_sum = dstate if self.dh0_sum is None else tuple(
                         a + b for a, b in zip(self.dh0_sum, dstate))
                 last = t
         for i in sorted(led.residuals):
@@ -711,5 +717,5 @@ class _TruncatedRun(_Run):
             lambda g: None if g is None else torch.zeros_like(g))
         ex.dxs = scale(ex.dxs)
         ex.dparams = [scale(g) for g in ex.dparams]
-        dh0 = getattr(self, "dh0_sum", None) or tuple(torch.zeros_like(a) for a in p.h0)
+        dh0 = self.dh0_sum or tuple(torch.zeros_like(a) for a in p.h0)
         return self._grads(tuple(scale(d) for d in dh0))

@@ -32,7 +32,7 @@ from .schedule import Action, Cost, Reverse, simulate
 from .strategies import Full, ScheduledStrategy, Strategy, Truncated
 from .walk import Executor, Ledger, walk
 
-__all__ = ["scan", "cost", "measure_step"]
+__all__ = ["scan", "cost", "measure_step", "StepSizes"]
 
 Step = Callable[[Tensor, Any], Any]
 LossFn = Callable[[Any, Any], Tensor]
@@ -583,7 +583,11 @@ def scan(step: Step, xs: Tensor, h0: Any, *, loss_fn: LossFn, ys: Tensor | None 
             over tensors must name them here. Their ``.grad`` accumulates as with plain
             autograd.
         stats: also return a `bptt_memory.Stats`, filled in by the forward pass and
-            completed by the backward pass.
+            completed by the backward pass: forward and backward steps exactly as the
+            schedule's (the traced step that measures the bytes is not counted), and
+            peak_bytes of stored states plus recorded steps' saved tensors, counted with
+            saved-tensor hooks (NOTE [what a step holds]), which `cost` predicts. Off, the
+            executor installs no hooks of its own.
 
     Returns:
         ``(loss, state_T)``, or ``(loss, state_T, stats)``. loss is the sum of the steps'

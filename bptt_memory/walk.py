@@ -25,8 +25,9 @@ class Ledger(Generic[S, R]):
     """What a run holds for the backward pass, and the bytes it adds up to.
 
     ``held`` is the running sum of the bytes kept (stored states, recorded residuals),
-    ``peak`` its maximum; ``forward_steps`` and ``backward_steps`` count the steps the
-    walked actions ran.
+    ``peak`` its maximum; ``peak_states`` and ``peak_residuals`` are the most states and
+    recorded steps held at once; ``forward_steps`` and ``backward_steps`` count the steps
+    the walked actions ran.
     """
 
     def __init__(self) -> None:
@@ -35,6 +36,7 @@ class Ledger(Generic[S, R]):
         self._bytes: dict[tuple[str, int], int] = {}
         self.held = self.peak = 0
         self.forward_steps = self.backward_steps = 0
+        self.peak_states = self.peak_residuals = 0
 
     def hold(self, nbytes: int) -> None:
         self.held += nbytes
@@ -50,6 +52,7 @@ class Ledger(Generic[S, R]):
         self.residuals[t] = residuals
         self._bytes["r", t] = nbytes
         self.hold(nbytes)
+        self.peak_residuals = max(self.peak_residuals, len(self.residuals))
 
     def drop(self, t: int) -> R:
         """Step t's residuals, no longer held (the executor has reversed the step)."""
@@ -60,6 +63,7 @@ class Ledger(Generic[S, R]):
         self.stored[n] = state
         self._bytes["s", n] = nbytes
         self.hold(nbytes)
+        self.peak_states = max(self.peak_states, len(self.stored))
 
     def free(self, n: int) -> S:
         self.release(self._bytes.pop(("s", n)))

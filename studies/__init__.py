@@ -17,4 +17,5 @@ STUDIES = (
     "speed_vs_torch",
     "user_cell_speed",
     "long_sequences",
+    "torch_checkpointing",
 )

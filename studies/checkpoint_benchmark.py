@@ -247,7 +247,7 @@ def report(s: SimpleNamespace, plan: list[dict], rows: list[dict], verdict: dict
     return "\n".join(lines)
 
 
-def run(out: Path | str = _common.DEFAULT_OUT, *, small: bool = False, quiet: bool = False) -> Path:
+def run(out: Path | str | None = None, *, small: bool = False, quiet: bool = False) -> Path:
     """Plan, time, print the report (unless quiet) and write out/NAME/report.md."""
     s = _settings(small)
     plan = planning(s)
@@ -255,7 +255,7 @@ def run(out: Path | str = _common.DEFAULT_OUT, *, small: bool = False, quiet: bo
     text = report(s, plan, rows, verdict, _common.command_line(NAME, small))
     if not quiet:
         print(text)
-    return _common.write_text(_common.report_dir(out, NAME) / "report.md", text)
+    return _common.write_text(_common.report_dir(out, NAME, small) / "report.md", text)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -344,10 +344,10 @@ def plot_cost(rows: Sequence[dict]) -> plt.Figure:
 # -- report ---------------------------------------------------------------------------------
 
 
-def run(out: Path | str = _common.DEFAULT_OUT, *, small: bool = False, quiet: bool = False) -> Path:
+def run(out: Path | str | None = None, *, small: bool = False, quiet: bool = False) -> Path:
     """Train, time, plot and write reports/long_dependency_training/report.md; return its path."""
     s = _settings(small)
-    d = _common.report_dir(out, NAME)
+    d = _common.report_dir(out, NAME, small)
     t0 = time.perf_counter()
     runs = train_all(s, quiet)
     train_wall = time.perf_counter() - t0

@@ -754,11 +754,11 @@ def check(rows: Sequence[dict]) -> dict:
     )
 
 
-def run(out: Path | str = _common.DEFAULT_OUT, *, small: bool = False, quiet: bool = False) -> Path:
+def run(out: Path | str | None = None, *, small: bool = False, quiet: bool = False) -> Path:
     """Sweep T, run the fresh processes, write reports/memory_scaling/; return report.md."""
     start = time.perf_counter()
     s = _settings(small)
-    d = _common.report_dir(out, NAME)
+    d = _common.report_dir(out, NAME, small)
     rows = sweep(s, quiet)
     fits = slopes(s, rows)
     checks = check(rows)

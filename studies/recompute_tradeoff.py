@@ -717,11 +717,11 @@ def _in_fresh_process(fn, *args):  # type: ignore[no-untyped-def]
         return pool.submit(fn, *args).result()
 
 
-def run(out: Path | str = _common.DEFAULT_OUT, *, small: bool = False, quiet: bool = False) -> Path:
+def run(out: Path | str | None = None, *, small: bool = False, quiet: bool = False) -> Path:
     """Compute the frontier, time the subset, write reports/recompute_tradeoff/; return report.md."""
     start = time.perf_counter()
     s = _settings(small)
-    d = _common.report_dir(out, NAME)
+    d = _common.report_dir(out, NAME, small)
     rows, curve, skipped = [], [], {}
     timed, meta = [], {}
     for T in s.STEPS:

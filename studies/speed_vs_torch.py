@@ -1141,11 +1141,11 @@ counts grads, transposed weight copies and the chunk buffers (NOTE [chunked prod
 # -- run -----------------------------------------------------------------------------------------
 
 
-def run(out: Path | str = _common.DEFAULT_OUT, *, small: bool = False, quiet: bool = False) -> Path:
+def run(out: Path | str | None = None, *, small: bool = False, quiet: bool = False) -> Path:
     """Measure the grid, write reports/speed_vs_torch/; return the report's path."""
     start = time.perf_counter()
     s = _settings(small)
-    d = _common.report_dir(out, NAME)
+    d = _common.report_dir(out, NAME, small)
     torch = _load_torch()
     configs = [(kind, H, T, dt) for dt in s.DTYPES for H in s.HIDDEN for T in s.STEPS
                for kind in s.CELLS]

@@ -401,10 +401,10 @@ cells show log10 of the mean relative error at ρ = {s.GRID_RADIUS:g}.
     return _common.write_text(d / "report.md", text)
 
 
-def run(out: Path | str = _common.DEFAULT_OUT, *, small: bool = False, quiet: bool = False) -> Path:
+def run(out: Path | str | None = None, *, small: bool = False, quiet: bool = False) -> Path:
     """Measure, plot and write reports/truncation_bias/report.md; return its path."""
     s = _settings(small)
-    d = _common.report_dir(out, NAME)
+    d = _common.report_dir(out, NAME, small)
     with _common.pinned_blas(1):
         rows, problems = measure(s, quiet)
     summary = summarise(rows)

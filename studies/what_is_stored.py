@@ -39,12 +39,12 @@ def _cells(I: int, H: int) -> dict[str, bm.Cell]:
     return {"vanilla (tanh)": bm.vanilla(I, H), "lstm": bm.lstm(I, H), "gru": bm.gru(I, H)}
 
 
-def run(out: Path | str = C.DEFAULT_OUT, *, small: bool = False, quiet: bool = False) -> Path:
+def run(out: Path | str | None = None, *, small: bool = False, quiet: bool = False) -> Path:
     cfg = {k: globals()[k] for k in ("BATCH", "INPUTS", "HIDDEN", "STEPS", "STRATEGY_STEPS")}
     if small:
         cfg.update(SMALL)
     B, I, H = cfg["BATCH"], cfg["INPUTS"], cfg["HIDDEN"]
-    d = C.report_dir(out, NAME)
+    d = C.report_dir(out, NAME, small)
     item = np.dtype(DTYPE).itemsize
 
     # 1. the arrays a recorded step keeps, per cell, and those it shares with the step

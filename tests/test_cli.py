@@ -26,7 +26,7 @@ def test_compare_table_lists_requested_strategies(capsys):
                  "--inputs", "2", "--repeats", "1", "--strategies", "binomial", "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "binomial(slots=3)" in out and "optimal" not in out
-    assert out.splitlines()[1].split()[-6:-4] == ["time", "cpu"]
+    assert out.splitlines()[1].split()[-7:-4] == ["time", "range", "cpu"]
 
 
 @pytest.mark.parametrize("fused", [True, False])
@@ -86,11 +86,11 @@ def test_compare_names_strategies_that_fault_in_fresh_memory(capsys, monkeypatch
                                                              named):
     import itertools
 
-    import bptt_memory.compare as cmp
+    import bptt_memory.timing as timing
 
     calls = itertools.count()  # each run is measured by two readings
-    monkeypatch.setattr(cmp, "resource", object())
-    monkeypatch.setattr(cmp, "_usage", lambda: (0.0, (next(calls) + 1) // 2 * faults_per_run))
+    monkeypatch.setattr(timing, "resource", object())
+    monkeypatch.setattr(timing, "_usage", lambda: (0.0, (next(calls) + 1) // 2 * faults_per_run))
     assert main(["compare", "--cell", "vanilla", "--steps", "9", "--batch", "1", "--hidden", "3",
                  "--inputs", "2", "--repeats", "1", "--strategies", "binomial", "--quiet"]) == 0
     out = capsys.readouterr().out

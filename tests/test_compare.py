@@ -3,8 +3,16 @@ import pytest
 
 import bptt_memory as bm
 import bptt_memory.timing as timing
-from bptt_memory.compare import (compare, default_strategies, format_bytes, grad_error,
-                                 parse_bytes, parse_count, plan, round_orders)
+from bptt_memory.compare import (
+    compare,
+    default_strategies,
+    format_bytes,
+    grad_error,
+    parse_bytes,
+    parse_count,
+    plan,
+    round_orders,
+)
 from bptt_memory.tasks import random_problem
 
 

@@ -12,6 +12,7 @@ comparisons, not of the machine's load over the whole measurement.
 from __future__ import annotations
 
 import contextlib
+import gc
 import statistics
 import time
 from dataclasses import dataclass
@@ -87,6 +88,13 @@ def _usage() -> tuple[float, int]:
     return u.ru_utime, u.ru_minflt
 
 
+def _system() -> float:
+    """Kernel-mode CPU seconds of this process so far (NaN without `resource`)."""
+    if resource is None:
+        return float("nan")
+    return resource.getrusage(resource.RUSAGE_SELF).ru_stime
+
+
 @dataclass(frozen=True)
 class Timing:
     """One contender's timed runs, in round order, and what its warm-up run returned."""
@@ -95,6 +103,7 @@ class Timing:
     cpu: tuple[float, ...] | None  # user-mode CPU seconds; None without `resource`
     faults: tuple[int, ...] | None  # minor page faults
     value: Any = None  # the warm-up run's return value
+    system: tuple[float, ...] | None = None  # kernel-mode CPU seconds
 
     @property
     def median(self) -> float:
@@ -122,7 +131,7 @@ class Timing:
 
 
 def interleaved(runners: Mapping[str, Callable[[], Any]], rounds: int, *, warmup: bool = True,
-                threads: int | None = DEFAULT_THREADS,
+                threads: int | None = DEFAULT_THREADS, collect_garbage: bool = False,
                 progress: Callable[[], None] | None = None) -> dict[str, Timing]:
     """Time every runner: one warm-up run each, then `rounds` interleaved rounds.
 
@@ -133,6 +142,9 @@ def interleaved(runners: Mapping[str, Callable[[], Any]], rounds: int, *, warmup
             `Timing.value`.
         threads: BLAS threads for the whole measurement (`pinned_threads`); None leaves
             the process's own setting.
+        collect_garbage: leave Python's cyclic garbage collector on during timed runs;
+            by default it is collected before the rounds and off inside each run, as
+            `timeit` does, so that no run pays for another's cycles.
         progress: called once after every run, warm-up included.
 
     >>> t = interleaved({"a": lambda: 1, "b": lambda: 2}, rounds=3)
@@ -146,23 +158,35 @@ def interleaved(runners: Mapping[str, Callable[[], Any]], rounds: int, *, warmup
     wall: dict[str, list[float]] = {n: [] for n in names}
     cpu: dict[str, list[float]] = {n: [] for n in names}
     faults: dict[str, list[int]] = {n: [] for n in names}
+    system: dict[str, list[float]] = {n: [] for n in names}
     with pinned_threads(threads):
         if warmup:
             for name in names:
                 values[name] = runners[name]()
                 if progress:
                     progress()
+        gc.collect()
         for order in round_orders(names, rounds):
             for name in order:
-                u0, f0 = _usage()
-                t0 = time.perf_counter()
-                runners[name]()
-                wall[name].append(time.perf_counter() - t0)
-                u1, f1 = _usage()
+                off = not collect_garbage and gc.isenabled()
+                if off:
+                    gc.disable()
+                try:
+                    u0, f0 = _usage()
+                    s0 = _system()
+                    t0 = time.perf_counter()
+                    runners[name]()
+                    wall[name].append(time.perf_counter() - t0)
+                    u1, f1 = _usage()
+                    system[name].append(_system() - s0)
+                finally:
+                    if off:
+                        gc.enable()
                 cpu[name].append(u1 - u0)
                 faults[name].append(f1 - f0)
                 if progress:
                     progress()
     measured = resource is not None
     return {n: Timing(tuple(wall[n]), tuple(cpu[n]) if measured else None,
-                      tuple(faults[n]) if measured else None, values[n]) for n in names}
+                      tuple(faults[n]) if measured else None, values[n],
+                      tuple(system[n]) if measured else None) for n in names}

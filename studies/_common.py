@@ -20,7 +20,8 @@ import sys
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from types import SimpleNamespace
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import matplotlib
 
@@ -37,7 +38,7 @@ from . import output_folder  # noqa: E402
 
 __all__ = ["atomic_write", "write_text", "write_json", "write_csv", "save_figure",
            "provenance", "progress", "pinned_blas", "report_dir", "fit_loglog_slope", "md_table",
-           "recomputation_ratio", "study_main", "verdict", "STRATEGY_COLORS", "strategy_color"]
+           "recomputation_ratio", "study_main", "settings", "verdict", "STRATEGY_COLORS", "strategy_color"]
 
 
 @contextlib.contextmanager
@@ -154,6 +155,16 @@ def pinned_blas(threads: int = 1) -> Iterator[None]:
     (`bptt_memory.timing.pinned_threads`, which `interleaved` also uses)."""
     with pinned_threads(threads):
         yield
+
+
+def settings(constants: Mapping[str, Any], names: Iterable[str], small: bool) -> SimpleNamespace:
+    """A study's settings: its module constants `names` (from ``globals()``), with its
+    SMALL toy sizes over them for a smoke run, and ``small`` saying which it is."""
+    s = SimpleNamespace(**{n: constants[n] for n in names})
+    if small:
+        vars(s).update(constants["SMALL"])
+    s.small = small
+    return s
 
 
 def verdict(met: bool, small: bool) -> str:

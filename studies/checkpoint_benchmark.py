@@ -14,26 +14,27 @@ memoised in-process, so an in-process first call may not be cold; see NOTE [cold
 References: Griewank & Walther 2000, "Algorithm 799: Revolve" (binomial); Gruslys et al.
 2016, "Memory-Efficient Backpropagation Through Time", NeurIPS (optimal, BPTT-MSM).
 
-Run: ``python -m studies.checkpoint_benchmark [--small] [--out DIR] [--quiet]``; prints the
+Run: ``bptt-memory study checkpoint_benchmark [--small] [--out DIR] [--quiet]``; prints the
 report as markdown, and with --out also writes DIR/checkpoint_benchmark/report.md.
 """
 
 from __future__ import annotations
 
-import os
-
 import json
+import os
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
 import bptt_memory as bm
+from bptt_memory.compare import grad_error
+from bptt_memory.timing import interleaved
 
 from . import _common
 
@@ -63,10 +64,7 @@ SMALL = dict(PLAN_STEPS=10**4, PLAN_SLOTS=10, DP_STEPS=60, DP_BUDGET_STATES=(5, 
 def _settings(small: bool) -> SimpleNamespace:
     names = ("PLAN_STEPS", "PLAN_SLOTS", "DP_STEPS", "DP_BUDGET_STATES", "BATCH", "HIDDEN",
              "N_IN", "N_OUT", "STEPS", "BUDGET_FRACTION", "GOAL_TIME_RATIO", "REPEATS", "SEED")
-    s = {n: globals()[n] for n in names}
-    if small:
-        s.update(SMALL)
-    return SimpleNamespace(**s)
+    return _common.settings(globals(), names, small)
 
 
 # -- (a) planning ------------------------------------------------------------------------
@@ -147,35 +145,30 @@ def timing(s: SimpleNamespace) -> tuple[list[dict], dict]:
     budget = int(s.BUDGET_FRACTION * full_peak)
     strategies = [bm.full(), bm.uniform(), bm.binomial(slots=max(1, round(T ** 0.5))),
                   bm.optimal(budget_bytes=budget)]
-    seconds: dict[str, list[float]] = {x.name: [] for x in strategies}
-    phases: list[tuple[float, float]] = []  # full()'s forward and backward seconds per round
-    results = {}
-    with _common.pinned_blas(1):
-        # round 0 warms up (and fills optimal's memo); the timed rounds interleave the
-        # strategies in bm.compare's order (NOTE [round order] in bptt_memory/compare.py)
-        for r, order in enumerate([strategies, *bm.compare.round_orders(strategies, s.REPEATS)]):
-            for x in order:
-                start = time.perf_counter()
-                results[x.name] = x.run(model, params, xs, ys)
-                if r:
-                    seconds[x.name].append(time.perf_counter() - start)
-                    if x.name == "full()":
-                        extra = results[x.name].stats.extra
-                        phases.append((extra["forward_seconds"], extra["backward_seconds"]))
+    phases: list[tuple[float, float]] = []  # full()'s forward and backward seconds per run
 
-    ref = results["full()"]
-    full_time = statistics.median(seconds["full()"])
-    full_phases = [statistics.median(p) for p in zip(*phases)]
+    def runner(x: bm.Strategy) -> Callable[[], bm.Result]:
+        def run() -> bm.Result:
+            res = x.run(model, params, xs, ys)
+            if x.name == "full()":
+                phases.append((res.stats.extra["forward_seconds"],
+                               res.stats.extra["backward_seconds"]))
+            return res
+        return run
+
+    # one warm-up run each (it also fills optimal's memo), then interleaved timed rounds
+    timings = interleaved({x.name: runner(x) for x in strategies}, s.REPEATS, threads=1)
+    ref = timings["full()"].value
+    full_time = timings["full()"].median
+    full_phases = [statistics.median(p) for p in zip(*phases[1:])]  # the timed rounds'
     rows = []
     for x in strategies:
-        res, t = results[x.name], statistics.median(seconds[x.name])
-        err = max(float(np.abs(res.grads[k] - g).max() / max(np.abs(g).max(), 1e-300))
-                  for k, g in ref.grads.items())
+        res, t = timings[x.name].value, timings[x.name].median
         rows.append(dict(strategy=x.name, peak_bytes=res.stats.peak_bytes,
                          memory=res.stats.peak_bytes / full_peak,
                          forward=res.stats.forward_steps, recompute=res.stats.forward_steps / T,
-                         median_s=t, spread=(min(seconds[x.name]), max(seconds[x.name])),
-                         time=t / full_time, grad_err=err,
+                         median_s=t, spread=timings[x.name].spread,
+                         time=t / full_time, grad_err=grad_error(res.grads, ref.grads)[0],
                          predicted=_common.recomputation_ratio(
                              res.stats.forward_steps, res.stats.backward_steps, T, *full_phases)))
     opt = rows[-1]
@@ -238,7 +231,7 @@ def report(s: SimpleNamespace, plan: list[dict], rows: list[dict], verdict: dict
         "",
         f"**Goal**: optimal at {s.BUDGET_FRACTION:.0%} of full's peak_bytes (budget "
         f"{verdict['budget']:,} B, {'held' if verdict['within_budget'] else 'EXCEEDED'}) "
-        f"within {s.GOAL_TIME_RATIO}x full's time: **{'met' if verdict['met'] else 'not met'}** "
+        f"within {s.GOAL_TIME_RATIO}x full's time: **{_common.verdict(verdict['met'], s.small)}** "
         f"({verdict['time_ratio']:.3f}x; its steps alone would take {verdict['predicted']:.3f}x"
         + (f", already beyond {s.GOAL_TIME_RATIO}x before any bookkeeping"
            if not verdict["met"] and verdict["predicted"] > s.GOAL_TIME_RATIO else "") + ").",

@@ -12,7 +12,7 @@ does to learning.
 References: Hochreiter & Schmidhuber 1997 and Le et al. 2015 (the adding problem);
 Kingma & Ba 2015 (Adam, Algorithm 1); Pascanu et al. 2013 (clipping by global norm).
 
-Run: ``python -m studies.long_dependency_training [--small]``.
+Run: ``bptt-memory study long_dependency_training [--small] [--out DIR]``.
 """
 
 from __future__ import annotations
@@ -65,13 +65,10 @@ SMALL = dict(T=16, BATCH=8, TEST_SIZE=64, HIDDEN=8, UPDATES=12, EVAL_EVERY=4, SH
 
 
 def _settings(small: bool) -> SimpleNamespace:
-    s = SimpleNamespace(T=T, BATCH=BATCH, TEST_SIZE=TEST_SIZE, TOLERANCE=TOLERANCE, CELL=CELL,
-                        HIDDEN=HIDDEN, UPDATES=UPDATES, LR=LR, BETAS=BETAS, EPS=EPS, CLIP=CLIP,
-                        SEED=SEED, EVAL_EVERY=EVAL_EVERY, SHORT_K=SHORT_K, LONG_K1=LONG_K1,
-                        TIMING_REPEATS=TIMING_REPEATS, WORKERS=WORKERS)
-    if small:
-        vars(s).update(SMALL)
-    return s
+    names = ("T", "BATCH", "TEST_SIZE", "TOLERANCE", "CELL", "HIDDEN", "UPDATES", "LR",
+             "BETAS", "EPS", "CLIP", "SEED", "EVAL_EVERY", "SHORT_K", "LONG_K1",
+             "TIMING_REPEATS", "WORKERS")
+    return _common.settings(globals(), names, small)
 
 
 def _model(s: SimpleNamespace) -> bm.Model:

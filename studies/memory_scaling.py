@@ -16,7 +16,7 @@ Sublinear Memory Cost" (√T checkpoints); Griewank & Walther 2000, "Algorithm 7
 Revolve" (binomial); Gruslys et al. 2016, "Memory-Efficient Backpropagation Through
 Time" (BPTT-MSM, optimal).
 
-Run: ``python -m studies.memory_scaling [--small]``.
+Run: ``bptt-memory study memory_scaling [--small] [--out DIR]``.
 """
 
 from __future__ import annotations
@@ -105,9 +105,7 @@ def _settings(small: bool) -> SimpleNamespace:
              "SLOTS", "OPTIMAL_BUDGET_STEPS", "RUN_MAX_T", "OPTIMAL_MAX_T", "FIT_MIN_T",
              "OPTIMAL_FIT_MIN_T", "TIMELINE", "TIMELINE_STRATEGIES", "LONG", "LONG_STRATEGIES",
              "SAMPLE_INTERVAL", "MALLOC_MMAP_THRESHOLD")
-    s = SimpleNamespace(**{k: globals()[k] for k in names})
-    if small:
-        vars(s).update(SMALL)
+    s = _common.settings(globals(), names, small)
     return s
 
 

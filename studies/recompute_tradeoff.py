@@ -18,7 +18,7 @@ References: Chen et al. 2016, "Training Deep Nets with Sublinear Memory Cost" (u
 Griewank & Walther 2000, "Algorithm 799: Revolve", eq. 2 (binomial); Gruslys et al. 2016,
 "Memory-Efficient Backpropagation Through Time", NeurIPS, abstract and Sec. 3.4 (optimal).
 
-Run: ``python -m studies.recompute_tradeoff [--small]``.
+Run: ``bptt-memory study recompute_tradeoff [--small] [--out DIR]``.
 """
 
 from __future__ import annotations
@@ -27,11 +27,10 @@ import concurrent.futures
 import math
 import multiprocessing
 import os
-import statistics
 import time
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Sequence
+from typing import Callable, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -39,6 +38,7 @@ import numpy as np
 import bptt_memory as bm
 from bptt_memory.compare import format_bytes, grad_error
 from bptt_memory.tasks import random_problem
+from bptt_memory.timing import interleaved
 
 from . import _common
 
@@ -83,9 +83,7 @@ def _settings(small: bool) -> SimpleNamespace:
     names = ("BATCH", "N_IN", "HIDDEN", "N_OUT", "STEPS", "FRACTIONS", "TINY_FRACTIONS",
              "OPTIMAL_MAX_WORK", "TIMED_STEPS", "TIMED_FRACTIONS", "REPEATS", "SEED",
              "HEADLINE_FRACTION", "HEADLINE_TIME_RATIO", "HEADLINE_SLACK")
-    s = SimpleNamespace(**{k: globals()[k] for k in names})
-    if small:
-        vars(s).update(SMALL)
+    s = _common.settings(globals(), names, small)
     if s.TIMED_STEPS not in s.STEPS:
         raise ValueError(f"TIMED_STEPS={s.TIMED_STEPS} must be one of STEPS={s.STEPS}")
     return s
@@ -250,35 +248,34 @@ def timing(s: SimpleNamespace, quiet: bool) -> tuple[list[dict], dict]:
                 runs[f"{name}@{f:g}"] = (name, chosen[1], chosen[2], f, chosen[0])
     keys = list(runs)
     load_before = os.getloadavg()
-    results, times = {}, {k: [] for k in keys}
     bar = _common.progress(total=len(keys) * (1 + s.REPEATS), quiet=quiet, desc=f"{NAME} timing")
-    with _common.pinned_blas(1):
-        for k in keys:  # warm-up: builds optimal's tables, and the result we check
-            results[k] = runs[k][4].run(model, params, xs, ys)
-            bar.update()
-        # interleaved rounds in bm.compare's order: rotating, and reversed every other
-        # round, so no strategy always runs first or after the same one (NOTE [round
-        # order] in bptt_memory/compare.py)
-        for order in bm.compare.round_orders(keys, s.REPEATS):
-            for k in order:
-                t0 = time.perf_counter()
-                runs[k][4].run(model, params, xs, ys)
-                times[k].append(time.perf_counter() - t0)
-                bar.update()
+
+    def runner(strategy: bm.Strategy) -> Callable[[], bm.Result]:
+        return lambda: strategy.run(model, params, xs, ys)
+
+    # one warm-up run each (it builds optimal's tables, and gives the result we check),
+    # then interleaved rounds on one BLAS thread (NOTE [round order] in bptt_memory/timing.py)
+    timings = interleaved({k: runner(runs[k][4]) for k in keys}, s.REPEATS, threads=1,
+                          progress=bar.update)
     bar.close()
+    times = {k: list(t.wall) for k, t in timings.items()}
+    results = {k: t.value for k, t in timings.items()}
     load_after = os.getloadavg()
-    base = statistics.median(times["full"])
+    base = timings["full"].median
     exact = results["full"]
     rows = []
     for k in keys:
         name, parameter, value, f, strategy = runs[k]
         st = results[k].stats
-        med = statistics.median(times[k])
+        med = timings[k].median
         rows.append(dict(strategy=name, parameter=parameter, value=value, budget_fraction=f,
                          peak_bytes=st.peak_bytes, memory_fraction=st.peak_bytes / full_bytes,
                          forward_steps=st.forward_steps, recompute_factor=st.forward_steps / T,
                          seconds_median=med, seconds_min=min(times[k]), seconds_max=max(times[k]),
-                         time_ratio=med / base, time_ratio_of_minima=min(times[k]) / min(times["full"]),
+                         time_ratio=med / base,
+                         time_ratio_low=min(timings[k].ratios(timings["full"])),
+                         time_ratio_high=max(timings[k].ratios(timings["full"])),
+                         time_ratio_of_minima=min(times[k]) / min(times["full"]),
                          actions=bm.simulate(strategy.iter_schedule(T, **sizes), n_steps=T).actions,
                          grad_rel_error=grad_error(results[k].grads, exact.grads)[0]))
     meta = dict(T=T, raw_seconds=times, load_average_before=load_before,
@@ -500,7 +497,7 @@ def write_report(d: Path, s: SimpleNamespace, rows: list[dict], timed: list[dict
                 + (f", and up to {max(ratio):.2f}× the forward steps of optimal" if ratio else ""))
     opt_t = _at(timed, f, strategy="optimal")
     verdict_text = (
-        f"**{'Met' if verdict['met'] else 'Not met'}.** At T = {T0} and a budget of "
+        f"**{_common.verdict(verdict['met'], s.small).capitalize()}.** At T = {T0} and a budget of "
         f"{_pct(f)} of full()'s bytes, `optimal` holds {_pct(verdict['optimal_memory_fraction'])}, "
         f"does {verdict['optimal_recompute_factor']:.3g}× the forward steps of full() and measures "
         f"{verdict['optimal_time_ratio']:.4g}× its wall time (median; "

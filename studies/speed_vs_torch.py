@@ -24,7 +24,7 @@ user gets it.
 NOTE [fair timing] Everything runs in one process. For each configuration every
 contender first runs once untimed, to warm up and to measure its memory, then REPEATS
 timed rounds (TARGET_1_REPEATS where target 1 is judged: NOTE [target 1 rounds]) follow
-in which every contender runs once, in `bm.compare.round_orders`' order: rotating from round to round so drift and neighbours' load hit all of them alike,
+in which every contender runs once, in `bptt_memory.timing.round_orders`' order: rotating from round to round so drift and neighbours' load hit all of them alike,
 and reversed every other round so no contender always runs right after the same one
 (NOTE [round order] in `bptt_memory/compare.py`: at toy sizes, whoever followed torch's
 checkpointed loop took about 0.3 ms more in every round). Medians are reported, with
@@ -63,24 +63,23 @@ recomputation alone would give at full()'s step costs (NOTE [recomputation bound
 the ratio its matrix products alone would give, each at the fastest it runs with its
 operands in cache (NOTE [product bound]).
 
-Run: ``python -m studies.speed_vs_torch [--small] [--out DIR] [--quiet]`` (the full grid
+Run: ``bptt-memory study speed_vs_torch [--small] [--out DIR] [--quiet]`` (the full grid
 takes about 25 minutes here); writes DIR/speed_vs_torch/report.md, time.png,
 memory.png, ratios.png, results.csv, targets.csv and results.json.
 """
 
 from __future__ import annotations
 
-import cProfile
 import collections
 import contextlib
-import gc
+import cProfile
 import importlib.metadata
 import io
 import math
 import os
 import pstats
-import resource
 import statistics
+import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -89,6 +88,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 import bptt_memory as bm
+from bptt_memory.timing import interleaved, round_orders
 
 from . import _common
 from ._common import plt
@@ -148,10 +148,7 @@ def _settings(small: bool) -> SimpleNamespace:
              "SQUARE_N", "PROFILE_LINES", "SEED", "TARGET_FULL_VS_FUSED_TIME", "TARGET_1_CELLS",
              "TARGET_1_HIDDEN", "TARGET_1_STEPS", "TARGET_FULL_VS_FUSED_MEMORY",
              "TARGET_OPTIMAL_VS_CHECKPOINT_TIME", "TARGET_PREDICTION_SLACK")
-    s = {n: globals()[n] for n in names}
-    if small:
-        s.update(SMALL)
-    return SimpleNamespace(**s)
+    return _common.settings(globals(), names, small)
 
 
 def _load_torch() -> Any:
@@ -385,36 +382,27 @@ def measure_config(s: SimpleNamespace, torch: Any, kind: str, H: int, T: int,
             info[name]["grad_rel_error"] = _grad_rel_error(grads[name], grads["torch_fused"])
     del grads
 
-    # timed rounds, interleaved: rotating, and reversed every other round (NOTE [fair timing])
+    # timed rounds, interleaved: rotating, and reversed every other round, the garbage
+    # collector off inside each run as in timeit (NOTE [fair timing]; the one harness,
+    # bptt_memory.timing); the runs above were the warm-up
     names = list(runs)
-    orders = bm.compare.round_orders(names, repeats)
-    wall: dict[str, list[float]] = {n: [] for n in names}
-    cpu: dict[str, list[float]] = {n: [] for n in names}
-    faults: dict[str, list[int]] = {n: [] for n in names}
-    user: dict[str, list[float]] = {n: [] for n in names}  # CPU time in user mode ...
-    system: dict[str, list[float]] = {n: [] for n in names}  # ... and in the kernel
+    orders = round_orders(names, repeats)
     phases: dict[str, list[tuple[float, float]]] = {n: [] for n in strategies}
-    gc.collect()
-    for order in orders:
-        for name in order:
-            gc.disable()  # like timeit: neither library makes reference cycles
-            try:
-                u0 = resource.getrusage(resource.RUSAGE_SELF)
-                w0, c0 = time.perf_counter(), time.process_time()
-                out = runs[name]()
-                c1, w1 = time.process_time(), time.perf_counter()
-                u1 = resource.getrusage(resource.RUSAGE_SELF)
-            finally:
-                gc.enable()
-            wall[name].append(w1 - w0)
-            cpu[name].append(c1 - c0)
-            faults[name].append(u1.ru_minflt - u0.ru_minflt)
-            user[name].append(u1.ru_utime - u0.ru_utime)
-            system[name].append(u1.ru_stime - u0.ru_stime)
+
+    def timed(name: str) -> Callable[[], None]:
+        def run() -> None:
+            out = runs[name]()
             if name in strategies:
                 phases[name].append((out.stats.extra["forward_seconds"],
                                      out.stats.extra["backward_seconds"]))
-            del out
+        return run
+
+    timings = interleaved({n: timed(n) for n in names}, repeats, warmup=False, threads=None)
+    wall = {n: list(t.wall) for n, t in timings.items()}
+    user = {n: list(t.cpu or ()) for n, t in timings.items()}  # CPU time in user mode ...
+    system = {n: list(t.system or ()) for n, t in timings.items()}  # ... and in the kernel
+    cpu = {n: [u + k for u, k in zip(user[n], system[n])] for n in names}
+    faults = {n: list(t.faults or ()) for n, t in timings.items()}
 
     rows = []
     for name in names:
@@ -833,7 +821,7 @@ def _binding(t: dict) -> float:
     return max(t["ratio"], t.get("user_ratio") or 0.0)
 
 
-def _summary(targets: Sequence[dict]) -> list[dict]:
+def _summary(targets: Sequence[dict], small: bool = False) -> list[dict]:
     groups: dict[tuple, list[dict]] = {}
     for t in targets:
         sub = t["cell"] if t["target"] in ("2", "3", "3b") else (t["contender"] if t["target"] == "4" else "")
@@ -842,7 +830,8 @@ def _summary(targets: Sequence[dict]) -> list[dict]:
     for (target, sub), ts in sorted(groups.items()):
         worst = max(ts, key=lambda t: _binding(t) / t["limit"])
         out.append({"target": target, "group": sub or "—", "limit": f"≤ {ts[0]['limit']:g}",
-                    "met": f"{sum(t['met'] for t in ts)} / {len(ts)}",
+                    "met": (_common.verdict(True, small) if small
+                            else f"{sum(t['met'] for t in ts)} / {len(ts)}"),
                     "worst ratio": _binding(worst), "worst at": worst["config"],
                     "best ratio": min(_binding(t) for t in ts)})
     return out
@@ -1057,7 +1046,7 @@ weights and data; every contender's gradient agrees with torch fused's to a rela
 
 ## Targets
 
-{_common.md_table(_summary(targets)) if targets else "(no targets: torch is not installed)"}
+{_common.md_table(_summary(targets, s.small)) if targets else "(no targets: torch is not installed)"}
 Target 1 in detail. The ratio is of wall times; the note gives the ratio of user-mode CPU
 times, which leaves out the operating system's work of faulting fresh pages in (see below).
 A configuration meets target 1 only if both ratios are within the limit, and the summary
@@ -1065,7 +1054,9 @@ above gives the larger of the two: whether torch or full() faults its memory in 
 what the allocator kept from earlier runs, not on its kernels, and can move the wall-time
 ratio by tens of percent (NOTE [target 1 in both times] in the study):
 
-{_common.md_table([{k: t[k] for k in ("config", "ratio", "limit", "met", "note")} for t in t1]) if t1 else "(not measured)"}
+{_common.md_table([{"config": t["config"], "ratio": t["ratio"], "limit": t["limit"],
+                   "met": _common.verdict(t["met"], s.small), "note": t["note"]} for t in t1])
+ if t1 else "(not measured)"}
 Targets: (1) full() ≤ {s.TARGET_FULL_VS_FUSED_TIME}× torch fused's time for
 {"/".join(s.TARGET_1_CELLS)} at H={s.TARGET_1_HIDDEN}, T={s.TARGET_1_STEPS}; (2) full()'s
 peak_bytes ≤ {s.TARGET_FULL_VS_FUSED_MEMORY}× the bytes torch fused saves for backward;
@@ -1147,6 +1138,9 @@ def run(out: Path | str | None = None, *, small: bool = False, quiet: bool = Fal
     s = _settings(small)
     d = _common.report_dir(out, NAME, small)
     torch = _load_torch()
+    if torch is None:
+        print(f"{NAME}: torch is not installed: skipped the torch contenders and targets 1-3 "
+              "(pip install torch==2.13.0, or the `compare` extra)", file=sys.stderr)
     configs = [(kind, H, T, dt) for dt in s.DTYPES for H in s.HIDDEN for T in s.STEPS
                for kind in s.CELLS]
     rows: list[dict] = []

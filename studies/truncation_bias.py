@@ -11,7 +11,7 @@ References: Williams & Peng 1990 (TBPTT(k1, k2)); Pascanu, Mikolov & Bengio 2013
 "On the difficulty of training recurrent neural networks" (ρ(W_hh) < 1 is sufficient for
 vanishing gradients in a tanh RNN, ρ > 1 necessary for exploding ones).
 
-Run: ``python -m studies.truncation_bias [--small]``.
+Run: ``bptt-memory study truncation_bias [--small] [--out DIR]``.
 """
 
 from __future__ import annotations
@@ -50,10 +50,8 @@ SMALL = dict(T=16, BATCH=4, HIDDEN=8, RADII=(0.5, 1.0, 1.5), SEEDS=(0, 1), K2S=(
 
 
 def _settings(small: bool) -> SimpleNamespace:
-    s = SimpleNamespace(T=T, BATCH=BATCH, N_IN=N_IN, HIDDEN=HIDDEN, N_OUT=N_OUT, CELLS=CELLS,
-                        RADII=RADII, SEEDS=SEEDS, K2S=K2S, GRID_RADIUS=GRID_RADIUS)
-    if small:
-        vars(s).update(SMALL)
+    s = _common.settings(globals(), ("T", "BATCH", "N_IN", "HIDDEN", "N_OUT", "CELLS", "RADII",
+                                     "SEEDS", "K2S", "GRID_RADIUS"), small)
     s.K2S = tuple(sorted({k for k in s.K2S if k < s.T} | {s.T}))
     return s
 

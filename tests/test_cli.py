@@ -97,6 +97,7 @@ def test_compare_names_strategies_that_fault_in_fresh_memory(capsys, monkeypatch
     calls = itertools.count()  # each run is measured by two readings
     monkeypatch.setattr(timing, "resource", object())
     monkeypatch.setattr(timing, "_usage", lambda: (0.0, (next(calls) + 1) // 2 * faults_per_run))
+    monkeypatch.setattr(timing, "_system", lambda: 0.0)
     assert main(["compare", "--cell", "vanilla", "--steps", "9", "--batch", "1", "--hidden", "3",
                  "--inputs", "2", "--repeats", "1", "--strategies", "binomial", "--quiet"]) == 0
     out = capsys.readouterr().out

@@ -62,6 +62,7 @@ def test_compare_reports_median_cpu_time_and_page_faults_per_run(rng, monkeypatc
     it = iter(readings)
     monkeypatch.setattr(timing, "resource", object())  # present, whatever the platform
     monkeypatch.setattr(timing, "_usage", lambda: next(it))
+    monkeypatch.setattr(timing, "_system", lambda: 0.0)
     model = bm.Model(bm.vanilla(2, 3), 2)
     params = model.init(rng)
     xs, ys = random_problem(model, 6, 2, rng)

@@ -41,7 +41,7 @@ def test_writes_report_figures_and_data(report):
     assert report.name == "report.md" and d.name == "memory_scaling"
     text = report.read_text()
     assert text.startswith("# Memory against sequence length")
-    assert "python -m studies.memory_scaling --small" in text and "Machine:" in text
+    assert "bptt-memory study memory_scaling --small" in text and "Machine:" in text
     for name in FIGURES:
         data = (d / name).read_bytes()
         assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 1000, name

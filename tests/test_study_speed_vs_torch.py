@@ -103,7 +103,7 @@ def test_small_run_writes_a_report_figures_and_data(tmp_path):
     assert path == d / "report.md"
     text = path.read_text()
     assert text.startswith("# Speed against PyTorch on the CPU")
-    assert "python -m studies.speed_vs_torch --small" in text and "## Targets" in text
+    assert "bptt-memory study speed_vs_torch --small" in text and "## Targets" in text
     assert "A fixed probe of work like one LSTM step's" in text
     fused = _fused("lstm", "float32")
     assert ("full(), numpy kernels" in text) == fused
@@ -141,9 +141,10 @@ def test_small_run_writes_a_report_figures_and_data(tmp_path):
         assert all(t["config"] in text for t in missed)
 
 
-def test_small_run_without_torch_skips_its_contenders(tmp_path, monkeypatch):
+def test_small_run_without_torch_skips_its_contenders(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(study, "_load_torch", lambda: None)
     path = study.run(tmp_path, small=True, quiet=True)
+    assert "torch is not installed: skipped the torch contenders" in capsys.readouterr().err
     d = tmp_path / "speed_vs_torch"
     text = path.read_text()
     assert "torch is not installed" in text

@@ -38,7 +38,8 @@ from . import output_folder  # noqa: E402
 
 __all__ = ["atomic_write", "write_text", "write_json", "write_csv", "save_figure",
            "provenance", "progress", "pinned_blas", "report_dir", "fit_loglog_slope", "md_table",
-           "recomputation_ratio", "study_main", "settings", "verdict", "STRATEGY_COLORS", "strategy_color"]
+           "recomputation_ratio", "study_main", "settings", "verdict", "STRATEGY_COLORS",
+           "strategy_color"]
 
 
 @contextlib.contextmanager

@@ -220,7 +220,8 @@ def report(s: SimpleNamespace, plan: list[dict], rows: list[dict], verdict: dict
         "| min–max s | time / full | steps alone | grad rel. err vs full |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         *[f"| {r['strategy']} | {r['peak_bytes']:,} | {r['memory']:.3f} | {r['forward']:,} | "
-          f"{r['recompute']:.2f}x | {r['median_s']:.3f} | {r['spread'][0]:.3f}–{r['spread'][1]:.3f} "
+          f"{r['recompute']:.2f}x | {r['median_s']:.3f} | "
+          f"{r['spread'][0]:.3f}–{r['spread'][1]:.3f} "
           f"| {r['time']:.2f}x | {r['predicted']:.2f}x | {r['grad_err']:.1e} |" for r in rows],
         "",
         "*steps alone*: the time over full()'s that the run's forward and backward steps "

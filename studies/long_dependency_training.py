@@ -24,7 +24,7 @@ import os
 import time
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Sequence
+from typing import Any, Sequence
 
 import matplotlib.pyplot as plt
 import matplotlib.ticker
@@ -110,7 +110,8 @@ def predict(model: bm.Model, params: dict, xs: np.ndarray) -> np.ndarray:
 
 
 def _adam(params: dict, grads: dict, m: dict, v: dict, i: int, s: SimpleNamespace) -> float:
-    """Clip grads to global norm CLIP, then one Adam step (Kingma & Ba, Alg. 1); returns the norm."""
+    """Clip grads to global norm CLIP, then one Adam step (Kingma & Ba, Alg. 1); returns
+    the norm."""
     norm = math.sqrt(sum(float((g * g).sum()) for g in grads.values()))
     scale = min(1.0, s.CLIP / norm) if norm > 0 else 1.0
     b1, b2 = s.BETAS
@@ -241,7 +242,9 @@ def time_strategies(s: SimpleNamespace, quiet: bool) -> list:
     xs, ys, mask = adding_problem(s.T, s.BATCH, np.random.default_rng(s.SEED + 3))
     strats = strategies(s)
     with _common.pinned_blas(1):
-        bar = lambda total: _common.progress(total=total, quiet=quiet, desc=f"{NAME}: timing")
+        def bar(total: int) -> Any:
+            return _common.progress(total=total, quiet=quiet, desc=f"{NAME}: timing")
+
         return compare(model, params, xs, ys, strats, mask=mask, repeats=s.TIMING_REPEATS,
                        trace_memory=True, progress=bar)
 
@@ -260,7 +263,8 @@ def _styles(s: SimpleNamespace, labels: Sequence[str]) -> dict[str, dict]:
             out[label] = dict(color=exact_colors[e % 5], lw=2.6 - 0.4 * e, dashes=dashes[e % 5])
             e += 1
         else:
-            out[label] = dict(color=short_colors[t % len(short_colors)], lw=1.6, dashes=(None, None))
+            out[label] = dict(color=short_colors[t % len(short_colors)], lw=1.6,
+                              dashes=(None, None))
             t += 1
     return out
 

@@ -125,7 +125,8 @@ def _predicted_steps(strategy: bm.ScheduledStrategy, T: int, sb: int, rb: int, l
 
 
 def frontier(s: SimpleNamespace, T: int, quiet: bool) -> tuple[list[dict], list[float]]:
-    """One row per (strategy, budget) that fits, exact from `simulate`; and optimal's skipped budgets.
+    """One row per (strategy, budget) that fits, exact from `simulate`; and optimal's
+    skipped budgets.
 
     NOTE [optimal's memo] `optimal` keeps one cost table per item sizes in units and
     grows it to answer the largest T and the largest budget asked so far, together. After
@@ -206,7 +207,8 @@ def check_frontier(rows: Sequence[dict]) -> list[str]:
         for a, b in zip(pts, pts[1:]):
             if b["forward_steps"] > a["forward_steps"]:
                 bad.append(f"T={T} {name}: {b['forward_steps']} forward steps at "
-                           f"{b['budget_fraction']:g} > {a['forward_steps']} at {a['budget_fraction']:g}")
+                           f"{b['budget_fraction']:g} > {a['forward_steps']} at "
+                           f"{a['budget_fraction']:g}")
         for r in pts:
             if r["forward_steps"] != r["predicted_forward_steps"]:
                 bad.append(f"T={T} {name} {r['parameter']}={r['value']}: simulate counts "
@@ -330,7 +332,8 @@ def plot_frontier(s: SimpleNamespace, rows: Sequence[dict], curve: Sequence[dict
         ax.set_ylabel("forward steps / T (recompute factor)")
         title = f"LSTM, T = {T}"
         if skipped.get(T):
-            title += f"\n(optimal only up to {_pct(_max_optimal_fraction(rows, T))} of full: O(T²·m))"
+            title += (f"\n(optimal only up to {_pct(_max_optimal_fraction(rows, T))} of full: "
+                      "O(T²·m))")
         ax.set_title(title, fontsize=10)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
@@ -369,7 +372,8 @@ def plot_time(s: SimpleNamespace, rows: Sequence[dict], alpha: float) -> plt.Fig
     a.set_xscale("log")
     a.set_xlabel("peak memory / full()'s peak bytes")
     a.set_ylabel("ratio to full()")
-    a.set_title(f"Measured at T = {s.TIMED_STEPS} (medians of {s.REPEATS}, interleaved)", fontsize=10)
+    a.set_title(f"Measured at T = {s.TIMED_STEPS} (medians of {s.REPEATS}, interleaved)",
+                fontsize=10)
     a.grid(True, which="both", alpha=0.3)
     a.legend(fontsize=7)
     fs = np.linspace(1, max([r["recompute_factor"] for r in rows] + [2.0]), 50)
@@ -391,7 +395,8 @@ def plot_time(s: SimpleNamespace, rows: Sequence[dict], alpha: float) -> plt.Fig
 
 def _at(rows: Sequence[dict], fraction: float, **match: object) -> dict | None:
     for r in rows:
-        if math.isclose(r["budget_fraction"], fraction) and all(r[k] == v for k, v in match.items()):
+        if (math.isclose(r["budget_fraction"], fraction)
+                and all(r[k] == v for k, v in match.items())):
             return r
     return None
 
@@ -419,7 +424,8 @@ def _frontier_table(rows: Sequence[dict], T: int, fractions: Sequence[float]) ->
     return _common.md_table(table)
 
 
-def _headline(s: SimpleNamespace, rows: Sequence[dict], timed: Sequence[dict]) -> tuple[list[dict], dict]:
+def _headline(s: SimpleNamespace, rows: Sequence[dict],
+              timed: Sequence[dict]) -> tuple[list[dict], dict]:
     T, f = s.TIMED_STEPS, s.HEADLINE_FRACTION
     table = []
     for name in STRATEGIES:
@@ -491,7 +497,8 @@ def write_report(d: Path, s: SimpleNamespace, rows: list[dict], timed: list[dict
         if with_b:
             vs_uniform.append(
                 f"at T = {T} uniform needs fewer forward steps than binomial at {len(wins)} of "
-                f"{len(with_b)} budgets where both fit (F {min(u['recompute_factor'] for u in with_b):.3g}"
+                f"{len(with_b)} budgets where both fit "
+                f"(F {min(u['recompute_factor'] for u in with_b):.3g}"
                 f"–{max(u['recompute_factor'] for u in with_b):.3g}: it keeps whole segments' "
                 "residuals, which binomial never does)"
                 + (f", and up to {max(ratio):.2f}× the forward steps of optimal" if ratio else ""))
@@ -501,7 +508,8 @@ def write_report(d: Path, s: SimpleNamespace, rows: list[dict], timed: list[dict
         f"{_pct(f)} of full()'s bytes, `optimal` holds {_pct(verdict['optimal_memory_fraction'])}, "
         f"does {verdict['optimal_recompute_factor']:.3g}× the forward steps of full() and measures "
         f"{verdict['optimal_time_ratio']:.4g}× its wall time (median; "
-        + (f"{opt_t['time_ratio_of_minima']:.3g}× between the fastest runs" if opt_t else "not timed")
+        + (f"{opt_t['time_ratio_of_minima']:.3g}× between the fastest runs" if opt_t
+           else "not timed")
         + f"), against Gruslys et al.'s ≈ {s.HEADLINE_TIME_RATIO:.3g}× (criterion: median ≤ "
         f"{s.HEADLINE_TIME_RATIO * (1 + s.HEADLINE_SLACK):.3g}×)."
     )
@@ -569,7 +577,8 @@ def write_report(d: Path, s: SimpleNamespace, rows: list[dict], timed: list[dict
         f"full ({len(v)} larger budgets skipped)" for T, v in skipped.items() if v) or "none"
     load0, load1 = meta["load_average_before"], meta["load_average_after"]
     planning = ", ".join(
-        f"{name} {sum(r['plan_seconds'] for r in rows if r['T'] == T and r['strategy'] == name):.1f} s"
+        f"{name} "
+        f"{sum(r['plan_seconds'] for r in rows if r['T'] == T and r['strategy'] == name):.1f} s"
         f" at T = {T}" for T in s.STEPS for name in STRATEGIES)
     timed_table = [{"strategy": r["strategy"], "parameter": r["parameter"], "value": r["value"],
                     "budget": _pct(r["budget_fraction"]), "peak": _pct(r["memory_fraction"]),
@@ -715,7 +724,8 @@ def _in_fresh_process(fn, *args):  # type: ignore[no-untyped-def]
 
 
 def run(out: Path | str | None = None, *, small: bool = False, quiet: bool = False) -> Path:
-    """Compute the frontier, time the subset, write reports/recompute_tradeoff/; return report.md."""
+    """Compute the frontier, time the subset, write reports/recompute_tradeoff/; return
+    report.md."""
     start = time.perf_counter()
     s = _settings(small)
     d = _common.report_dir(out, NAME, small)

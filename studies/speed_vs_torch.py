@@ -24,9 +24,10 @@ user gets it.
 NOTE [fair timing] Everything runs in one process. For each configuration every
 contender first runs once untimed, to warm up and to measure its memory, then REPEATS
 timed rounds (TARGET_1_REPEATS where target 1 is judged: NOTE [target 1 rounds]) follow
-in which every contender runs once, in `bptt_memory.timing.round_orders`' order: rotating from round to round so drift and neighbours' load hit all of them alike,
+in which every contender runs once, in `bptt_memory.timing.round_orders`' order: rotating
+from round to round so drift and neighbours' load hit all of them alike,
 and reversed every other round so no contender always runs right after the same one
-(NOTE [round order] in `bptt_memory/compare.py`: at toy sizes, whoever followed torch's
+(NOTE [round order] in `bptt_memory/timing.py`: at toy sizes, whoever followed torch's
 checkpointed loop took about 0.3 ms more in every round). Medians are reported, with
 CPU time (`time.process_time`) beside wall time because the machine may be shared. numpy's
 BLAS is pinned to THREADS threads with threadpoolctl and torch to the same count with
@@ -205,7 +206,8 @@ class _Torch:
         self.h0 = torch.zeros(B, H, dtype=tdt)
         self.segment = max(1, round(math.sqrt(T)))
         r = self.readout
-        self.fused_params = [getattr(self.fused, f"{n}_l0") for n in PARAM_NAMES[:4]] + [r.weight, r.bias]
+        self.fused_params = ([getattr(self.fused, f"{n}_l0") for n in PARAM_NAMES[:4]]
+                             + [r.weight, r.bias])
         self.cell_params = [getattr(self.cell, n) for n in PARAM_NAMES[:4]] + [r.weight, r.bias]
         self.inputs = [self.x, self.y]
 
@@ -361,15 +363,18 @@ def measure_config(s: SimpleNamespace, torch: Any, kind: str, H: int, T: int,
     for name, st in strategies.items():
         r = st.run(models[name], params, xs, ys, trace_memory=True)
         grads[name] = r.grads
-        info[name].update(memory_bytes=r.stats.peak_bytes, traced_peak_bytes=r.stats.traced_peak_bytes,
-                          forward_steps=r.stats.forward_steps, backward_steps=r.stats.backward_steps,
+        info[name].update(memory_bytes=r.stats.peak_bytes,
+                          traced_peak_bytes=r.stats.traced_peak_bytes,
+                          forward_steps=r.stats.forward_steps,
+                          backward_steps=r.stats.backward_steps,
                           loss=r.loss, grad_rel_error=None)
     for name in THEIRS if tc is not None else ():
         held, loss, grads[name] = tc.saved_bytes(name)
         info[name].update(memory_bytes=held, traced_peak_bytes=None, forward_steps=None,
                           backward_steps=None, loss=loss, grad_rel_error=None)
     if tc is not None:  # optimal at the checkpointed loop's bytes: NOTE [matched memory]
-        budget = max(model.cell.residual_bytes(s.BATCH, dtype), info["torch_checkpoint"]["memory_bytes"])
+        budget = max(model.cell.residual_bytes(s.BATCH, dtype),
+                     info["torch_checkpoint"]["memory_bytes"])
         st = strategies["optimal_matched"] = bm.optimal(budget_bytes=budget)
         runs["optimal_matched"] = lambda st=st: st.run(model, params, xs, ys)
         runs = {n: runs[n] for n in CONTENDERS if n in runs}
@@ -432,7 +437,8 @@ def measure_config(s: SimpleNamespace, torch: Any, kind: str, H: int, T: int,
         r["ratio_to_full"] = r["wall_median"] / base["full"]["wall_median"]
     meta = dict(load_before=load_before, load_after=os.getloadavg()[0],
                 probe_before=probe_before, probe_after=machine_probe(), repeats=repeats,
-                raw_wall=wall, raw_cpu=cpu, raw_page_faults=faults, raw_phases=phases, orders=orders,
+                raw_wall=wall, raw_cpu=cpu, raw_page_faults=faults, raw_phases=phases,
+                orders=orders,
                 strategies={n: st.name for n, st in strategies.items()},
                 **model.cell.sizes(s.BATCH, dtype))
     return rows, meta
@@ -484,7 +490,8 @@ def evaluate_targets(s: SimpleNamespace, rows: Sequence[dict]) -> list[dict]:
             if (key[0] in s.TARGET_1_CELLS and key[1] == s.TARGET_1_HIDDEN
                     and key[2] == s.TARGET_1_STEPS):
                 ratio = full["wall_median"] / fused["wall_median"]
-                user_ratio = full["user_median"] / fused["user_median"] if fused["user_median"] else None
+                user_ratio = (full["user_median"] / fused["user_median"] if fused["user_median"]
+                              else None)
                 # NOTE [target 1 in both times]: met only within the limit in wall time and in
                 # user-mode CPU time; a run where torch faults in fresh pages and full() does
                 # not (or the reverse) decides nothing about the two kernels
@@ -492,12 +499,14 @@ def evaluate_targets(s: SimpleNamespace, rows: Sequence[dict]) -> list[dict]:
                 numpy_ = c.get("full_numpy")  # NOTE [numpy kernels]
                 add("1", full, "full() time / torch fused time", ratio,
                     s.TARGET_FULL_VS_FUSED_TIME, met, "full",
-                    f"user-mode CPU time ratio {_ratio(full['user_median'], fused['user_median'])}; "
+                    "user-mode CPU time ratio "
+                    f"{_ratio(full['user_median'], fused['user_median'])}; "
                     f"page faults per run: full() {full['page_faults_median']:.0f}, torch "
                     f"{fused['page_faults_median']:.0f}"
                     + ("" if numpy_ is None else
-                       f"; full() on numpy's kernels: {_ratio(numpy_['wall_median'], fused['wall_median'])}"
-                       f" wall, {_ratio(numpy_['user_median'], fused['user_median'])} user-mode CPU"),
+                       "; full() on numpy's kernels: "
+                       f"{_ratio(numpy_['wall_median'], fused['wall_median'])} wall, "
+                       f"{_ratio(numpy_['user_median'], fused['user_median'])} user-mode CPU"),
                     user_ratio=user_ratio, fused_user_seconds=fused["user_median"])
             ratio = full["memory_bytes"] / fused["memory_bytes"]
             add("2", full, "full() peak_bytes / torch fused saved bytes", ratio,
@@ -717,7 +726,8 @@ def profile_misses(s: SimpleNamespace, targets: Sequence[dict]) -> list[dict]:
             r = strategy.run(model, params, xs, ys)
             prof.disable()
             # per step, against full()'s: which kind of step costs more than in full()
-            ref = bm.full().run(model, params, xs, ys).stats if t["contender"] != "full" else r.stats
+            ref = (bm.full().run(model, params, xs, ys).stats if t["contender"] != "full"
+                   else r.stats)
             with timed_products() as inside:  # NOTE [product time]
                 t0 = time.perf_counter()
                 strategy.run(model, params, xs, ys)
@@ -734,7 +744,8 @@ def profile_misses(s: SimpleNamespace, targets: Sequence[dict]) -> list[dict]:
         at = text.find("ncalls")
         text = text[text.rfind("\n", 0, at) + 1:] if at >= 0 else text
         out.append(dict(target=t["target"], config=t["config"], T=T, contender=t["contender"],
-                        ratio=t["ratio"], user_ratio=t.get("user_ratio"), forward_seconds=r.stats.extra["forward_seconds"],
+                        ratio=t["ratio"], user_ratio=t.get("user_ratio"),
+                        forward_seconds=r.stats.extra["forward_seconds"],
                         backward_seconds=r.stats.extra["backward_seconds"],
                         seconds=r.stats.seconds, profile=text.rstrip(),
                         product_run_seconds=product_run, product_seconds=inside[0],
@@ -749,7 +760,8 @@ def _panels(s: SimpleNamespace, rows: Sequence[dict], value: Callable[[dict], fl
             ylabel: str, title: str, log: bool = True, hline: float | None = None,
             markers: Callable[[dict], float | None] | None = None) -> plt.Figure:
     dtypes = [d for d in s.DTYPES if any(r["dtype"] == d for r in rows)]
-    fig, axes = plt.subplots(len(dtypes), len(s.CELLS), figsize=(5.2 * len(s.CELLS), 3.8 * len(dtypes)),
+    fig, axes = plt.subplots(len(dtypes), len(s.CELLS),
+                             figsize=(5.2 * len(s.CELLS), 3.8 * len(dtypes)),
                              squeeze=False)
     contenders = [c for c in CONTENDERS if any(r["contender"] == c for r in rows)]
     configs = [(H, T) for H in s.HIDDEN for T in s.STEPS]
@@ -760,7 +772,8 @@ def _panels(s: SimpleNamespace, rows: Sequence[dict], value: Callable[[dict], fl
             for k, c in enumerate(contenders):
                 xs_, ys_, ms_ = [], [], []
                 for n, (H, T) in enumerate(configs):
-                    r = next((r for r in rows if (r["cell"], r["dtype"], r["H"], r["T"], r["contender"])
+                    r = next((r for r in rows
+                              if (r["cell"], r["dtype"], r["H"], r["T"], r["contender"])
                               == (kind, dt, H, T, c)), None)
                     v = value(r) if r else None
                     if v is not None:
@@ -788,7 +801,8 @@ def _panels(s: SimpleNamespace, rows: Sequence[dict], value: Callable[[dict], fl
 
 def plot_time(s: SimpleNamespace, rows: Sequence[dict]) -> plt.Figure:
     return _panels(s, rows, lambda r: r["wall_median"], "seconds (median wall)",
-                   "Forward + backward wall time, B=%d, I=%d, %d BLAS thread(s)" % (s.BATCH, s.N_IN, s.THREADS))
+                   f"Forward + backward wall time, B={s.BATCH}, I={s.N_IN}, "
+                   f"{s.THREADS} BLAS thread(s)")
 
 
 def plot_memory(s: SimpleNamespace, rows: Sequence[dict]) -> plt.Figure:
@@ -824,7 +838,8 @@ def _binding(t: dict) -> float:
 def _summary(targets: Sequence[dict], small: bool = False) -> list[dict]:
     groups: dict[tuple, list[dict]] = {}
     for t in targets:
-        sub = t["cell"] if t["target"] in ("2", "3", "3b") else (t["contender"] if t["target"] == "4" else "")
+        sub = (t["cell"] if t["target"] in ("2", "3", "3b")
+               else (t["contender"] if t["target"] == "4" else ""))
         groups.setdefault((t["target"], sub), []).append(t)
     out = []
     for (target, sub), ts in sorted(groups.items()):
@@ -868,7 +883,8 @@ def _fused_note(s: SimpleNamespace, rows: Sequence[dict]) -> str:
         if r["contender"] in ("full", "torch_fused") and r["T"] == max(s.STEPS) and \
                 r["H"] == min(s.HIDDEN) and r["cell"] in s.TARGET_1_CELLS:
             faults.append(f"{LABELS[r['contender']]} {r['cell']} {r['dtype']}: "
-                          f"{r['page_faults_median']:.0f} page faults, {1e3 * r['system_median']:.0f} ms "
+                          f"{r['page_faults_median']:.0f} page faults, "
+                          f"{1e3 * r['system_median']:.0f} ms "
                           f"of system time in {1e3 * r['wall_median']:.0f} ms")
     return ("torch's fused LSTM keeps " + kept + ": in float32 it runs oneDNN's fused kernel "
             "(its own workspace layout), in float64 the native one. Whether a run pays page "
@@ -957,8 +973,9 @@ def write_report(d: Path, s: SimpleNamespace, rows: list[dict], targets: list[di
                                               (f" ({c[n]['ratio_to_torch_fused']:.2f}×)"
                                                if c[n].get("ratio_to_torch_fused") else "")
                                               for n in contenders if n in c}})
-        mem_table.append({"config": cfg, **{LABELS[n]: _mib(c[n]["memory_bytes"]) for n in contenders
-                                            if n in c and n not in NUMPY_KERNELS},
+        mem_table.append({"config": cfg,
+                          **{LABELS[n]: _mib(c[n]["memory_bytes"]) for n in contenders
+                             if n in c and n not in NUMPY_KERNELS},
                           "full() tracemalloc": _mib(c["full"]["traced_peak_bytes"]),
                           "optimal tracemalloc": _mib(c["optimal"]["traced_peak_bytes"])})
     t1 = [t for t in targets if t["target"] == "1"]
@@ -1046,7 +1063,8 @@ weights and data; every contender's gradient agrees with torch fused's to a rela
 
 ## Targets
 
-{_common.md_table(_summary(targets, s.small)) if targets else "(no targets: torch is not installed)"}
+{_common.md_table(_summary(targets, s.small)) if targets
+ else "(no targets: torch is not installed)"}
 Target 1 in detail. The ratio is of wall times; the note gives the ratio of user-mode CPU
 times, which leaves out the operating system's work of faulting fresh pages in (see below).
 A configuration meets target 1 only if both ratios are within the limit, and the summary
@@ -1060,12 +1078,12 @@ ratio by tens of percent (NOTE [target 1 in both times] in the study):
 Targets: (1) full() ≤ {s.TARGET_FULL_VS_FUSED_TIME}× torch fused's time for
 {"/".join(s.TARGET_1_CELLS)} at H={s.TARGET_1_HIDDEN}, T={s.TARGET_1_STEPS}; (2) full()'s
 peak_bytes ≤ {s.TARGET_FULL_VS_FUSED_MEMORY}× the bytes torch fused saves for backward;
-(3) optimal(5%) ≤ {s.TARGET_OPTIMAL_VS_CHECKPOINT_TIME}× the checkpointed loop's time while holding no more
-than it, and (3b) the same for optimal given exactly the loop's bytes, which is the
+(3) optimal(5%) ≤ {s.TARGET_OPTIMAL_VS_CHECKPOINT_TIME}× the checkpointed loop's time while
+holding no more than it, and (3b) the same for optimal given exactly the loop's bytes, which is the
 comparison at equal memory (5% of full()'s bytes can be more than the loop keeps, or far
-less: NOTE [matched memory]); (4) binomial's and optimal's time / full()'s ≤ {s.TARGET_PREDICTION_SLACK}× the
-ratio predicted from their simulated step counts, (F·f + T·b) / (T·(f + b)), with f and b
-the seconds per forward and per backward step measured inside full()'s own runs (the ratio
+less: NOTE [matched memory]); (4) binomial's and optimal's time / full()'s ≤
+{s.TARGET_PREDICTION_SLACK}× the ratio predicted from their simulated step counts,
+(F·f + T·b) / (T·(f + b)), with f and b the seconds per forward and per backward step measured inside full()'s own runs (the ratio
 column of target 4 is measured / predicted; the prediction leaves out copying stored
 states and the per-action work of the executor, which is what small-T misses are made of;
 planning is not in the timed rounds: a strategy plans a sequence shape once, in its warm-up

@@ -156,8 +156,9 @@ def decay_rates(summary: Sequence[dict], kind: str, radius: float,
     it misses is the tail beyond k of each loss's backward signal: its error falls like
     exp(−k/τ) when the recurrence contracts. TBPTT(k, k) backpropagates the j-th loss of
     a window (j = 1 right after the previous update) through only k − j + 1 steps, so a
-    fraction ~ τ/k of the losses is always cut short: its error falls only like 1/k. The first is fitted to
-    ln(error) against k over the k < T whose error is above rounding (1e-13); the second
+    fraction ~ τ/k of the losses is always cut short: its error falls only like 1/k. The
+    first is fitted to ln(error) against k over the k < T whose error is above rounding
+    (1e-13); the second
     to ln(error) against ln(k) over the k < T with k >= 10 (k >= 2 at toy sizes).
     """
     ks = np.array([k for k in K2S if k < T], float)
@@ -266,7 +267,8 @@ def write_report(d: Path, s: SimpleNamespace, summary: Sequence[dict], problems:
             for k in (k_lo, k_hi):
                 row[f"err (1,{k})"] = _fmt(_lookup(summary, kind, radius, 1, k)["rel_error"])
                 row[f"err ({k},{k})"] = _fmt(_lookup(summary, kind, radius, k, k)["rel_error"])
-            row[f"cos ({k_lo},{k_lo})"] = f"{_lookup(summary, kind, radius, k_lo, k_lo)['cosine']:.3f}"
+            cos = _lookup(summary, kind, radius, k_lo, k_lo)["cosine"]
+            row[f"cos ({k_lo},{k_lo})"] = f"{cos:.3f}"
             tau, slope = decay_rates(summary, kind, radius, K2S, T)
             row["τ of (1,k)"] = f"{tau:.3g}"
             row["slope of (k,k)"] = f"{slope:.2f}"
@@ -280,7 +282,8 @@ def write_report(d: Path, s: SimpleNamespace, summary: Sequence[dict], problems:
     better = sum(_lookup(summary, r["cell"], r["radius"], 1, r["k2"])["rel_error"]
                  <= _lookup(summary, r["cell"], r["radius"], r["k2"], r["k2"])["rel_error"]
                  for r in below)
-    ratios = [_lookup(summary, r["cell"], r["radius"], r["k2"], r["k2"])["rel_error"] / r["rel_error"]
+    ratios = [_lookup(summary, r["cell"], r["radius"], r["k2"], r["k2"])["rel_error"]
+              / r["rel_error"]
               for r in below if r["rel_error"] > 1e-8]  # above rounding
 
     # Backward work: TBPTT(1, k) does about k·T steps, TBPTT(k, k) T.
@@ -298,7 +301,8 @@ def write_report(d: Path, s: SimpleNamespace, summary: Sequence[dict], problems:
         findings.append(
             f"- **{kind}**: at k2 = {k_lo} the TBPTT(1, k2) error is {_fmt(e_lo)} at ρ = {lo_r:g} "
             f"and {_fmt(e_hi)} at ρ = {hi_r:g}; an error below 1% needs k2 = "
-            + ", ".join(f"{_k2_for(summary, kind, r, False, 0.01, K2S)} (ρ = {r:g})" for r in s.RADII)
+            + ", ".join(f"{_k2_for(summary, kind, r, False, 0.01, K2S)} (ρ = {r:g})"
+                        for r in s.RADII)
             + " with k1 = 1, and k2 = "
             + ", ".join(f"{_k2_for(summary, kind, r, True, 0.01, K2S)}" for r in s.RADII)
             + " with k1 = k2 (a k2 of T means no tested truncation reached 1%).")
@@ -353,7 +357,8 @@ k2 and how fast the recurrence forgets (the spectral radius ρ of W_hh)?
 **Setup.** {', '.join(s.CELLS)} cells (vanilla = tanh), H = {s.HIDDEN}, {s.N_IN} standard-normal
 inputs, {s.N_OUT} outputs read out at every step with an mse loss against standard-normal
 targets (`bm.tasks.random_problem`), T = {T}, B = {s.BATCH}, float64, PyTorch's default
-init U(±1/√H) and then W_hh rescaled to spectral radius ρ ∈ {{{', '.join(f'{r:g}' for r in s.RADII)}}}.
+init U(±1/√H) and then W_hh rescaled to spectral radius
+ρ ∈ {{{', '.join(f'{r:g}' for r in s.RADII)}}}.
 For the LSTM each of the four (H, H) gate blocks of W_hh is rescaled to ρ: the (4H, H)
 matrix has no eigenvalues, and per block keeps the gates' relative roles (see
 `set_spectral_radius`, NOTE [LSTM radius]). Seeds {list(s.SEEDS)}; numbers are means over

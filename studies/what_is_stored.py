@@ -108,7 +108,8 @@ def run(out: Path | str | None = None, *, small: bool = False, quiet: bool = Fal
                                    "config": {**cfg, "dtype": np.dtype(DTYPE).name}})
     _figure(per_cell, growth, d / "bytes_per_step.png")
 
-    lines = ["# What must be kept to backpropagate through time?\n", C.provenance(C.command_line(NAME, small)), ""]
+    lines = ["# What must be kept to backpropagate through time?\n",
+             C.provenance(C.command_line(NAME, small)), ""]
     lines += [
         "**The activations and states, not the weights.** The weights are needed by the",
         "backward pass, but they are the same at every step and are kept once whatever T is;",

@@ -40,8 +40,8 @@ def test_compare_rows_measure_against_full(rng):
     model = bm.Model(bm.vanilla(2, 3), 2)
     params = model.init(rng)
     xs, ys = random_problem(model, 12, 2, rng)
-    rows = compare(model, params, xs, ys, {"binomial": bm.binomial(2), "truncated": bm.truncated(2)},
-                   repeats=1)
+    rows = compare(model, params, xs, ys,
+                   {"binomial": bm.binomial(2), "truncated": bm.truncated(2)}, repeats=1)
     assert [r.strategy for r in rows] == ["binomial(slots=2)", "truncated(k1=2, k2=2)"]
     b, t = rows
     assert b.grad_rel_error < 1e-12 and b.forward_steps == bm.binomial_forward_steps(12, 2)

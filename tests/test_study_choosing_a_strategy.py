@@ -53,7 +53,8 @@ def test_small_run_writes_the_chart_its_data_and_a_report(small_run):
             assert r["strategy"] == "full()" and int(r["peak_bytes"]) == full_bytes
     text = small_run.read_text()
     assert text.startswith("# Which strategy should I use?")
-    assert "Smoke run at toy sizes" in text and "bptt-memory study choosing_a_strategy --small" in text
+    assert "Smoke run at toy sizes" in text
+    assert "bptt-memory study choosing_a_strategy --small" in text
     assert " met" not in text  # toy timings judge nothing
 
 

@@ -23,7 +23,8 @@ def test_optimal_budget_is_a_fraction_of_fulls_bytes(cell):
 def test_small_run_writes_a_consistent_report(tmp_path):
     path = ldt.run(tmp_path, small=True, quiet=True)
     d = tmp_path / "long_dependency_training"
-    assert path == d / "report.md" and path.read_text().startswith("# Training on a long dependency")
+    assert path == d / "report.md"
+    assert path.read_text().startswith("# Training on a long dependency")
     for png in ("learning_curves.png", "memory_time.png"):
         data = (d / png).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000

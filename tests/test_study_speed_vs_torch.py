@@ -63,7 +63,8 @@ def _check_common(d, contenders):
         cell = getattr(bm, r["cell"])(s.N_IN, int(r["H"]))
         T, dt = int(r["T"]), r["dtype"]
         full_bytes = cell.recorded_bytes(T, s.BATCH, dt)
-        if r["contender"] in ("full", "full_numpy"):  # the exact formula: T steps recorded in one run
+        # the exact formula: T steps recorded in one run
+        if r["contender"] in ("full", "full_numpy"):
             alone, linked = ITEMS_PER_STEP[r["cell"]]
             BH = s.BATCH * int(r["H"]) * np.dtype(dt).itemsize
             assert int(r["memory_bytes"]) == full_bytes == (alone + linked * (T - 1)) * BH

@@ -1077,18 +1077,18 @@ ratio by tens of percent (NOTE [target 1 in both times] in the study):
  if t1 else "(not measured)"}
 Targets: (1) full() ≤ {s.TARGET_FULL_VS_FUSED_TIME}× torch fused's time for
 {"/".join(s.TARGET_1_CELLS)} at H={s.TARGET_1_HIDDEN}, T={s.TARGET_1_STEPS}; (2) full()'s
-peak_bytes ≤ {s.TARGET_FULL_VS_FUSED_MEMORY}× the bytes torch fused saves for backward;
-(3) optimal(5%) ≤ {s.TARGET_OPTIMAL_VS_CHECKPOINT_TIME}× the checkpointed loop's time while
-holding no more than it, and (3b) the same for optimal given exactly the loop's bytes, which is the
-comparison at equal memory (5% of full()'s bytes can be more than the loop keeps, or far
-less: NOTE [matched memory]); (4) binomial's and optimal's time / full()'s ≤
-{s.TARGET_PREDICTION_SLACK}× the ratio predicted from their simulated step counts,
-(F·f + T·b) / (T·(f + b)), with f and b the seconds per forward and per backward step measured inside full()'s own runs (the ratio
-column of target 4 is measured / predicted; the prediction leaves out copying stored
-states and the per-action work of the executor, which is what small-T misses are made of;
-planning is not in the timed rounds: a strategy plans a sequence shape once, in its warm-up
-run, NOTE [plan memo] in `bptt_memory/strategies.py`). Every row, every configuration:
-`targets.csv`.
+peak_bytes ≤ {s.TARGET_FULL_VS_FUSED_MEMORY}× the bytes torch fused saves for backward; (3)
+optimal(5%) ≤ {s.TARGET_OPTIMAL_VS_CHECKPOINT_TIME}× the checkpointed loop's time while
+holding no more than it, and (3b) the same for optimal given exactly the loop's bytes, which
+is the comparison at equal memory (5% of full()'s bytes can be more than the loop keeps, or
+far less: NOTE [matched memory]); (4) binomial's and optimal's time / full()'s ≤
+{s.TARGET_PREDICTION_SLACK}× the ratio predicted from their simulated step counts, (F·f +
+T·b) / (T·(f + b)), with f and b the seconds per forward and per backward step measured
+inside full()'s own runs (the ratio column of target 4 is measured / predicted; the
+prediction leaves out copying stored states and the per-action work of the executor, which
+is what small-T misses are made of; planning is not in the timed rounds: a strategy plans a
+sequence shape once, in its warm-up run, NOTE [plan memo] in `bptt_memory/strategies.py`).
+Every row, every configuration: `targets.csv`.
 
 {t3_text}
 {t4_text}

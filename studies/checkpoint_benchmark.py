@@ -28,7 +28,7 @@ import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -241,15 +241,67 @@ def report(s: SimpleNamespace, plan: list[dict], rows: list[dict], verdict: dict
     return "\n".join(lines)
 
 
+def reconcile(s: SimpleNamespace, verdict: dict, reports: Path) -> str:
+    """A paragraph setting optimal's time ratio here beside recompute_tradeoff's headline,
+    which times the same LSTM, T and budget fraction with other contenders around it."""
+    other = reports / "recompute_tradeoff" / "data.json"
+    if not other.is_file():
+        return ("(recompute_tradeoff's data is not beside this report, so its headline "
+                "ratio is not compared here.)")
+    head = json.loads(other.read_text())["headline"]
+    theirs = json.loads(other.read_text())["settings"]
+    return (
+        f"**Against recompute_tradeoff.** There, optimal at {head['fraction']:.0%} of "
+        f"full()'s bytes measured {head['optimal_time_ratio']:.3g}× full()'s time at "
+        f"T = {head['T']}; here {verdict['time_ratio']:.3g}×. Both are medians of interleaved "
+        f"rounds in one process against full() in the same rounds, and both runs do the "
+        f"same forward steps at the same budget; what differs is around them: the readout "
+        f"(n_out = {theirs.get('N_OUT')} there, {s.N_OUT} here), the rounds "
+        f"({theirs.get('REPEATS')} there, {s.REPEATS} here) and the contenders each round "
+        f"interleaves (every timed budget of three strategies there, four strategies here), "
+        f"which leave the caches and the allocator in different states for the run that "
+        f"follows; and the two were run at different times on a shared machine. The "
+        f"steps-alone column bounds what the ratio can be with no bookkeeping at all; the "
+        f"spread of the per-round ratios below is the noise to read either figure with.")
+
+
+def plot_time_memory(rows: Sequence[dict]) -> Any:
+    """Time over full()'s against memory over full()'s, measured and steps-alone."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for r in rows:
+        c = _common.strategy_color(r["strategy"])
+        ax.plot(r["memory"], r["time"], "o", color=c, label=f"{r['strategy']} measured")
+        ax.plot(r["memory"], r["predicted"], "x", color=c, ms=8,
+                label=f"{r['strategy']} steps alone")
+    ax.set(xscale="log", xlabel="peak bytes / full()'s", ylabel="time / full()'s",
+           title="LSTM: time against memory (medians)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    return fig
+
+
 def run(out: Path | str | None = None, *, small: bool = False, quiet: bool = False) -> Path:
-    """Plan, time, print the report (unless quiet) and write out/NAME/report.md."""
+    """Plan, time, print the report (unless quiet) and write out/NAME/ with its data and
+    figure."""
     s = _settings(small)
+    d = _common.report_dir(out, NAME, small)
     plan = planning(s)
     rows, verdict = timing(s)
     text = report(s, plan, rows, verdict, _common.command_line(NAME, small))
+    text += "\n" + reconcile(s, verdict, d.parent) + "\n"
+    text += ("\nData: `planning.csv`, `timing.csv` (with each strategy's min–max seconds), "
+             "`summary.json` (settings and verdict); figure: `time_memory.png`.\n\n"
+             "![time against memory](time_memory.png)\n")
+    _common.write_csv(d / "planning.csv", plan)
+    _common.write_csv(d / "timing.csv", [{**r, "spread": list(r["spread"])} for r in rows])
+    _common.write_json(d / "summary.json", {"settings": vars(s), "verdict": verdict})
+    _common.save_figure(plot_time_memory(rows), d / "time_memory.png")
     if not quiet:
         print(text)
-    return _common.write_text(_common.report_dir(out, NAME, small) / "report.md", text)
+    return _common.write_text(d / "report.md", text)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

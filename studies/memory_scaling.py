@@ -44,8 +44,7 @@ from bptt_memory.tasks import random_problem
 from . import _common
 
 NAME = "memory_scaling"
-COLORS = {"full": "k", "truncated": "tab:orange", "uniform": "tab:green",
-          "binomial": "tab:blue", "optimal": "tab:red"}
+COLORS = _common.STRATEGY_COLORS  # one palette for the strategies in every study
 #: The order each family's peak should grow in, as a log-log slope, and how to say it.
 EXPECTED = {"full": (1.0, "O(T)"), "truncated": (0.0, "O(k2) = O(1)"),
             "uniform": (0.5, "O(√T)"), "binomial": (0.0, "O(slots) = O(1)"),

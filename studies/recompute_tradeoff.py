@@ -44,7 +44,7 @@ from . import _common
 
 NAME = "recompute_tradeoff"
 STRATEGIES = ("uniform", "binomial", "optimal")
-COLORS = {"full": "k", "uniform": "tab:green", "binomial": "tab:blue", "optimal": "tab:red"}
+COLORS = _common.STRATEGY_COLORS  # one palette for the strategies in every study
 
 # -- the model ------------------------------------------------------------------------
 BATCH = 32  # B

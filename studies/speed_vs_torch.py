@@ -137,8 +137,10 @@ LABELS = {"full": "full()", "full_numpy": "full(), numpy kernels", "binomial": "
           "optimal": "optimal(5%)",
           "optimal_matched": "optimal(ckpt bytes)", "torch_fused": "torch fused",
           "torch_loop": "torch cell loop", "torch_checkpoint": "torch loop + checkpoint(√T)"}
-COLORS = {"full": "#1f77b4", "full_numpy": "#17becf", "binomial": "#2ca02c", "optimal": "#9467bd",
-          "optimal_matched": "#e377c2", "torch_fused": "#d62728", "torch_loop": "#ff7f0e",
+# our strategies in the studies' one palette; their variants and torch's contenders in
+# colours of their own, none of them the palette's
+COLORS = {**{n: _common.STRATEGY_COLORS[n] for n in OURS}, "full_numpy": "#17becf",
+          "optimal_matched": "#e377c2", "torch_fused": "0.2", "torch_loop": "0.6",
           "torch_checkpoint": "#8c564b"}
 PARAM_NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_out", "bias_out")
 

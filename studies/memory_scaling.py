@@ -31,7 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Sequence
+from typing import Callable, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -48,7 +48,12 @@ COLORS = _common.STRATEGY_COLORS  # one palette for the strategies in every stud
 #: The order each family's peak should grow in, as a log-log slope, and how to say it.
 EXPECTED = {"full": (1.0, "O(T)"), "truncated": (0.0, "O(k2) = O(1)"),
             "uniform": (0.5, "O(√T)"), "binomial": (0.0, "O(slots) = O(1)"),
-            "optimal": (0.0, "≤ budget = O(1)")}
+            "optimal": (0.0, "≤ budget = O(1)"),
+            "binomial_log": (0.0, "O(log T)")}
+#: The sweep's families: every registered strategy, and binomial given slots growing with
+#: log T (LOG_SLOTS_PER_DOUBLING·⌈log2 T⌉), the O(log T)-memory, O(T log T)-time point of
+#: Griewank's trade-off.
+FAMILIES = (*bm.STRATEGIES, "binomial_log")
 
 # -- the scaling sweep: a tiny problem, so T = 10⁵ is a matter of per-step overhead -------
 CELLS = ("vanilla", "lstm", "gru")
@@ -62,6 +67,7 @@ STEPS = (10, 30, 100, 300, 1_000, 3_000, 10_000, 30_000, 100_000)  # T, half-dec
 K_TRUNCATED = 32  # truncated(k1=32, k2=32): a ring of 32 recorded steps, whatever T
 SLOTS = 16  # binomial(slots=16)
 OPTIMAL_BUDGET_STEPS = 32  # optimal's budget: 32 steps' residuals, truncated's bytes but exact
+LOG_SLOTS_PER_DOUBLING = 1  # binomial_log: slots = this × ⌈log2 T⌉
 # Run for real, under tracemalloc, up to this T; above it the peak is predicted by
 # `simulate` (tracemalloc makes a step 2-5x slower; binomial(16) at T = 10⁵ does 7·T steps)
 RUN_MAX_T = 10_000
@@ -101,7 +107,8 @@ SMALL = dict(STEPS=(10, 30, 100, 300), K_TRUNCATED=8, SLOTS=4, OPTIMAL_BUDGET_ST
 
 def _settings(small: bool) -> SimpleNamespace:
     names = ("CELLS", "BATCH", "HIDDEN", "N_IN", "N_OUT", "SEED", "STEPS", "K_TRUNCATED",
-             "SLOTS", "OPTIMAL_BUDGET_STEPS", "RUN_MAX_T", "OPTIMAL_MAX_T", "FIT_MIN_T",
+             "SLOTS", "OPTIMAL_BUDGET_STEPS", "LOG_SLOTS_PER_DOUBLING", "RUN_MAX_T",
+             "OPTIMAL_MAX_T", "FIT_MIN_T",
              "OPTIMAL_FIT_MIN_T", "TIMELINE", "TIMELINE_STRATEGIES", "LONG", "LONG_STRATEGIES",
              "SAMPLE_INTERVAL", "MALLOC_MMAP_THRESHOLD")
     s = _common.settings(globals(), names, small)
@@ -112,11 +119,21 @@ def _cell(kind: str, n_in: int, hidden: int) -> bm.Cell:
     return {"vanilla": bm.vanilla, "lstm": bm.lstm, "gru": bm.gru}[kind](n_in, hidden)
 
 
-def _kwargs(s: SimpleNamespace, family: str, residual_bytes: int) -> dict:
-    """Each family's parameters: fixed in T, so the slope shows the strategy's own order."""
+def _log_slots(s: SimpleNamespace, T: int) -> int:
+    return max(1, s.LOG_SLOTS_PER_DOUBLING * math.ceil(math.log2(max(T, 2))))
+
+
+def _kwargs(s: SimpleNamespace, family: str, residual_bytes: int, T: int = 1) -> dict:
+    """Each family's parameters: fixed in T, so the slope shows the strategy's own order,
+    except binomial_log's, whose slots grow with log T."""
     return {"full": {}, "truncated": dict(k1=s.K_TRUNCATED, k2=s.K_TRUNCATED), "uniform": {},
             "binomial": dict(slots=s.SLOTS),
-            "optimal": dict(budget_bytes=s.OPTIMAL_BUDGET_STEPS * residual_bytes)}[family]
+            "optimal": dict(budget_bytes=s.OPTIMAL_BUDGET_STEPS * residual_bytes),
+            "binomial_log": dict(slots=_log_slots(s, T))}[family]
+
+
+def _factory(family: str) -> Callable[..., bm.Strategy]:
+    return bm.STRATEGIES[family.split("_")[0]]
 
 
 def _optimal_knee(s: SimpleNamespace, kind: str) -> int:
@@ -131,7 +148,8 @@ def _label(s: SimpleNamespace, family: str) -> str:
     """A family's strategy as the sweep builds it, the same for every cell."""
     return {"full": "full()", "truncated": f"truncated(k1={s.K_TRUNCATED}, k2={s.K_TRUNCATED})",
             "uniform": "uniform(), every round(√T)", "binomial": f"binomial(slots={s.SLOTS})",
-            "optimal": f"optimal({s.OPTIMAL_BUDGET_STEPS} steps' residual bytes)"}[family]
+            "optimal": f"optimal({s.OPTIMAL_BUDGET_STEPS} steps' residual bytes)",
+            "binomial_log": f"binomial(slots={s.LOG_SLOTS_PER_DOUBLING}·⌈log2 T⌉)"}[family]
 
 
 def _predicted_peak(strategy: bm.Strategy, T: int, sizes: dict[str, int]) -> int:
@@ -153,7 +171,7 @@ def _predicted_peak(strategy: bm.Strategy, T: int, sizes: dict[str, int]) -> int
 
 def sweep(s: SimpleNamespace, quiet: bool) -> list[dict]:
     """One row per (cell, strategy, T): measured under tracemalloc where T <= RUN_MAX_T."""
-    points = [(kind, family, T) for kind in s.CELLS for T in s.STEPS for family in bm.STRATEGIES
+    points = [(kind, family, T) for kind in s.CELLS for T in s.STEPS for family in FAMILIES
               if family != "optimal" or T <= s.OPTIMAL_MAX_T]
     # the bar counts the steps of the runs; predicted points are instant
     bar = _common.progress(total=sum(T for *_, T in points if T <= s.RUN_MAX_T), quiet=quiet,
@@ -165,7 +183,7 @@ def sweep(s: SimpleNamespace, quiet: bool) -> list[dict]:
             cell = _cell(kind, s.N_IN, s.HIDDEN)
             model = bm.Model(cell, n_out=s.N_OUT)
             sizes = cell.sizes(s.BATCH, DTYPE)
-            strategy = bm.STRATEGIES[family](**_kwargs(s, family, sizes["residual_bytes"]))
+            strategy = _factory(family)(**_kwargs(s, family, sizes["residual_bytes"], T))
             row = dict(cell=kind, family=family, strategy=strategy.name, T=T, source="predicted",
                        peak_bytes=None, traced_peak_bytes=None, traced_allowance=None,
                        predicted_peak_bytes=_predicted_peak(strategy, T, sizes),
@@ -198,7 +216,7 @@ def slopes(s: SimpleNamespace, rows: Sequence[dict]) -> list[dict]:
     """
     out = []
     for kind in s.CELLS:
-        for family in bm.STRATEGIES:
+        for family in FAMILIES:
             fit_min = s.OPTIMAL_FIT_MIN_T if family == "optimal" else s.FIT_MIN_T
             rs = [r for r in rows if r["cell"] == kind and r["family"] == family
                   and r["T"] >= fit_min]
@@ -224,9 +242,12 @@ def _expected_slope(s: SimpleNamespace, kind: str, family: str, Ts: Sequence[int
     bptt_memory/cells.py), so its slope is 1 only as T grows; that of the exact formula over
     the same T is expected. The others, their order's slope.
     """
-    if family != "full" or len(Ts) < 2:
+    if family not in ("full", "binomial_log") or len(Ts) < 2:
         return EXPECTED[family][0]
     cell = _cell(kind, s.N_IN, s.HIDDEN)
+    if family == "binomial_log":  # slots states and one step's residuals
+        sb, rb = cell.state_bytes(s.BATCH, DTYPE), cell.residual_bytes(s.BATCH, DTYPE)
+        return _slope(Ts, [min(_log_slots(s, T), T) * sb + rb for T in Ts])
     return _slope(Ts, [cell.recorded_bytes(T, s.BATCH, DTYPE) for T in Ts])
 
 
@@ -356,15 +377,16 @@ def plot_scaling(s: SimpleNamespace, rows: Sequence[dict], rss: Sequence[dict]) 
     fig, axes = plt.subplots(1, len(s.CELLS), figsize=(5.2 * len(s.CELLS), 4.6), sharey=True,
                              squeeze=False)
     for ax, kind in zip(axes[0], s.CELLS):
-        for family in bm.STRATEGIES:
+        for family in FAMILIES:
             rs = [r for r in rows if r["cell"] == kind and r["family"] == family]
             if not rs:
                 continue
-            c = COLORS[family]
+            c = COLORS[family.split("_")[0]]
             meas = [r for r in rs if r["source"] == "measured"]
             pred = [r for r in rs if r["source"] == "predicted"]
-            ax.plot([r["T"] for r in meas], [r["peak_bytes"] for r in meas], "o-", color=c,
-                    ms=4, label=_label(s, family))
+            ax.plot([r["T"] for r in meas], [r["peak_bytes"] for r in meas],
+                    "s-" if family == "binomial_log" else "o-", color=c, ms=4,
+                    label=_label(s, family))
             ax.plot([r["T"] for r in meas], [r["traced_peak_bytes"] for r in meas], "x:",
                     color=c, ms=4, lw=1)
             if pred:  # dashed from the last measured point on
@@ -501,7 +523,7 @@ def _peak_table(s: SimpleNamespace, rows: Sequence[dict], kind: str) -> str:
     rs = [r for r in rows if r["cell"] == kind]
     Ts = [T for T in s.STEPS if T >= s.FIT_MIN_T] or list(s.STEPS)
     table = []
-    for f in bm.STRATEGIES:
+    for f in FAMILIES:
         line = {"strategy": next((r["strategy"] for r in rs if r["family"] == f), f)}
         for T in Ts:
             r = next((r for r in rs if r["family"] == f and r["T"] == T), None)
@@ -517,12 +539,18 @@ def write_report(d: Path, s: SimpleNamespace, rows: Sequence[dict], fits: Sequen
     lt, tl = s.LONG, s.TIMELINE
     tl_sizes = _cell(tl["cell"], tl["n_in"], tl["hidden"]).sizes(tl["batch"], DTYPE)
     findings = []
-    for f in bm.STRATEGIES:
+    for f in FAMILIES:
         fs = [r for r in fits if r["family"] == f]
-        expected = (f"{EXPECTED[f][0]:g} expected" if f != "full" else
-                    f"{_range([r['expected'] for r in fs])} expected at the measured T, that "
-                    "of its exact peak rb + (T − 1)·(rb − lb), rb being a recorded step's "
-                    "bytes and lb what a step shares with the one before it")
+        if f == "binomial_log":
+            expected = (f"{_range([r['expected'] for r in fs])} expected at the measured T, "
+                        "that of its peak, ⌈log2 T⌉ states and one step: 1/ln T, so O(log T) "
+                        "shows as a slope near 0.1 here and never as 0")
+        elif f == "full":
+            expected = (f"{_range([r['expected'] for r in fs])} expected at the measured T, "
+                        "that of its exact peak rb + (T − 1)·(rb − lb), rb being a recorded "
+                        "step's bytes and lb what a step shares with the one before it")
+        else:
+            expected = f"{EXPECTED[f][0]:g} expected"
         findings.append(
             f"- **{f}** ({EXPECTED[f][1]}; slope {expected}): fitted slope of "
             f"the exact peak {_range([r['slope_measured'] for r in fs])} on measured points, "

@@ -112,6 +112,15 @@ def test_slopes_table_matches_the_orders(report, scaling):
             exact = _common.fit_loglog_slope(Ts, [_full_peak(s, r["cell"], T) for T in Ts])
             assert expected == pytest.approx(exact, rel=1e-12), r
             assert measured == pytest.approx(expected, rel=1e-9), r
+        elif r["family"] == "binomial_log":  # ⌈log2 T⌉ states and one step, measured exactly
+            cell = ms._cell(r["cell"], s.N_IN, s.HIDDEN)
+            sb, rb = cell.state_bytes(s.BATCH, np.float64), cell.residual_bytes(s.BATCH,
+                                                                                np.float64)
+            points = [(T, p) for T, p, _ in _measured(scaling, r["cell"], "binomial_log")
+                      if T >= s.FIT_MIN_T]
+            assert points and all(p == min(math.ceil(math.log2(T)), T) * sb + rb
+                                  for T, p in points), r
+            assert 0 < measured == pytest.approx(expected, rel=1e-9), r  # grows, unlike O(1)
         elif r["family"] == "uniform":  # round(√T) segments: 0.5 only asymptotically
             assert 0.4 <= measured <= 0.65, r
         elif r["family"] == "optimal":  # past its knee, its plans fill the budget to within

@@ -960,10 +960,43 @@ def _memory_note(s: SimpleNamespace, rows: Sequence[dict], targets: Sequence[dic
             f"the last step of a piece; NOTE [readout rows] in `bptt_memory/engine.py`).{why}")
 
 
+# NOTE [runs over time] One run's ratios are one sample of a shared machine's state: torch
+# took 3.76 s in one run and 2.48 s in later ones at the same configuration. Every full-size
+# run appends its targets' ratios to `history.csv` beside the report, and the report gives
+# each ratio with its range over every run recorded there, made at different times. Smoke
+# runs neither read nor write it.
+HISTORY = "history.csv"
+
+
+def record_history(d: Path, targets: Sequence[dict], stamp: str) -> list[dict]:
+    """Append this run's target ratios to d/history.csv; return every recorded run's."""
+    import csv
+
+    path = d / HISTORY
+    old: list[dict] = []
+    if path.is_file():
+        with open(path) as f:
+            old = list(csv.DictReader(f))
+    new = [dict(run=stamp, target=t["target"], config=t["config"], contender=t["contender"],
+                ratio=t["ratio"], user_ratio=t.get("user_ratio") or "") for t in targets]
+    rows = old + new
+    _common.write_csv(path, rows)
+    return rows
+
+
+def over_runs(history: Sequence[dict], t: dict) -> str:
+    """A target's ratio as "lo–hi over n runs" from the history (this run included)."""
+    rs = [float(h["ratio"]) for h in history if (h["target"], h["config"], h["contender"])
+          == (t["target"], t["config"], t["contender"])]
+    if len(rs) < 2:
+        return "one run so far"
+    return f"{min(rs):.3f}–{max(rs):.3f} over {len(rs)} runs"
+
+
 def write_report(d: Path, s: SimpleNamespace, rows: list[dict], targets: list[dict],
                  profiles: list[dict], meta: dict, square_rates: dict[str, float],
                  seconds: float, command: str,
-                 torch_version: str | None) -> Path:
+                 torch_version: str | None, history: Sequence[dict] = ()) -> Path:
     by: dict[tuple, dict[str, dict]] = {}
     for r in rows:
         by.setdefault((r["cell"], r["H"], r["T"], r["dtype"]), {})[r["contender"]] = r
@@ -1074,8 +1107,10 @@ above gives the larger of the two: whether torch or full() faults its memory in 
 what the allocator kept from earlier runs, not on its kernels, and can move the wall-time
 ratio by tens of percent (NOTE [target 1 in both times] in the study):
 
-{_common.md_table([{"config": t["config"], "ratio": t["ratio"], "limit": t["limit"],
-                   "met": _common.verdict(t["met"], s.small), "note": t["note"]} for t in t1])
+{_common.md_table([{"config": t["config"], "ratio": t["ratio"],
+                   "over runs (NOTE [runs over time])": over_runs(history, t),
+                   "limit": t["limit"], "met": _common.verdict(t["met"], s.small),
+                   "note": t["note"]} for t in t1])
  if t1 else "(not measured)"}
 Targets: (1) full() ≤ {s.TARGET_FULL_VS_FUSED_TIME}× torch fused's time for
 {"/".join(s.TARGET_1_CELLS)} at H={s.TARGET_1_HIDDEN}, T={s.TARGET_1_STEPS}; (2) full()'s
@@ -1192,10 +1227,12 @@ def run(out: Path | str | None = None, *, small: bool = False, quiet: bool = Fal
     _common.save_figure(plot_memory(s, rows), d / "memory.png")
     if torch is not None:
         _common.save_figure(plot_ratios(s, rows), d / "ratios.png")
+    history = ([] if small else
+               record_history(d, targets, time.strftime("%Y-%m-%d %H:%M", time.gmtime())))
     with _common.pinned_blas(s.THREADS):  # so the provenance shows the pinned BLAS
         return write_report(d, s, rows, targets, profiles, meta, square_rates, seconds,
                             _common.command_line(NAME, small),
-                            None if torch is None else torch.__version__)
+                            None if torch is None else torch.__version__, history)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

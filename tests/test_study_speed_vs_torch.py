@@ -394,3 +394,16 @@ def test_target_1_is_met_only_within_the_limit_in_wall_and_in_cpu_time():
         (summary,) = study._summary([t1])
         assert np.isclose(summary["worst ratio"], max(1 / wall, 1 / user))
     assert verdicts == {(2.0, 0.8): False, (0.8, 2.0): False, (2.0, 2.0): True, (0.8, 0.8): False}
+
+
+def test_history_gives_each_ratio_its_range_over_runs(tmp_path):
+    """NOTE [runs over time]: runs append; the report gives the range over all of them."""
+    t = dict(target="1", config="lstm H=128 T=1000 float32", contender="full", ratio=0.9,
+             user_ratio=None)
+    other = dict(t, config="gru H=128 T=1000 float32", ratio=0.5)
+    history = study.record_history(tmp_path, [t, other], "first")
+    assert study.over_runs(history, t) == "one run so far"
+    history = study.record_history(tmp_path, [dict(t, ratio=1.1)], "second")
+    assert study.over_runs(history, t) == "0.900–1.100 over 2 runs"
+    assert study.over_runs(history, other) == "one run so far"
+    assert [h["run"] for h in history] == ["first", "first", "second"]

@@ -58,11 +58,9 @@ peak_bytes ≤ its memory (3b: the same for optimal at the loop's bytes); (4) fo
 and optimal, time / full()'s time ≤ 1.05× the ratio predicted from the simulator's step
 counts, (F·f + T·b) / (T·(f + b)), with f and b full()'s measured seconds per forward and
 per backward step. Where a time target is missed, one run of the contender is profiled
-with cProfile and summarised, and a further run is split into the time inside matrix
-products and the rest (NOTE [product time]); each target-3 miss carries the ratio the
-recomputation alone would give at full()'s step costs (NOTE [recomputation bound]), and
-the ratio its matrix products alone would give, each at the fastest it runs with its
-operands in cache (NOTE [product bound]).
+with cProfile and summarised; each target-3 miss carries the ratio the recomputation
+alone would give at full()'s step costs (NOTE [recomputation bound]). (The split of a run
+into matrix products and the rest waits for a profiling hook: NOTE [product time].)
 
 Run: ``bptt-memory study speed_vs_torch [--small] [--out DIR] [--quiet]`` (the full grid
 takes about 25 minutes here); writes DIR/speed_vs_torch/report.md, time.png,
@@ -71,8 +69,6 @@ memory.png, ratios.png, results.csv, targets.csv and results.json.
 
 from __future__ import annotations
 
-import collections
-import contextlib
 import cProfile
 import importlib.metadata
 import io
@@ -111,8 +107,6 @@ THREADS = 1  # BLAS threads for numpy (threadpoolctl) and torch (set_num_threads
 REPEATS = 5  # timed rounds per configuration, every one of them; medians are reported
 TARGET_1_REPEATS = 15  # timed rounds where target 1 is judged (NOTE [target 1 rounds])
 MAX_PROFILES = 5  # cProfile summaries of missed time targets, one per target first
-PRODUCT_REPEATS = 20  # timed calls of each distinct product for a product bound (the fastest)
-SQUARE_N = 1024  # the square product that shows the best rate of this BLAS on this machine
 PROFILE_LINES = 14  # functions per summary, by own time
 SEED = 0
 # -- the targets -------------------------------------------------------------------------
@@ -125,8 +119,7 @@ TARGET_OPTIMAL_VS_CHECKPOINT_TIME = 0.7  # (3)
 TARGET_PREDICTION_SLACK = 1.05  # (4)
 # -- toy sizes for --small (seconds; torch contenders still run when torch is installed) --
 SMALL = dict(BATCH=4, N_IN=3, HIDDEN=(8,), STEPS=(12,), N_OUT=2, REPEATS=5, TARGET_1_REPEATS=7,
-             TARGET_1_HIDDEN=8, TARGET_1_STEPS=12, MAX_PROFILES=2, PRODUCT_REPEATS=3,
-             SQUARE_N=64)
+             TARGET_1_HIDDEN=8, TARGET_1_STEPS=12, MAX_PROFILES=2)
 
 OURS = ("full", "binomial", "optimal")
 NUMPY_KERNELS = ("full_numpy",)  # full() on numpy's kernels where the cell has fused ones
@@ -147,8 +140,8 @@ PARAM_NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_out", "bi
 
 def _settings(small: bool) -> SimpleNamespace:
     names = ("CELLS", "BATCH", "N_IN", "HIDDEN", "STEPS", "DTYPES", "N_OUT", "OPTIMAL_FRACTION",
-             "THREADS", "REPEATS", "TARGET_1_REPEATS", "MAX_PROFILES", "PRODUCT_REPEATS",
-             "SQUARE_N", "PROFILE_LINES", "SEED", "TARGET_FULL_VS_FUSED_TIME", "TARGET_1_CELLS",
+             "THREADS", "REPEATS", "TARGET_1_REPEATS", "MAX_PROFILES",
+             "PROFILE_LINES", "SEED", "TARGET_FULL_VS_FUSED_TIME", "TARGET_1_CELLS",
              "TARGET_1_HIDDEN", "TARGET_1_STEPS", "TARGET_FULL_VS_FUSED_MEMORY",
              "TARGET_OPTIMAL_VS_CHECKPOINT_TIME", "TARGET_PREDICTION_SLACK")
     return _common.settings(globals(), names, small)
@@ -475,8 +468,7 @@ def evaluate_targets(s: SimpleNamespace, rows: Sequence[dict]) -> list[dict]:
                         budget_bytes=c.get("budget_bytes"), bound=bound,
                         fused_user_seconds=fused_user_seconds, fastest=fastest,
                         own_forward=own_forward, own_backward=own_backward,
-                        outside_share=outside_share, product_bound=None, product_rate=None,
-                        square_bound=None))
+                        outside_share=outside_share))
 
     for key, c in by.items():
         full = c["full"]
@@ -565,142 +557,16 @@ def _own_steps(st: dict, f: float, b: float) -> tuple[dict, str]:
 # -- where the time goes -----------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def timed_products() -> Any:
-    """Yield a one-item list that ends up holding the seconds spent inside `np.matmul`
-    while the block ran, timed call by call.
-
-    NOTE [product time] The executor and the cell kernels make every matrix product with
-    `np.matmul` (never `@` or `np.dot`), so this splits a run into its matrix products,
-    which run at what BLAS can do, and everything else: elementwise passes, copies and
-    Python. `np.matmul` is swapped for a timing wrapper only inside the block.
-    """
-    real, inside = np.matmul, [0.0]
-
-    def timed(*args: Any, **kwargs: Any) -> Any:
-        t0 = time.perf_counter()
-        try:
-            return real(*args, **kwargs)
-        finally:
-            inside[0] += time.perf_counter() - t0
-
-    with _matmul_replaced(timed):
-        yield inside
-
-
-@contextlib.contextmanager
-def _matmul_replaced(wrapper: Callable[..., Any]) -> Any:
-    """`np.matmul` is ``wrapper`` inside the block, and the real one again after it,
-    however the block ends."""
-    real, np.matmul = np.matmul, wrapper
-    try:
-        yield
-    finally:
-        np.matmul = real
-
-
-def _layout(x: np.ndarray) -> tuple:
-    return x.shape, x.strides, x.dtype.str
-
-
-def _like(layout: tuple, rng: np.random.Generator) -> np.ndarray:
-    """Fresh random numbers with ``layout``'s shape, strides and dtype (`_layout`): a
-    product reads a transposed or sliced operand differently from a contiguous one."""
-    shape, strides, dtype = layout
-    item = np.dtype(dtype).itemsize
-    if any(st < 0 or st % item for st in strides):
-        return rng.standard_normal(shape).astype(dtype)
-    span = 1 + sum((n - 1) * (st // item) for n, st in zip(shape, strides)) if all(shape) else 1
-    return np.lib.stride_tricks.as_strided(rng.standard_normal(span).astype(dtype), shape, strides)
-
-
-def _flops(a_shape: tuple, b_shape: tuple) -> int:
-    """Floating-point operations of np.matmul on operands of these shapes: 2·M·N·K per
-    product, over the broadcast stack."""
-    a = (1,) + a_shape if len(a_shape) == 1 else a_shape  # (K,) is a (1, K) row
-    b = b_shape + (1,) if len(b_shape) == 1 else b_shape  # (K,) is a (K, 1) column
-    return 2 * math.prod(np.broadcast_shapes(a[:-2], b[:-2])) * a[-2] * a[-1] * b[-1]
-
-
-def product_bound(run: Callable[[], Any], repeats: int) -> tuple[float, int]:
-    """(seconds, flops): what ``run`` would take if it did nothing but its matrix
-    products, each as fast as it runs alone, and the floating-point operations they do.
-
-    NOTE [product bound] One run records every `np.matmul` call's operands by shape,
-    strides and dtype (NOTE [product time]: there are no other products). Each distinct
-    call is then made again on fresh operands laid out the same, ``repeats`` times after
-    two untimed calls, and counts at its fastest, times the number of such calls in the
-    run: every operand already in cache, none of the elementwise work, copies or Python
-    between products. Where this bound is above a target's limit, an implementation
-    making the same products with this BLAS cannot meet it however little it adds
-    around them; only faster products, or fewer, can.
-    """
-    real, calls = np.matmul, collections.Counter()
-
-    def recording(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        calls[_layout(a), _layout(b), None if out is None else _layout(out)] += 1
-        return real(a, b, out=out)
-
-    with _matmul_replaced(recording):
-        run()
-    rng = np.random.default_rng(0)
-    seconds, flops = 0.0, 0
-    for (la, lb, lo), n in calls.items():
-        a, b = _like(la, rng), _like(lb, rng)
-        out = None if lo is None else _like(lo, rng)
-        times = []
-        for _ in range(2 + repeats):
-            t0 = time.perf_counter()
-            real(a, b, out=out)
-            times.append(time.perf_counter() - t0)
-        seconds += n * min(times[2:])
-        flops += n * _flops(la[0], lb[0])
-    return seconds, flops
-
-
-def square_rate(dtype: str, n: int, repeats: int = 5) -> float:
-    """Floating-point operations per second of an (n, n)·(n, n) product, the fastest of
-    ``repeats``: about the best this BLAS does on this machine, to set a product bound's
-    rate against."""
-    rng = np.random.default_rng(0)
-    a, b = (rng.standard_normal((n, n)).astype(dtype) for _ in range(2))
-    out, best = np.empty_like(a), math.inf
-    for _ in range(1 + repeats):
-        t0 = time.perf_counter()
-        np.matmul(a, b, out=out)
-        best = min(best, time.perf_counter() - t0)
-    return 2 * n**3 / best
-
+# NOTE [product time] Earlier runs split a run's time into its matrix products and the
+# rest, and bounded what any implementation making the same products could reach, by
+# swapping `np.matmul` for a timing wrapper. A study does not patch the library: this
+# measurement waits for an explicit, off-by-default profiling hook in the executor (every
+# matrix product of a run passed through a caller's function), and the report says so.
 
 def _contender(s: SimpleNamespace, t: dict, model: bm.Model, dtype: str) -> bm.Strategy:
     """The strategy a target row judged: a standard contender, or optimal at the row's budget."""
     return (_strategies(s, model, t["T"], dtype).get(t["contender"])
             or bm.optimal(budget_bytes=t["budget_bytes"]))
-
-
-def product_bounds(s: SimpleNamespace, rows: Sequence[dict],
-                   targets: Sequence[dict]) -> dict[str, float]:
-    """Give each missed target-3 and 3b row its ``product_bound`` (NOTE [product bound]:
-    the seconds over the checkpointed loop's median), ``product_rate`` (its products'
-    operations per second there) and ``square_bound`` (the bound were every product as
-    fast per operation as `square_rate`'s); return `square_rate` for each dtype with
-    such a row."""
-    loops = {_config(r): r["wall_median"] for r in rows if r["contender"] == "torch_checkpoint"}
-    rates: dict[str, float] = {}
-    for t in targets:
-        if t["target"] not in ("3", "3b") or t["met"]:
-            continue
-        model, params, xs, ys = _problem(s, t["cell"], t["H"], t["T"], t["dtype"])
-        strategy = _contender(s, t, model, t["dtype"])
-        seconds, flops = product_bound(lambda: strategy.run(model, params, xs, ys),
-                                       s.PRODUCT_REPEATS)
-        if t["dtype"] not in rates:
-            rates[t["dtype"]] = square_rate(t["dtype"], s.SQUARE_N)
-        t["product_bound"] = seconds / loops[t["config"]]
-        t["product_rate"] = flops / seconds
-        # the same products, all at the rate of the square one
-        t["square_bound"] = flops / rates[t["dtype"]] / loops[t["config"]]
-    return rates
 
 
 def profile_misses(s: SimpleNamespace, targets: Sequence[dict]) -> list[dict]:
@@ -730,10 +596,6 @@ def profile_misses(s: SimpleNamespace, targets: Sequence[dict]) -> list[dict]:
             # per step, against full()'s: which kind of step costs more than in full()
             ref = (bm.full().run(model, params, xs, ys).stats if t["contender"] != "full"
                    else r.stats)
-            with timed_products() as inside:  # NOTE [product time]
-                t0 = time.perf_counter()
-                strategy.run(model, params, xs, ys)
-                product_run = time.perf_counter() - t0
         T = t["T"]
         per_step = dict(forward_us=r.stats.extra["forward_seconds"] / r.stats.forward_steps * 1e6,
                         backward_us=r.stats.extra["backward_seconds"] / T * 1e6,
@@ -750,7 +612,6 @@ def profile_misses(s: SimpleNamespace, targets: Sequence[dict]) -> list[dict]:
                         forward_seconds=r.stats.extra["forward_seconds"],
                         backward_seconds=r.stats.extra["backward_seconds"],
                         seconds=r.stats.seconds, profile=text.rstrip(),
-                        product_run_seconds=product_run, product_seconds=inside[0],
                         fused_user_seconds=t.get("fused_user_seconds"), **per_step))
     return out
 
@@ -899,16 +760,12 @@ def _fused_note(s: SimpleNamespace, rows: Sequence[dict]) -> str:
 
 
 def _product_note(p: dict) -> str:
-    """Where a profiled run's time went: matrix products or the rest (NOTE [product time])."""
-    T = p["T"]
-    prod, run = p["product_seconds"], p["product_run_seconds"]
-    text = (f"In a further run of {run:.3g} s, {prod:.3g} s ({prod / run:.0%}) was spent inside "
-            f"matrix products (`np.matmul`, timed call by call: NOTE [product time]), "
-            f"{(run - prod) / T * 1e6:.3g} µs per time step outside them.")
+    """Where a profiled run's time went beyond its phases (NOTE [product time])."""
+    text = ("Its time inside matrix products is not measured: that needs the executor's "
+            "profiling hook (NOTE [product time]).")
     if p.get("fused_user_seconds"):
-        text += (f" torch fused took {p['fused_user_seconds'] / T * 1e6:.3g} µs of user-mode CPU "
-                 f"time per time step, all in; this run's matrix products alone took "
-                 f"{prod / T * 1e6:.3g}.")
+        text += (f" torch fused took {p['fused_user_seconds'] / p['T'] * 1e6:.3g} µs of "
+                 "user-mode CPU time per time step, all in.")
     return text
 
 
@@ -994,7 +851,7 @@ def over_runs(history: Sequence[dict], t: dict) -> str:
 
 
 def write_report(d: Path, s: SimpleNamespace, rows: list[dict], targets: list[dict],
-                 profiles: list[dict], meta: dict, square_rates: dict[str, float],
+                 profiles: list[dict], meta: dict,
                  seconds: float, command: str,
                  torch_version: str | None, history: Sequence[dict] = ()) -> Path:
     by: dict[tuple, dict[str, dict]] = {}
@@ -1015,10 +872,7 @@ def write_report(d: Path, s: SimpleNamespace, rows: list[dict], targets: list[di
                           "optimal tracemalloc": _mib(c["optimal"]["traced_peak_bytes"])})
     t1 = [t for t in targets if t["target"] == "1"]
     t3 = [dict(target=t["target"], config=t["config"], ratio=round(t["ratio"], 3),
-               limit=t["limit"], bound=round(t["bound"], 3),
-               **{"product bound": round(t["product_bound"], 3),
-                  "products' GFLOP/s": f"{t['product_rate'] / 1e9:.3g}",
-                  "at the square's rate": round(t["square_bound"], 3)})
+               limit=t["limit"], bound=round(t["bound"], 3))
           for t in targets if t["target"] in ("3", "3b") and not t["met"]]
     t4 = [{"config": t["config"], "strategy": LABELS[t["contender"]],
            "ratio": round(t["ratio"], 3), "fastest": round(t["fastest"], 3),
@@ -1038,20 +892,14 @@ def write_report(d: Path, s: SimpleNamespace, rows: list[dict], targets: list[di
                "action's own bookkeeping (its gradient window, the readout rows), which "
                "binomial pays for every step and full() once per 16 steps."
                "\n\n" + _common.md_table(t4)) if t4 else ""
-    square = " and ".join(f"{rate / 1e9:.3g} GFLOP/s in {dt}" for dt, rate in square_rates.items())
-    t3_text = ("Target 3 and 3b misses, each with two bounds. The recomputation bound is the "
+    t3_text = ("Target 3 and 3b misses, each with its recomputation bound: the "
                "ratio optimal would reach if its run cost nothing but its forward and backward "
                "steps, each at what it costs inside full() (the target-4 prediction, times "
                "full()'s time over the loop's; NOTE [recomputation bound] in the study): where "
                "it is above the limit, no change to the executor can meet the target, only "
-               "faster steps can. The product bound is the ratio its run would reach if it were "
-               "nothing but its matrix products, each timed alone with its operands in cache, "
-               "at its fastest (NOTE [product bound]): where it is above the limit, no "
-               "implementation making these products with this BLAS can meet the target, "
-               "only faster products can. Beside it, the rate those products ran at there: "
-               f"this BLAS multiplies two {s.SQUARE_N}×{s.SQUARE_N} matrices at {square} "
-               "on this machine, and the last column is the product bound were every product "
-               "that fast.\n\n" + _common.md_table(t3)) if t3 else ""
+               "faster steps can. (A bound from the run's matrix products alone waits for "
+               "the executor's profiling hook: NOTE [product time].)"
+               "\n\n" + _common.md_table(t3)) if t3 else ""
     errors = {dt: [r["grad_rel_error"] for r in rows if r["dtype"] == dt
                    and r["contender"] != "torch_fused" and r.get("grad_rel_error") is not None]
               for dt in s.DTYPES}
@@ -1213,8 +1061,6 @@ def run(out: Path | str | None = None, *, small: bool = False, quiet: bool = Fal
         if torch is not None:
             torch.set_num_threads(threads)
     targets = evaluate_targets(s, rows)
-    with _common.pinned_blas(s.THREADS):
-        square_rates = product_bounds(s, rows, targets)
     profiles = profile_misses(s, targets)
     seconds = time.perf_counter() - start
     _common.write_csv(d / "results.csv", rows)
@@ -1222,7 +1068,7 @@ def run(out: Path | str | None = None, *, small: bool = False, quiet: bool = Fal
     _common.write_json(d / "results.json", {
         "settings": vars(s), "torch": None if torch is None else torch.__version__,
         "rows": rows, "targets": targets, "profiles": profiles, "configs": meta,
-        "square_rates": square_rates, "seconds": seconds})
+        "seconds": seconds})
     _common.save_figure(plot_time(s, rows), d / "time.png")
     _common.save_figure(plot_memory(s, rows), d / "memory.png")
     if torch is not None:
@@ -1230,7 +1076,7 @@ def run(out: Path | str | None = None, *, small: bool = False, quiet: bool = Fal
     history = ([] if small else
                record_history(d, targets, time.strftime("%Y-%m-%d %H:%M", time.gmtime())))
     with _common.pinned_blas(s.THREADS):  # so the provenance shows the pinned BLAS
-        return write_report(d, s, rows, targets, profiles, meta, square_rates, seconds,
+        return write_report(d, s, rows, targets, profiles, meta, seconds,
                             _common.command_line(NAME, small),
                             None if torch is None else torch.__version__, history)
 

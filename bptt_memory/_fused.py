@@ -1,13 +1,12 @@
 """Fused float32 LSTM kernels, compiled by numba: one pass over a step's elements.
 
 numpy does an LSTM step's elementwise work as about thirty separate passes over (B, H)
-and (4, B, H) blocks, each with its own call overhead; in float32 at B = 32, H = 128
-they cost a fifth to a quarter of a step: what these kernels save (reports/speed_vs_torch
-times full() on both: 11–19% in every run since these kernels came, 12% in the committed
-one) plus the ~20 µs per step these still take. Here one compiled loop does a step's forward
+and (4, B, H) blocks, each with its own call overhead, which at small sizes is a large
+part of a step (reports/speed_vs_torch times full() on both kernels). Here one compiled
+loop does a step's forward
 (gates, c', h') and one its VJP (dc, the gates' pre-activation gradients), each
-element read once. The matrix products stay numpy's (`cells.py`), so these kernels
-are the LSTM kernels of `cells.py` with their elementwise middle replaced; the
+element read once. The matrix products stay numpy's (`cells/lstm.py`), so these kernels
+are the LSTM kernels of `cells/lstm.py` with their elementwise middle replaced; the
 equations are the same, written per element.
 
 numba calls the C library's scalar tanh, which is several times slower than numpy's
@@ -15,14 +14,14 @@ vectorised one, so `_tanh` is a rational approximation that the compiler vectori
 (NOTE [rational tanh]). It is used for every tanh of a fused step, forward and
 backward, so a step's recomputation and its reversal agree with its first run bitwise.
 
-This module imports numba; `cells.py` imports it only when a float32 LSTM runs and
-numba is installed (NOTE [fused float32 LSTM] there). Loops are written for
+This module imports numba; `cells/lstm.py` imports it only when a float32 LSTM runs and
+numba is installed (NOTE [fused float32 LSTM] in `cells/_gated.py`). Loops are written for
 vectorisation: no fast-math (so every lane rounds as the scalar loop would and
 results do not depend on an element's position), and numpy's error model (division
 never raises, which lets the division vectorise).
 
 References: Sanathanan & Koerner 1963 (the iterated linear fit of a rational function);
-the LSTM equations are in `cells.py`.
+the LSTM equations are in `cells/lstm.py`.
 """
 
 from __future__ import annotations
@@ -77,7 +76,7 @@ def lstm_forward(gates, x_i, x_f, x_g, x_o, c, c_new, h_new):  # type: ignore[no
     gates (4, B, H) holds h·W_hhᵀ on entry and the activated gates (i, f, g, o) on exit;
     x_* (B, H) are the step's projections x·W_ihᵀ + b per gate; writes
     c' = f⊙c + i⊙g into c_new and h' = o⊙tanh(c') into h_new. σ(z) = ½·tanh(z/2) + ½
-    (NOTE [one tanh for all gates] in `cells.py`).
+    (NOTE [one tanh for all gates] in `cells/lstm.py`).
     """
     B, H = c.shape
     for b in range(B):

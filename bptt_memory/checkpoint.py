@@ -5,7 +5,8 @@ states it reverses T steps with the provably fewest forward steps,
 T + t(T, s + 1), t(n, s) = r·n − C(s + r, s + 1), where r is the smallest integer with
 C(s + r, s) >= n. `optimal` is Gruslys et al.'s dynamic programme (BPTT-MSM), which may
 also keep whole steps' residuals, and so beats binomial when a budget is in bytes and
-residuals cost more than states.
+residuals cost more than states; beyond the programme's reach it plans binomial over
+segments recorded whole, in closed form (NOTE [segment plans]).
 
 References: A. Griewank & A. Walther, "Algorithm 799: Revolve", ACM TOMS 26(1), 2000
 (eq. 2 for t(n, s), Prop. 1 for the optimal split); A. Gruslys et al., "Memory-Efficient
@@ -16,13 +17,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator, NamedTuple
 
 import numpy as np
 
-from .cells import _check_size, _run_bytes
+from .cell import check_size as _check_size
+from .cell import run_bytes as _run_bytes
 from .schedule import Action, Advance, Free, Record, Restore, Reverse, Store
-from .strategies import ScheduledStrategy, _check_steps
+from .schedule import Cost, simulate
+from .strategies import ScheduledStrategy, _check_materialise, _check_sizes, _check_steps
 
 __all__ = ["binomial", "optimal", "Binomial", "Optimal", "binomial_forward_steps"]
 
@@ -33,11 +36,27 @@ def _eta(s: int, r: int) -> int:
 
 
 def _repetitions(n: int, s: int) -> int:
-    """r: the smallest integer with C(s + r, s) >= n."""
-    r = 0
-    while _eta(s, r) < n:
-        r += 1
-    return r
+    """r: the smallest integer with C(s + r, s) >= n; O(log r) binomials (s = 1 has r = n − 1)."""
+    if n <= 1:
+        return 0
+    hi = 1
+    while _eta(s, hi) < n:
+        hi *= 2
+    lo = hi // 2  # η(s, lo) < n <= η(s, hi)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if _eta(s, mid) < n:
+            lo = mid
+        else:
+            hi = mid
+    return hi
+
+
+def _t(n: int, s: int) -> int:
+    """t(n, s) = r·n − C(s + r, s + 1): Griewank's fewest advances to reverse n steps with
+    s snapshots (the entry one included), one step's residuals at a time (eq. 2)."""
+    r = _repetitions(n, s)
+    return r * n - math.comb(s + r, s + 1)
 
 
 def binomial_forward_steps(n_steps: int, slots: int) -> int:
@@ -46,9 +65,7 @@ def binomial_forward_steps(n_steps: int, slots: int) -> int:
     >>> binomial_forward_steps(10, 2)   # r = 2: 10 + 2·10 − C(5, 4)
     25
     """
-    T, s = n_steps, slots + 1
-    r = _repetitions(T, s)
-    return T + r * T - math.comb(s + r, s + 1)
+    return n_steps + _t(n_steps, slots + 1)
 
 
 def _split(n: int, s: int) -> int:
@@ -87,31 +104,68 @@ class Binomial(ScheduledStrategy):
 
     def schedule(self, n_steps: int, state_bytes: int | None = None,
                  residual_bytes: int | None = None, link_bytes: int = 0) -> tuple[Action, ...]:
+        _check_materialise(f"{self.name}.schedule", _check_steps("binomial().schedule", n_steps))
         return tuple(self.iter_schedule(n_steps))
 
     def iter_schedule(self, n_steps: int, state_bytes: int | None = None,
                       residual_bytes: int | None = None, link_bytes: int = 0) -> Iterator[Action]:
         T = _check_steps("binomial().schedule", n_steps)
-        # Pending left parts (n0, n1, snapshots, n1 stored?), at most slots + 1 deep.
-        stack = [(0, T, int(self.slots) + 1, False)]
-        pos = 0
-        while stack:
-            n0, n1, snaps, n1_stored = stack.pop()
-            if n1_stored:
-                yield Free(n1)
-            if pos != n0:
-                yield Restore(n0)
-            while n1 - n0 > 1:
-                m = n0 + _split(n1 - n0, snaps)
-                yield Advance(n0, m)
-                store = n1 - m > 1  # a one-step right part is recorded straight away
-                if store:
-                    yield Store(m)
-                stack.append((n0, m, snaps, store))
-                n0, snaps = m, snaps - 1
-            yield Record(n0, n1)
-            yield Reverse(n0, n1)
-            pos = n1
+        return _binomial_actions(T, 1, self.slots)
+
+    def cost(self, n_steps: int, state_bytes: int | None = None,
+             residual_bytes: int | None = None, link_bytes: int = 0) -> Cost:
+        """`Strategy.cost` in closed form: T + t(T, slots + 1) forward steps,
+        min(slots, T − 2) states at the deepest point, while one step is recorded."""
+        T = _check_steps("binomial().cost", n_steps)
+        _check_sizes("binomial().cost", state_bytes, residual_bytes, link_bytes)
+        states = min(self.slots, max(T - 2, 0))
+        peak = (None if state_bytes is None or residual_bytes is None
+                else states * state_bytes + residual_bytes)
+        return Cost(T, binomial_forward_steps(T, self.slots), T, states, 1, peak, None)
+
+
+def _binomial_actions(T: int, length: int, slots: int, N: int | None = None,
+                      leaf: Callable[[int, int], Iterator[Action]] | None = None
+                      ) -> Iterator[Action]:
+    """Binomial checkpointing over N segments (default ⌈T/length⌉), [i·length, (i+1)·length)
+    but the last, [(N − 1)·length, T), each reversed whole: Record then Reverse, or
+    ``leaf(n0, n1)``'s actions, which start and may restore at n0: then every segment's
+    entry is stored (or is h0) while its leaf runs (NOTE [block plans]).
+
+    With length 1 this is `binomial(slots)`; with longer segments it is the plan of
+    NOTE [segment plans]. Generated lazily from Griewank's closed-form split (NOTE
+    [binomial split]) with an O(slots) stack; boundaries are segment indices times
+    `length`.
+    """
+    N = -(-T // length) if N is None else N
+
+    def at(i: int) -> int:
+        return T if i >= N else i * length
+
+    # Pending left parts (n0, n1, snapshots, n1 stored?), at most slots + 1 deep.
+    stack = [(0, N, slots + 1, False)]
+    pos = 0
+    while stack:
+        n0, n1, snaps, n1_stored = stack.pop()
+        if n1_stored:
+            yield Free(at(n1))
+        if pos != n0:
+            yield Restore(at(n0))
+        while n1 - n0 > 1:
+            m = n0 + _split(n1 - n0, snaps)
+            yield Advance(at(n0), at(m))
+            # a one-segment right part is recorded straight away, unless a leaf restores it
+            store = n1 - m > 1 or leaf is not None
+            if store:
+                yield Store(at(m))
+            stack.append((n0, m, snaps, store))
+            n0, snaps = m, snaps - 1
+        if leaf is None:
+            yield Record(at(n0), at(n1))
+            yield Reverse(at(n0), at(n1))
+        else:
+            yield from leaf(at(n0), at(n1))
+        pos = n1
 
 
 def binomial(slots: int = 8) -> Binomial:
@@ -253,20 +307,36 @@ def _round_up(x: int, step: int) -> int:
     return -(-x // step) * step
 
 
+def _table_bytes(n_cap: int, m_cap: int, linked: bool) -> int:
+    """Bytes of `_tables`' arrays: D, E and choice_e (int32), choice_d (int8), and L
+    (int32) with choice_l (int8) when linked steps make L differ from D."""
+    return (n_cap + 1) * (m_cap + 1) * (13 + (5 if linked else 0))
+
+
+#: The exact programme runs where its work n_cap²·m_cap stays below this (about a second
+#: on one core, so that `bptt-memory plan` answers in two); elsewhere the segment plans of
+#: NOTE [segment plans] are used.
+EXACT_WORK = 500_000_000
+#: The memo of the programme's tables holds at most this many bytes (`plan_cache_bytes`).
+TABLE_CACHE_BYTES = 64 << 20
+
+
 class _TableMemo:
-    """Memo of `_tables` per (state units, residual units, linked residual units).
+    """Memo of `_tables` per (state units, residual units, linked residual units),
+    bounded in bytes.
 
     Any table computed so far answers every shorter sequence and smaller budget than
     its own, so a sweep over budgets (largest first, or within one rounding step) runs
     the programme once. A miss builds just the table asked for: merging it with a cached
     one of another shape would build their product (a long sequence at a small budget
-    after a short one at a large budget). A pure function's cache: what it returns never
-    depends on what was asked before.
+    after a short one at a large budget). The oldest tables go first once the memo
+    would hold more than `max_bytes`. A pure function's cache: what it returns never
+    depends on what was asked before; `clear_plan_caches` empties it.
     """
 
-    def __init__(self, max_entries: int = 4) -> None:
-        self._max = max_entries
-        self._entries: list[tuple[tuple[int, int], tuple[np.ndarray, ...]]] = []
+    def __init__(self, max_bytes: int = TABLE_CACHE_BYTES) -> None:
+        self.max_bytes = max_bytes
+        self._entries: list[tuple[tuple[int, int, int], tuple[np.ndarray, ...]]] = []
 
     def get(self, state_u: int, residual_u: int, linked_u: int, n: int, m: int
             ) -> tuple[np.ndarray, ...]:
@@ -274,12 +344,265 @@ class _TableMemo:
         for k, tables in self._entries:
             if k == key and tables[0].shape[0] > n and tables[0].shape[1] > m:
                 return tables
-        tables = _tables(state_u, residual_u, linked_u, _round_up(n, 256), _round_up(m, 64))
-        self._entries = [*self._entries[-(self._max - 1):], (key, tables)]
+        n_cap, m_cap = _round_up(n, 256), _round_up(m, 64)
+        need = _table_bytes(n_cap, m_cap, residual_u != linked_u)
+        if need > self.max_bytes:
+            raise ValueError(
+                f"optimal(): the exact programme for n_steps={n} at {m} budget units needs "
+                f"{need} bytes of tables, over the memo's {self.max_bytes}; plan it with "
+                "Optimal.iter_schedule, which uses segment plans there (NOTE [segment plans])"
+            )
+        while self._entries and self.nbytes() + need > self.max_bytes:
+            del self._entries[0]
+        tables = _tables(state_u, residual_u, linked_u, n_cap, m_cap)
+        self._entries.append((key, tables))
         return tables
+
+    def nbytes(self) -> int:
+        """Bytes of every array held (L is D, and choice_l is choice_d, without links)."""
+        seen: dict[int, int] = {}
+        for _, tables in self._entries:
+            for a in tables:
+                seen[id(a)] = a.nbytes
+        return sum(seen.values())
+
+    def clear(self) -> None:
+        self._entries = []
 
 
 _MEMO = _TableMemo()
+
+
+class _Exact(NamedTuple):
+    """A plan of the exact programme: its forward steps, the h0 chain and the choices."""
+
+    forward_steps: int
+    choices: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # choice_c, _d, _l, _e
+    units: tuple[int, int, int, int]  # S, R, R', M
+
+
+class _Segments(NamedTuple):
+    """A segment plan (NOTE [segment plans]): binomial with `slots` over N segments of
+    `length` steps but the last, which ends at T, each recorded whole."""
+
+    forward_steps: int
+    length: int
+    slots: int
+    N: int
+
+    def peak(self, T: int, sb: int, rb: int, lb: int) -> tuple[int, int, int]:
+        """(states, recorded steps, bytes) at the peak: binomial's deepest point, min(slots,
+        N − 2) states, while the longest segment is recorded."""
+        states = min(self.slots, max(self.N - 2, 0))
+        longest = max(self.length, T - (self.N - 1) * self.length)
+        return states, longest, states * sb + _run_bytes(longest, rb, lb)
+
+
+# NOTE [segment plans] The exact programme (NOTE [optimal programme]) is O(T²·m) in work
+# and O(T·m) in tables: it cannot plan T = 10⁵. Beyond EXACT_WORK, `optimal` picks the
+# best of a family with closed-form costs: binomial checkpointing over N segments
+# [i·ℓ, (i+1)·ℓ) (the last one ends at T), each segment recorded whole when reversed.
+# What the planner relies on, each tested directly (tests/test_checkpoint.py):
+#   1. forward steps T + ℓ·t(N, s + 1): every step is recorded once, and binomial over
+#      N segments advances whole segments t(N, s + 1) times (Griewank eq. 2), never the
+#      last one, which is recorded straight away; so the last may be longer than ℓ;
+#   2. peak: min(s, N − 2) states (binomial's deepest point) while the longest segment
+#      is recorded, min(s, N − 2)·S + run(max(ℓ, last)) bytes, linked steps included;
+#   3. the family holds binomial (ℓ = 1), uniform (s >= N − 2) and full (N = 1), so
+#      the plan never does more forward steps than binomial at the same bytes;
+#   4. a lower bound for every exact schedule: the working state only moves forward
+#      from h0 or stored states, so steps run for the first time in order, and none is
+#      reversed before step T − 1 has run. Every step recorded on its first run is then
+#      still held when step T − 1 first runs, so there are at most K of them, K the most
+#      steps whose residuals fit the budget in one run; every other step runs twice at
+#      least: forward steps >= 2T − K. Where the budget holds many steps (K >> s), the
+#      segment plan comes within ℓ of that bound: a segment plan's forward steps over
+#      2T − K bound its distance to the optimum from above, and reports/long_sequences
+#      gives that ratio (at most 1.0002 at 1, 5 and 20% of full()'s bytes, T >= 10⁵).
+# Where the budget holds only a few states (r >= 3), residuals help less, segment plans
+# are binomial-like, and the bound is loose; there the family was measured against the
+# exact programme on T <= 600 (up to 21% more forward steps, reports/long_sequences).
+# Search: the segment count N, every N up to 64 and a 2% geometric grid beyond, then
+# near the best; a few thousand closed forms, independent of T but for O(log T) binomials.
+
+
+def _fit(room: int, rb: int, lb: int) -> int:
+    """The most steps recorded in one run within `room` bytes (0 when not even one)."""
+    return 0 if room < rb else 1 + (room - rb) // (rb - lb)
+
+
+def _segment_cost(T: int, N: int, budget: int, sb: int, rb: int, lb: int
+                  ) -> tuple[tuple[int, int], _Segments] | None:
+    """((forward steps, peak bytes), plan) of the best equal-segment plan with about N
+    segments, or None when one segment's residuals do not fit."""
+    length = -(-T // N)
+    N = -(-T // length)  # the segments that length really makes
+    spare = budget - _run_bytes(length, rb, lb)
+    if spare < 0:
+        return None
+    slots = min(spare // sb, max(N - 2, 0))  # binomial never holds more than N − 2
+    plan = _Segments(T + length * _t(N, slots + 1), length, slots, N)
+    return (plan.forward_steps, plan.peak(T, sb, rb, lb)[2]), plan
+
+
+def _long_last_cost(T: int, N: int, budget: int, sb: int, rb: int, lb: int
+                    ) -> tuple[tuple[int, int], _Segments] | None:
+    """Like `_segment_cost` with a state stored at every segment boundary (no segment is
+    advanced twice: T + length·(N − 1) forward steps) and the last segment as long as the
+    room left allows, since it is recorded straight away, never advanced."""
+    if N < 2:
+        return None
+    room = _fit(budget - (N - 2) * sb, rb, lb)
+    last = min(room, T - (N - 1))
+    if last < 1:
+        return None
+    length = -(-(T - last) // (N - 1))
+    if length > room or T - (N - 1) * length < 1:
+        return None
+    plan = _Segments(T + length * (N - 1), length, N - 2, N)
+    return (plan.forward_steps, plan.peak(T, sb, rb, lb)[2]), plan
+
+
+def _best_segments(T: int, budget: int, sb: int, rb: int, lb: int) -> _Segments:
+    """The segment plan with the fewest forward steps (then the least peak) over a search
+    of the segment count N: every N up to 64, a geometric grid beyond, then every N (or a
+    fine grid) near the best. Closed forms only: O(log T) binomials per candidate."""
+    def best_of(ns) -> tuple[tuple[int, int], _Segments] | None:
+        found = None
+        for n in ns:
+            for c in (_segment_cost(T, n, budget, sb, rb, lb),
+                      _long_last_cost(T, n, budget, sb, rb, lb)):
+                if c is not None and (found is None or c[0] < found[0]):
+                    found = c
+        return found
+
+    coarse = set(range(1, min(T, 64) + 1))
+    n = 64.0
+    while n < T:
+        n *= 1.02
+        coarse.add(min(T, int(n)))
+    best = best_of(sorted(coarse))
+    assert best is not None  # budget >= residual_bytes: one-step segments always fit
+    N = best[1].N
+    lo, hi = max(1, int(N / 1.03)), min(T, int(N * 1.03) + 1)
+    step = max(1, (hi - lo) // 2000)
+    near = best_of(range(lo, hi + 1, step))
+    if near is not None and near[0] < best[0]:
+        best = near
+    return best[1]
+
+
+# NOTE [block plans] Where the budget holds only a few states, recording whole segments
+# wastes what the exact programme knows: mixing states and residuals pays most on short
+# stretches. A block plan is binomial with `slots` over N segments like a segment plan,
+# but each segment is reversed by the exact programme's plan for it (the h0 chain of
+# NOTE [optimal programme], at most LEAF_STEPS steps in LEAF_UNITS units, the segment's
+# entry standing for h0). So that the leaf may restore its entry, every segment's entry
+# is stored while its leaf runs (`_binomial_actions` with a leaf). Forward steps:
+#     ℓ·t(N, s + 1) + (N − 1)·C[ℓ] + C[last]   (C: the leaf programme's h0 chain);
+# peak: the most states the top holds at a leaf, entry included, times S, plus what that
+# leaf holds: min(s + 1, N − 1) at the first descent's (last) leaf, counted by running
+# the descent, and min(s + 1, N − 2) at the others, or s for s + 3 <= N <= 2s + 2 (tested
+# against `simulate`). `optimal` looks for one only where the best segment plan is more
+# than 0.1% over the lower bound 2T − K (NOTE [segment plans] 4), i.e. where it may gain.
+#: Block plans' leaves have at most this many steps ...
+LEAF_STEPS = 512
+#: ... and are planned by the exact programme in at most this many units.
+LEAF_UNITS = 256
+
+
+class _Blocks(NamedTuple):
+    """A block plan (NOTE [block plans])."""
+
+    forward_steps: int
+    length: int
+    slots: int
+    N: int
+    leaf: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # choice_c, _d, _l, _e
+    units: tuple[int, int, int, int]  # the leaves' S, R, R', M
+    peak: tuple[int, int, int]  # states, recorded steps, bytes
+
+    def leaf_actions(self, n0: int, n1: int) -> Iterator[Action]:
+        """The exact programme's plan for the segment [n0, n1), its entry as h0."""
+        for a in _coalesce(_walk(*self.leaf, n1 - n0, *self.units)):
+            yield _shift(a, n0)
+
+
+def _shift(a: Action, n0: int) -> Action:
+    """The action a of a plan over [0, L) moved to [n0, n0 + L)."""
+    if isinstance(a, (Advance, Record, Reverse)):
+        return type(a)(a.n0 + n0, a.n1 + n0)
+    return type(a)(a.n + n0)  # type: ignore[union-attr, call-arg]
+
+
+def _leaf_units(sb: int, rb: int, lb: int) -> tuple[int, int, int, int]:
+    """(unit, S, R, R') for the leaves: exact units unless a step would take more than 64
+    of them; then sizes are rounded up (a leaf can only hold less than counted)."""
+    unit = math.gcd(sb, rb, rb - lb)
+    if rb // unit > 64:
+        unit = -(-rb // 64)
+    return unit, -(-sb // unit), -(-rb // unit), -(-(rb - lb) // unit)
+
+
+def _full_leaf_depth(N: int, slots: int) -> int:
+    """The most states the top holds at a leaf other than the last, its entry included
+    (NOTE [block plans])."""
+    if N < 2:
+        return 0
+    if slots + 3 <= N <= 2 * slots + 2:
+        return slots
+    return min(slots + 1, N - 2)
+
+
+def _last_leaf_depth(N: int, slots: int) -> int:
+    """States the top holds at the last segment's leaf: one per split of the first descent."""
+    n0, snaps, depth = 0, slots + 1, 0
+    while N - n0 > 1:
+        n0, snaps, depth = n0 + _split(N - n0, snaps), snaps - 1, depth + 1
+    return depth
+
+
+def _best_blocks(T: int, budget: int, sb: int, rb: int, lb: int) -> _Blocks | None:
+    """The block plan with the fewest forward steps, over leaf lengths 1 … LEAF_STEPS and
+    a dozen leaf budgets; None where no leaf budget fits."""
+    unit, S, R, R1 = _leaf_units(sb, rb, lb)
+    m_max = min(budget // unit, LEAF_UNITS)
+    if m_max < R:
+        return None
+    n_cap = min(T, LEAF_STEPS)
+    D, L, _, choice_d, choice_l, choice_e = _MEMO.get(S, R, R1, n_cap, m_max)
+    found = None
+    for M in sorted({R + round((m_max - R) * f) for f in (0, .05, .1, .15, .2, .3, .4, .5,
+                                                           .65, .8, 1)}):
+        C, choice_c = _top_column(D, L, n_cap, R, M)
+        top = (budget - M * unit) // sb  # states the top may hold at a leaf, entry included
+        for length in range(1, n_cap + 1):
+            N = -(-T // length)
+            if N == 1:
+                slots, cost = 0, int(C[T])
+            elif top < 1:
+                continue
+            else:
+                slots = min(top - 1, N - 2)
+                cost = (length * _t(N, slots + 1) + (N - 1) * int(C[length])
+                        + int(C[T - (N - 1) * length]))
+            if found is None or cost < found[0]:
+                found = (cost, length, slots, N, M, choice_c)
+    if found is None:
+        return None
+    cost, length, slots, N, M, choice_c = found
+    plan = _Blocks(cost, length, slots, N, (choice_c, choice_d, choice_l, choice_e),
+                   (S, R, R1, M), (0, 0, 0))
+    peaks = []
+    last = T - (N - 1) * length
+    for n, depth in ((last, _last_leaf_depth(N, slots)), (length, _full_leaf_depth(N, slots))):
+        if n == last or N >= 2:
+            c = simulate(plan.leaf_actions(0, n), n_steps=n, state_bytes=sb, residual_bytes=rb,
+                         link_bytes=lb)
+            peaks.append((depth + c.peak_states, c.peak_residuals,
+                          depth * sb + (c.peak_bytes or 0)))
+    peak = (max(p[0] for p in peaks), max(p[1] for p in peaks), max(p[2] for p in peaks))
+    return plan._replace(peak=peak)
 
 
 @dataclass(frozen=True)
@@ -304,7 +627,7 @@ class Optimal(ScheduledStrategy):
 
     def units(self, state_bytes: int, residual_bytes: int, link_bytes: int = 0
               ) -> tuple[int, int, int]:
-        """(state units, residual units, budget units) the programme works in.
+        """(state units, residual units, budget units) the exact programme works in.
 
         The unit is gcd(state_bytes, residual_bytes, residual_bytes − link_bytes), so
         costs are exact, unless the budget would then exceed `MAX_UNITS` units: then the
@@ -350,38 +673,68 @@ class Optimal(ScheduledStrategy):
 
     def forward_steps(self, n_steps: int, state_bytes: int, residual_bytes: int,
                       link_bytes: int = 0) -> int:
-        """Forward steps of this policy's plan, from the programme alone (no schedule)."""
+        """Forward steps of this policy's plan, from the planner alone (no schedule)."""
         T = _check_steps("optimal().forward_steps", n_steps)
         sb, rb, lb = self._sizes(state_bytes, residual_bytes, link_bytes)
         if self._fits_all(T, rb, lb):
             return T
+        return self._plan(T, sb, rb, lb).forward_steps
+
+    def _exact_feasible(self, T: int, sb: int, rb: int, lb: int) -> bool:
+        """Whether the exact programme runs for T here: its work and its tables are bounded
+        (EXACT_WORK, TABLE_CACHE_BYTES) and one step's residuals fit in rounded units."""
+        S, R, R1, M = self._units(sb, rb, lb)
+        n_cap, m_cap = _round_up(T, 256), _round_up(M, 64)
+        return (R <= M and n_cap * n_cap * m_cap <= EXACT_WORK
+                and _table_bytes(n_cap, m_cap, R1 != R) <= _MEMO.max_bytes)
+
+    def _plan(self, T: int, sb: int, rb: int, lb: int) -> _Exact | _Segments | _Blocks:
+        """The exact programme's plan where it runs and beats every segment plan, else
+        `_structured`'s; binomial is the segment plan of length 1, so no plan ever does
+        more forward steps than binomial at the same bytes."""
+        if not self._exact_feasible(T, sb, rb, lb):
+            return self._structured(T, sb, rb, lb)
+        segments = _best_segments(T, self.budget_bytes, sb, rb, lb)
+        S, R, R1, M = units = self._units(sb, rb, lb)
+        D, L, _, choice_d, choice_l, choice_e = _MEMO.get(S, R, R1, T, M)
+        C, choice_c = _top_column(D, L, T, R, M)
+        if int(C[T]) < segments.forward_steps:
+            return _Exact(int(C[T]), (choice_c, choice_d, choice_l, choice_e), units)
+        return segments
+
+    def _structured(self, T: int, sb: int, rb: int, lb: int) -> _Segments | _Blocks:
+        """The plan beyond the exact programme: the best segment plan (NOTE [segment
+        plans]), or a block plan (NOTE [block plans]) where the segment plan is more than
+        0.1% over the lower bound and a block plan does better."""
+        segments = _best_segments(T, self.budget_bytes, sb, rb, lb)
+        bound = 2 * T - _fit(self.budget_bytes, rb, lb)
+        if segments.forward_steps * 1000 <= bound * 1001:
+            return segments  # within 0.1% of the optimum already
+        blocks = _best_blocks(T, self.budget_bytes, sb, rb, lb)
+        if blocks is not None and blocks.forward_steps < segments.forward_steps:
+            return blocks
+        return segments
+
+    def cost(self, n_steps: int, state_bytes: int | None = None,
+             residual_bytes: int | None = None, link_bytes: int = 0) -> Cost:
+        """`Strategy.cost`: closed forms for full() and segment plans; `simulate` walks
+        the exact programme's plans (at most a few thousand steps, EXACT_WORK)."""
+        T = _check_steps("optimal().cost", n_steps)
+        sb, rb, lb = self._sizes(state_bytes, residual_bytes, link_bytes)
+        if self._fits_all(T, rb, lb):
+            return Cost(T, T, T, 0, T, _run_bytes(T, rb, lb), 2)
         plan = self._plan(T, sb, rb, lb)
-        if plan is None:
-            return binomial_forward_steps(T, self._binomial_slots(sb, rb))
-        return int(plan[0][T])
-
-    def _binomial_slots(self, sb: int, rb: int) -> int:
-        return max(1, (self.budget_bytes - rb) // sb)
-
-    def _plan(self, T: int, sb: int, rb: int, lb: int) -> tuple[np.ndarray, ...] | None:
-        """(C, choice_c, choice_d, choice_l, choice_e), or None when binomial does at
-        least as well.
-
-        Binomial can only win when rounding sizes up to units cost the programme its
-        optimality (budgets over `MAX_UNITS` units).
-        """
-        s_u, r_u, r1_u, m_u = self._units(sb, rb, lb)
-        if r_u > m_u:  # rounding up made one step's residuals not fit: binomial does
-            return None
-        D, L, _, choice_d, choice_l, choice_e = _MEMO.get(s_u, r_u, r1_u, T, m_u)
-        C, choice_c = _top_column(D, L, T, r_u, m_u)
-        slots = (self.budget_bytes - rb) // sb
-        if slots >= 1 and binomial_forward_steps(T, slots) < C[T]:
-            return None
-        return C, choice_c, choice_d, choice_l, choice_e
+        if isinstance(plan, _Exact):
+            return simulate(self.iter_schedule(T, sb, rb, lb), n_steps=T, state_bytes=sb,
+                            residual_bytes=rb, link_bytes=lb)
+        if isinstance(plan, _Blocks):
+            return Cost(T, plan.forward_steps, T, *plan.peak, None)
+        states, longest, peak = plan.peak(T, sb, rb, lb)
+        return Cost(T, plan.forward_steps, T, states, longest, peak, None)
 
     def schedule(self, n_steps: int, state_bytes: int | None = None,
                  residual_bytes: int | None = None, link_bytes: int = 0) -> tuple[Action, ...]:
+        _check_materialise(f"{self.name}.schedule", _check_steps("optimal().schedule", n_steps))
         return tuple(self.iter_schedule(n_steps, state_bytes, residual_bytes, link_bytes))
 
     def iter_schedule(self, n_steps: int, state_bytes: int | None = None,
@@ -391,9 +744,11 @@ class Optimal(ScheduledStrategy):
         if self._fits_all(T, rb, lb):
             return iter((Record(0, T), Reverse(0, T)))
         plan = self._plan(T, sb, rb, lb)
-        if plan is None:
-            return Binomial(self._binomial_slots(sb, rb)).iter_schedule(T)
-        return _coalesce(_walk(*plan[1:], T, *self._units(sb, rb, lb)))
+        if isinstance(plan, _Segments):
+            return _binomial_actions(T, plan.length, plan.slots, plan.N)
+        if isinstance(plan, _Blocks):
+            return _binomial_actions(T, plan.length, plan.slots, plan.N, plan.leaf_actions)
+        return _coalesce(_walk(*plan.choices, T, *plan.units))
 
 
 def _walk(choice_c: np.ndarray, choice_d: np.ndarray, choice_l: np.ndarray,
@@ -462,9 +817,15 @@ def optimal(budget_bytes: int = 1 << 20) -> Optimal:
     budget; exactly T once the budget holds every step's residuals (full()'s bytes,
     ``cell.recorded_bytes(T, B, dtype)``); peak_bytes <= budget_bytes always.
 
-    The budget must hold at least one step's residuals. The programme is O(T²·m) in T
-    and the budget in units (see `Optimal.units`), memoised across budgets; T = 1000 at
-    a budget of a few hundred states takes about a second.
+    The budget must hold at least one step's residuals. The exact programme is O(T²·m)
+    in T and the budget in units (see `Optimal.units`), memoised across budgets (bounded
+    in bytes, `plan_cache_bytes`); it runs where that work stays under `EXACT_WORK`.
+    Longer sequences get the best segment plan (NOTE [segment plans]): binomial over
+    segments each recorded whole, priced in closed form, generated lazily with O(slots)
+    memory, so T = 10⁶ plans in milliseconds. Where the budget holds many steps, such a
+    plan is provably within a hair of the optimum (forward steps >= 2T − K for every
+    exact schedule); where it holds only a few states it can do more forward steps than
+    the exact programme would (reports/long_sequences), never more than binomial.
 
     Give it the cell's `link_bytes` as well (``**cell.sizes(B, dtype)``), as `run` does,
     and it plans with what consecutive recorded steps share (NOTE [linked steps]).

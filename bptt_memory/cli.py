@@ -192,9 +192,11 @@ def _plan(args: argparse.Namespace) -> int:
     dtype = np.dtype(args.dtype)
     cell = _cell(args)
     options = plan(cell, args.steps, args.batch, args.budget, dtype)
-    if args.json:
-        print(json.dumps({"budget_bytes": args.budget, "options": [asdict(o) for o in options]},
-                         indent=2, default=float))
+    if args.json:  # strict JSON: every figure is finite
+        problem = {"T": args.steps, "B": args.batch, "H": args.hidden, "n_in": args.inputs,
+                   "cell": args.cell, "dtype": args.dtype}
+        print(json.dumps({"problem": problem, "budget_bytes": args.budget,
+                          "options": [asdict(o) for o in options]}, indent=2, allow_nan=False))
         return 0
     full_bytes = cell.recorded_bytes(args.steps, args.batch, dtype)
     print(f"{cell.kind} T={args.steps} B={args.batch} H={args.hidden} {args.dtype}: "

@@ -1,8 +1,8 @@
 """Side-by-side comparison of strategies on one problem, and planning before running.
 
 `default_strategies` gives each registered strategy sensible parameters for a sequence
-(truncated and uniform at k = √T, binomial with √T slots, optimal at 5% of full()'s
-bytes); `compare` runs them on the same problem, timing them interleaved against
+(truncated and uniform at k = √T, binomial and online with √T slots, optimal at 5% of
+full()'s bytes); `compare` runs them on the same problem, timing them interleaved against
 full() in the same process; `plan` answers, without running anything, which exact
 strategy fits a memory budget and what it will cost.
 """
@@ -18,10 +18,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .cells import Cell, Params
-from .checkpoint import binomial, binomial_forward_steps, optimal
+from .cell import Cell, Params
+from .checkpoint import binomial, optimal
 from .model import Model, Result
-from .schedule import simulate
+from .online import online
 from .strategies import Strategy, best_uniform, full, truncated, uniform
 from .timing import DEFAULT_THREADS, interleaved, round_orders
 
@@ -53,6 +53,7 @@ def default_strategies(cell: Cell, n_steps: int, batch: int,
         "uniform": uniform(every=uniform().segment(n_steps)),
         "binomial": binomial(slots=k),
         "optimal": optimal(budget_bytes=budget),
+        "online": online(slots=k),
     }
 
 
@@ -312,46 +313,37 @@ class Plan:
     note: str
 
 
-#: Above this T·(budget units) the dynamic programme is skipped by `plan`.
-OPTIMAL_PLAN_LIMIT = 2 * 10**9
-
-
 def plan(cell: Cell, n_steps: int, batch: int, budget_bytes: int,
          dtype: np.dtype | type = np.float64) -> list[Plan]:
     """What each strategy would cost for this sequence and budget, without running it.
 
     Returns the options best first: exact strategies that fit, by forward steps;
-    then truncation (fits by choosing k2, but biased); then what does not fit.
+    then truncation (fits by choosing k2, but biased); then what does not fit. Every
+    option is priced by its own `Strategy.cost` (closed forms, or optimal's planner), so
+    any T answers in about a second, and optimal is planned wherever it can run.
     """
     T = n_steps
     sizes = cell.sizes(batch, dtype)
-    sb, rb, lb = sizes["state_bytes"], sizes["residual_bytes"], sizes["link_bytes"]
-    full_bytes = cell.recorded_bytes(T, batch, dtype)
-    out = [Plan("full()", True, full_bytes <= budget_bytes, full_bytes, T, 1.0,
-                "stores every step's residuals")]
+    sb, rb = sizes["state_bytes"], sizes["residual_bytes"]
+    # (strategy, exact?, note): what to offer; each prices itself below
+    offers: list[tuple[Strategy, bool, str]] = [(full(), True, "stores every step's residuals")]
     if budget_bytes >= rb:
         slots = (budget_bytes - rb) // sb
         if slots >= 1:
-            f = binomial_forward_steps(T, slots)
-            out.append(Plan(f"binomial(slots={slots})", True, True, min(slots, T) * sb + rb, f,
-                            f / T, "states only; provably fewest recomputations for its slots"))
+            offers.append((binomial(slots), True,
+                           "states only; provably fewest recomputations for its slots"))
         u = best_uniform(T, budget_bytes, **sizes)
         if u is not None:
-            cost = simulate(u.iter_schedule(T), n_steps=T, **sizes)
-            out.append(Plan(u.name, True, True, cost.peak_bytes or 0,
-                            cost.forward_steps, cost.recompute_factor, "Chen et al.'s segments"))
-        opt = optimal(budget_bytes)
-        if T * T * opt.units(sb, rb, lb)[2] <= OPTIMAL_PLAN_LIMIT or full_bytes <= budget_bytes:
-            cost = simulate(opt.iter_schedule(T, **sizes), n_steps=T, **sizes)
-            out.append(Plan(opt.name, True, True, cost.peak_bytes or 0, cost.forward_steps,
-                            cost.recompute_factor, "mixes stored states and residuals"))
-        else:
-            out.append(Plan(opt.name, True, False, 0, 0, float("nan"),
-                            "not planned: T is too long for its O(T²·m) programme; "
-                            "binomial is the exact choice here"))
+            offers.append((u, True, "Chen et al.'s segments"))
+        offers.append((optimal(budget_bytes), True, "mixes stored states and residuals"))
         k2 = min(T, budget_bytes // rb)
-        out.append(Plan(f"truncated(k1={k2}, k2={k2})", k2 >= T, True, k2 * rb, T, 1.0,
-                        "exact" if k2 >= T else
-                        f"biased: cuts every dependency longer than {k2} steps"))
+        offers.append((truncated(k2, k2), k2 >= T,
+                       "exact" if k2 >= T else f"biased: cuts every dependency longer than {k2} steps"))
+    out = []
+    for strategy, exact, note in offers:
+        c = strategy.cost(T, **sizes)
+        peak = c.peak_bytes or 0
+        out.append(Plan(strategy.name, exact, peak <= budget_bytes, peak, c.forward_steps,
+                        c.recompute_factor, note))
     out.sort(key=lambda p: (not p.fits, not p.exact, p.forward_steps, p.peak_bytes))
     return out

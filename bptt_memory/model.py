@@ -1,9 +1,9 @@
 """A cell plus a linear readout and a per-step loss; what every strategy runs.
 
 The sequence loss is  L = Σ_t Σ_b mask[t, b] · ℓ(o_tb, y_tb) / B  with o_t = h_t·W_outᵀ + b_out,
-ℓ the mean squared error over outputs ("mse") or −log softmax(o)[y] ("cross_entropy").
-With no mask each step's term is exactly torch's ``F.mse_loss(o_t, y_t)`` or
-``F.cross_entropy(o_t, y_t)``.
+h_t = ``cell.output(state_t+1)``, and ℓ the mean squared error over outputs ("mse"),
+−log softmax(o)[y] ("cross_entropy"), or the caller's own function. With no mask each
+step's term is exactly torch's ``F.mse_loss(o_t, y_t)`` or ``F.cross_entropy(o_t, y_t)``.
 
 This module also owns input checking: every strategy calls `Model.check` first, so bad
 input fails before any work with a message that names the argument and the fix.
@@ -13,15 +13,37 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Callable, NamedTuple, Union
 
 import numpy as np
 
-from .cells import Cell, Params, State, _check_size
+from .cell import Cell, Params, State, check_size
 
-__all__ = ["Model", "Stats", "Result", "LOSSES"]
+__all__ = ["Model", "Stats", "Result", "LOSSES", "LossFn", "check_model"]
 
 LOSSES = ("mse", "cross_entropy")
+
+#: A loss of one's own: f(o (B, n_out), y_t) -> (per-example loss (B,), dloss/do (B, n_out)).
+LossFn = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+def check_model(model: object, where: str) -> None:
+    """A `Model` where one belongs, or a TypeError naming ``model`` and the fix."""
+    if not isinstance(model, Model):
+        hint = (" (a cell: wrap it as bm.Model(cell, n_out=...))" if isinstance(model, Cell)
+                else "")
+        raise TypeError(f"{where}(model=...): expected a bm.Model, got "
+                        f"{type(model).__name__}{hint}")
+
+
+def _plain_array(name: str, a: object) -> None:
+    """Refuse numpy's array subclasses whose semantics differ: a masked array's mask would
+    be ignored (and a NaN under it pass unseen), an np.matrix breaks broadcasting."""
+    if isinstance(a, np.ma.MaskedArray):
+        raise TypeError(f"{name}: a masked array; its mask would be ignored. Pass "
+                        f"{name.split('[')[0]}.filled(value) and, for a loss mask, mask=")
+    if isinstance(a, np.matrix):
+        raise TypeError(f"{name}: an np.matrix; convert it with np.asarray(...)")
 
 
 @dataclass(frozen=True)
@@ -29,9 +51,13 @@ class Model:
     """A recurrent cell read out linearly at every step, with a loss.
 
     Args:
-        cell: from `vanilla`, `lstm` or `gru`.
+        cell: any `bptt_memory.Cell`: a built-in (`vanilla`, `lstm`, `gru`), a `stack`,
+            or one's own.
         n_out: outputs per step (classes, for cross_entropy).
-        loss: "mse" or "cross_entropy".
+        loss: "mse", "cross_entropy", or a function ``f(o, y) -> (per_example_loss (B,),
+            dloss/do (B, n_out))`` of outputs o (B, n_out) and targets y, one row per
+            example (ys is (T, B, ...)); it may be handed the rows of several steps at
+            once, o (K·B, n_out) with their targets, so it must work row by row.
 
     >>> import numpy as np, bptt_memory as bm
     >>> model = bm.Model(bm.gru(3, 5), n_out=2, loss="mse")
@@ -41,42 +67,79 @@ class Model:
 
     cell: Cell
     n_out: int
-    loss: str = "mse"
+    loss: Union[str, LossFn] = "mse"
 
     def __post_init__(self) -> None:
         if not isinstance(self.cell, Cell):
             raise TypeError(
-                f"Model(cell=...): expected a Cell from bm.vanilla/lstm/gru, got {type(self.cell).__name__}"
+                f"Model(cell=...): expected a bm.Cell (bm.vanilla/lstm/gru/stack, or a subclass "
+                f"of bm.Cell of one's own), got {type(self.cell).__name__}"
             )
-        _check_size("Model(n_out=...)", "n_out", self.n_out)
-        if self.loss not in LOSSES:
-            raise ValueError(f"Model(loss={self.loss!r}): unknown loss; use one of {list(LOSSES)}")
+        check_size("Model(n_out=...)", "n_out", self.n_out)
+        if not callable(self.loss) and self.loss not in LOSSES:
+            raise ValueError(f"Model(loss={self.loss!r}): unknown loss; use one of {list(LOSSES)} "
+                             "or a function f(o, y) -> (per_example_loss, dloss_do)")
+        clash = {"weight_out", "bias_out"} & set(self.cell.param_shapes())
+        if clash:
+            raise ValueError(f"Model(cell=...): {self.cell.name} names a parameter {sorted(clash)}, "
+                             "which the readout uses; rename it")
+
+    @property
+    def custom_loss(self) -> bool:
+        return callable(self.loss)
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
-        shapes = self.cell.param_shapes()
-        shapes["weight_out"] = (self.n_out, self.cell.n_hidden)
+        shapes = dict(self.cell.param_shapes())
+        shapes["weight_out"] = (self.n_out, self.cell.output_size)
         shapes["bias_out"] = (self.n_out,)
         return shapes
 
     def init(self, rng: np.random.Generator, dtype: np.dtype | type = np.float64) -> Params:
-        """Parameters drawn U(−1/√H, 1/√H), PyTorch's default for RNN cells and this readout."""
+        """The cell's `Cell.init`, then the readout drawn U(−1/√H, 1/√H) with H the cell's
+        output size (PyTorch's default for its recurrent cells and this readout)."""
         if not isinstance(rng, np.random.Generator):
             raise TypeError("Model.init(rng=...): pass np.random.default_rng(seed)")
         dtype = _float_dtype("Model.init(dtype=...)", dtype)
-        bound = 1.0 / math.sqrt(self.cell.n_hidden)
-        return {
-            name: rng.uniform(-bound, bound, size=shape).astype(dtype)
-            for name, shape in self.param_shapes().items()
-        }
+        params = dict(self.cell.init(rng, dtype))
+        cell_shapes = self.cell.param_shapes()
+        if not isinstance(params, dict) or set(params) != set(cell_shapes) or any(
+                np.shape(params[k]) != s for k, s in cell_shapes.items()):
+            raise TypeError(f"{self.cell.name}.init: must return a dict of arrays shaped as "
+                            f"param_shapes() says: {cell_shapes}")
+        params = {k: np.asarray(v, dtype) for k, v in params.items()}
+        bound = 1.0 / math.sqrt(self.cell.output_size)
+        for name in ("weight_out", "bias_out"):
+            shape = self.param_shapes()[name]
+            params[name] = rng.uniform(-bound, bound, size=shape).astype(dtype)
+        return params
 
     def zero_state(self, batch: int, dtype: np.dtype | type) -> State:
-        return tuple(np.zeros((batch, self.cell.n_hidden), dtype) for _ in self.cell.state_names)
+        return tuple(np.zeros(s, dtype) for s in self.cell.state_shapes(batch))
+
+    # -- the readout: o = h·W_outᵀ + b_out ------------------------------------------
+    def readout(self, params: Params, h: np.ndarray) -> np.ndarray:
+        """Outputs o (N, n_out) of outputs h (N, H) of the cell."""
+        o = np.matmul(h, params["weight_out"].T)
+        o += params["bias_out"]
+        return o
+
+    def readout_input_grad(self, params: Params, do: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """dL/dh (N, H) from dL/do (N, n_out), into ``out``."""
+        return np.matmul(do, params["weight_out"], out=out)
+
+    def readout_grads(self, h: np.ndarray, do: np.ndarray, ones: np.ndarray, grads: Params) -> None:
+        """Add the readout's gradients of rows h, do; ``ones`` (N,) sums rows in one
+        product (NOTE [bias sums] in bptt_memory/cells/_gated.py)."""
+        grads["weight_out"] += np.matmul(do.T, h)
+        grads["bias_out"] += np.matmul(ones, do)
 
     def step_loss(self, o: np.ndarray, y: np.ndarray, scale: np.ndarray) -> tuple[float, np.ndarray]:
         """This step's loss term and its gradient w.r.t. o.
 
         ``scale`` (B,) is mask[t]/B. Returns (Σ_b scale_b·ℓ_b, dL/do of shape (B, O)).
         """
+        if callable(self.loss):
+            return self._custom_loss(o, y, scale)
         if self.loss == "mse":
             diff = o - y  # (B, O)
             do = diff * ((2.0 / self.n_out) * scale)[:, None]
@@ -95,6 +158,24 @@ class Model:
         dprob[rows, y] -= 1.0
         dprob *= scale[:, None]
         return float(per_example @ scale), dprob
+
+    def _custom_loss(self, o: np.ndarray, y: np.ndarray, scale: np.ndarray
+                     ) -> tuple[float, np.ndarray]:
+        got = self.loss(o, y)  # type: ignore[operator]
+        name = getattr(self.loss, "__name__", "loss")
+        N = o.shape[0]
+        if not isinstance(got, tuple) or len(got) != 2:
+            raise TypeError(f"Model(loss={name}): must return (per_example_loss (B,), dloss_do "
+                            f"(B, n_out)), got {type(got).__name__}")
+        per, do = np.asarray(got[0]), np.asarray(got[1])
+        if per.shape != (N,):
+            raise ValueError(f"Model(loss={name}): per-example loss has shape {per.shape} for "
+                             f"outputs o of shape {o.shape}; expected ({N},), one loss per row")
+        if do.shape != o.shape:
+            raise ValueError(f"Model(loss={name}): dloss/do has shape {do.shape}; expected "
+                             f"{o.shape}, the outputs' shape")
+        do = do * scale[:, None]
+        return float(np.dot(per, scale)), do.astype(o.dtype, copy=False)
 
     def check(self, params: Params, xs: np.ndarray, ys: np.ndarray,
               h0: State | np.ndarray | None, mask: np.ndarray | None,
@@ -119,6 +200,7 @@ class Model:
             p = params[name]
             if not isinstance(p, np.ndarray):
                 raise TypeError(f"params[{name!r}]: expected a numpy array, got {type(p).__name__}")
+            _plain_array(f"params[{name!r}]", p)
             if p.shape != shape:
                 raise ValueError(f"params[{name!r}]: shape {p.shape}, the model needs {shape}")
             _float_dtype(f"params[{name!r}]", p.dtype)
@@ -135,6 +217,7 @@ class Model:
 
         if not isinstance(xs, np.ndarray):
             raise TypeError(f"xs: expected a numpy array (T, B, n_in), got {type(xs).__name__}")
+        _plain_array("xs", xs)
         if xs.ndim != 3:
             raise ValueError(f"xs: expected 3 dims (T, B, n_in), got shape {xs.shape}")
         T, B, n_in = xs.shape
@@ -142,7 +225,7 @@ class Model:
             raise ValueError("xs: the sequence is empty (T = 0); pass at least one step")
         if B == 0:
             raise ValueError("xs: the batch is empty (B = 0); pass at least one example")
-        if n_in != self.cell.n_in:
+        if self.cell.n_in is not None and n_in != self.cell.n_in:
             raise ValueError(f"xs: last dim is {n_in}, the cell has n_in={self.cell.n_in}")
         if xs.dtype != dtype:
             raise TypeError(
@@ -153,7 +236,14 @@ class Model:
 
         if not isinstance(ys, np.ndarray):
             raise TypeError(f"ys: expected a numpy array, got {type(ys).__name__}")
-        if self.loss == "mse":
+        _plain_array("ys", ys)
+        if callable(self.loss):
+            if ys.shape[:2] != (T, B):
+                raise ValueError(f"ys: shape {ys.shape}; a loss function gets ys[t], so ys must "
+                                 f"start with (T, B) = {(T, B)}")
+            if np.issubdtype(ys.dtype, np.inexact) and not np.isfinite(ys).all():
+                raise ValueError("ys: contains NaN or inf")
+        elif self.loss == "mse":
             if ys.shape != (T, B, self.n_out):
                 raise ValueError(f"ys: shape {ys.shape}, mse needs (T, B, n_out) = {(T, B, self.n_out)}")
             if ys.dtype != dtype:
@@ -175,6 +265,7 @@ class Model:
         else:
             if not isinstance(mask, np.ndarray):
                 raise TypeError(f"mask: expected a numpy array (T, B), got {type(mask).__name__}")
+            _plain_array("mask", mask)
             if mask.shape != (T, B):
                 raise ValueError(f"mask: shape {mask.shape}, needs (T, B) = {(T, B)}")
             if not (np.issubdtype(mask.dtype, np.bool_) or np.issubdtype(mask.dtype, np.number)):
@@ -186,25 +277,29 @@ class Model:
         return xs, ys, self.check_h0(h0, B, dtype), mask
 
     def check_h0(self, h0: State | np.ndarray | None, batch: int, dtype: np.dtype) -> State:
-        names = self.cell.state_names
+        shapes = self.cell.state_shapes(batch)
         if h0 is None:
             return self.zero_state(batch, dtype)
         if isinstance(h0, np.ndarray):
             h0 = (h0,)
-        if not isinstance(h0, tuple) or len(h0) != len(names):
+        names = self.cell.state_names
+        if not isinstance(h0, tuple) or len(h0) != len(shapes):
             raise ValueError(
-                f"h0: expected a tuple of {len(names)} arrays {names} for a {self.cell.kind} cell, "
-                f"got {type(h0).__name__}{'' if not isinstance(h0, tuple) else f' of length {len(h0)}'}"
+                f"h0: expected a tuple of {len(shapes)} arrays {names} shaped {shapes} for "
+                f"{self.cell.name}, got {type(h0).__name__}"
+                f"{'' if not isinstance(h0, tuple) else f' of length {len(h0)}'}"
             )
-        for name, a in zip(names, h0):
+        for shape, a, n in zip(shapes, h0, names):
+            name = f"h0 ({n})"
             if not isinstance(a, np.ndarray):
-                raise TypeError(f"h0 ({name}): expected a numpy array, got {type(a).__name__}")
-            if a.shape != (batch, self.cell.n_hidden):
-                raise ValueError(f"h0 ({name}): shape {a.shape}, needs (B, H) = {(batch, self.cell.n_hidden)}")
+                raise TypeError(f"{name}: expected a numpy array, got {type(a).__name__}")
+            _plain_array(name, a)
+            if a.shape != shape:
+                raise ValueError(f"{name}: shape {a.shape}, {self.cell.name} needs {shape}")
             if a.dtype != dtype:
-                raise TypeError(f"h0 ({name}): dtype {a.dtype} differs from params' {dtype}")
+                raise TypeError(f"{name}: dtype {a.dtype} differs from params' {dtype}")
             if not np.isfinite(a).all():
-                raise ValueError(f"h0 ({name}): contains NaN or inf")
+                raise ValueError(f"{name}: contains NaN or inf")
         return h0
 
 
@@ -233,7 +328,7 @@ class Stats:
         peak_states, peak_residuals: peak counts of stored states and recorded steps.
         state_bytes, residual_bytes: bytes of one stored state / one recorded step.
         link_bytes: what a step recorded while the step before it is held shares with
-            it, so keeps less (NOTE [linked steps] in cells.py; 0 for truncated's ring).
+            it, so keeps less (NOTE [linked steps] in bptt_memory/cells/_gated.py; 0 for truncated's ring).
         traced_peak_bytes: tracemalloc's peak over the run when run with
             ``trace_memory=True`` (else None). It also sees the grads and transient
             temporaries, so peak_bytes ≤ traced_peak_bytes ≤ peak_bytes + `traced_allowance`.

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Iterable, Union
 
 __all__ = [
-    "Advance", "Store", "Restore", "Free", "Record", "Reverse", "Action",
+    "Advance", "Store", "Restore", "Free", "Record", "Reverse", "EndForward", "Action",
     "Cost", "ScheduleError", "simulate", "format_schedule",
 ]
 
@@ -129,16 +129,40 @@ class Free:
         return f"free     {self.n}"
 
 
-Action = Union[Advance, Record, Reverse, Store, Restore, Free]
-_ACTIONS = (Advance, Record, Reverse, Store, Restore, Free)
+@dataclass(frozen=True)
+class EndForward:
+    """The forward pass has ended: the sequence has n steps (T = n is known from here on).
+
+    An online policy (`bptt_memory.online`) decides what to keep before it knows T; this
+    marker is where it learns T. Everything before it may depend only on the steps seen
+    so far. It moves nothing and holds nothing: the executor passes over it.
+    """
+
+    n: int
+
+    def __post_init__(self) -> None:
+        _check_index(self, self.n)
+
+    def __str__(self) -> str:
+        return f"end forward, T = {self.n}"
+
+
+Action = Union[Advance, Record, Reverse, Store, Restore, Free, EndForward]
+_ACTIONS = (Advance, Record, Reverse, Store, Restore, Free, EndForward)
 
 
 def format_schedule(actions: Iterable[Action]) -> str:
     """One action a line, readable aloud.
 
-    >>> print(format_schedule([Record(0, 2), Reverse(0, 2)]))
-    record   [0, 2)
-    reverse  [0, 2)
+    >>> print(format_schedule([Advance(0, 1), EndForward(2), Record(1, 2), Reverse(1, 2),
+    ...                        Restore(0), Record(0, 1), Reverse(0, 1)]))
+    advance  [0, 1)
+    end forward, T = 2
+    record   [1, 2)
+    reverse  [1, 2)
+    restore  0
+    record   [0, 1)
+    reverse  [0, 1)
     """
     return "\n".join(str(a) for a in actions)
 
@@ -150,7 +174,7 @@ class Cost:
     ``peak_bytes`` is the peak of states·state_bytes + residuals·residual_bytes −
     linked·link_bytes taken at every moment (not the sum of separate peaks), where
     `linked` counts the recorded steps that were recorded while the step before them was
-    held (NOTE [linked steps] in cells.py); None when the byte sizes were not given.
+    held (NOTE [linked steps] in bptt_memory/cells/_gated.py); None when the byte sizes were not given.
     """
 
     n_steps: int
@@ -159,7 +183,7 @@ class Cost:
     peak_states: int
     peak_residuals: int
     peak_bytes: int | None
-    actions: int
+    actions: int | None  # None where a closed form prices a strategy without counting them
 
     @property
     def recompute_factor(self) -> float:
@@ -184,6 +208,7 @@ def simulate(schedule: Iterable[Action], *, n_steps: int | None = None,
     A valid schedule moves the working state only from where it is, stores a state at
     most once, restores only stored states (or h0 at 0), records each step before
     reversing it, reverses T−1 down to 0 exactly once in order, and ends holding nothing.
+    An `EndForward(n)` marker, if present, comes once, before any Reverse, with n = T.
 
     >>> simulate([Advance(0, 1), Record(1, 2), Reverse(1, 2), Restore(0),
     ...           Record(0, 1), Reverse(0, 1)]).forward_steps
@@ -196,6 +221,7 @@ def simulate(schedule: Iterable[Action], *, n_steps: int | None = None,
     actions = list(schedule) if n_steps is None else schedule
     if n_steps is None:
         reach = [a.n1 for a in actions if isinstance(a, (Advance, Record))]  # type: ignore[union-attr]
+        reach += [a.n for a in actions if isinstance(a, EndForward)]  # type: ignore[union-attr]
         if not reach:
             raise ScheduleError("schedule: runs no step (no Advance or Record); nothing to reverse")
         n_steps = max(reach)
@@ -216,6 +242,7 @@ def simulate(schedule: Iterable[Action], *, n_steps: int | None = None,
     recorded: set[int] = set()
     linked: set[int] = set()  # recorded steps that share link_bytes with the step before
     forward = backward = peak_s = peak_r = peak_b = count = 0
+    ended = False  # an EndForward marker was seen
 
     def fail(i: int, a: object, why: str) -> ScheduleError:
         return ScheduleError(f"schedule action #{i} {a!r}: {why}")
@@ -224,6 +251,16 @@ def simulate(schedule: Iterable[Action], *, n_steps: int | None = None,
         count += 1
         if not isinstance(a, _ACTIONS):
             raise fail(i, a, "not an action; use Advance/Record/Reverse/Store/Restore/Free")
+        if isinstance(a, EndForward):
+            if ended:
+                raise fail(i, a, "the forward pass has already ended; give one EndForward")
+            if adjoint != T:
+                raise fail(i, a, "comes after a Reverse; the forward pass ends before any step "
+                           "is reversed")
+            if a.n != T:
+                raise fail(i, a, f"says T = {a.n}, but the sequence has {T} steps")
+            ended = True
+            continue
         if isinstance(a, (Advance, Record)):
             if a.n1 > T:
                 raise fail(i, a, f"runs past the last boundary T={T}")

@@ -13,8 +13,10 @@ with Sublinear Memory Cost" (uniform checkpoints); checkpointing policies in
 
 from __future__ import annotations
 
+import collections
 import itertools
 import math
+import sys
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -22,13 +24,21 @@ from typing import Iterable, Iterator, NamedTuple
 
 import numpy as np
 
-from .cells import Params, State, _check_size, _run_bytes
-from .engine import Sweep, _execute, measure
-from .model import Model, Result
+from .cell import Params, PlainKernels, State
+from .cell import check_size as _check_size
+from .cell import run_bytes as _run_bytes
+from .engine import _execute, measure
+from .model import Model, Result, Stats, check_model
+from .walk import Ledger
 from .schedule import Action, Advance, Cost, Free, Record, Restore, Reverse, Store, simulate
 
 __all__ = ["Strategy", "ScheduledStrategy", "full", "truncated", "uniform", "best_uniform", "Full",
-           "Truncated", "Uniform", "Update"]
+           "Truncated", "Uniform", "Update", "MAX_SCHEDULE_STEPS", "plan_cache_bytes",
+           "clear_plan_caches"]
+
+#: `schedule()` returns a tuple of actions, O(T) of them; beyond this many steps it
+#: refuses, and `iter_schedule()` (lazy, O(1) memory for the built-in policies) serves.
+MAX_SCHEDULE_STEPS = 10**7
 
 
 class Strategy(ABC):
@@ -54,6 +64,43 @@ class Strategy(ABC):
                 (``stats.traced_peak_bytes``); slower.
         """
 
+    @abstractmethod
+    def cost(self, n_steps: int, state_bytes: int | None = None,
+             residual_bytes: int | None = None, link_bytes: int = 0) -> Cost:
+        """What a run on n_steps would do and hold, without running it: forward and
+        backward steps, peak stored states and recorded steps, and peak bytes (None when
+        the sizes are not given); the sizes as ``**cell.sizes(B, dtype)``.
+
+        Every strategy prices itself this way, so planners never branch on its type
+        (`bptt_memory.compare.plan`). Built-in strategies use closed forms where they
+        exist (no loop over the steps); `Cost.actions` is None where it is not counted.
+        """
+
+
+def _check_sizes(where: str, state_bytes: int | None, residual_bytes: int | None,
+                 link_bytes: int) -> None:
+    if (state_bytes is None) != (residual_bytes is None):
+        raise ValueError(f"{where}: give both state_bytes and residual_bytes, or neither")
+    if state_bytes is not None:
+        _check_size(where, "state_bytes", state_bytes)
+        _check_size(where, "residual_bytes", residual_bytes)
+    rb = residual_bytes or 0
+    if (isinstance(link_bytes, bool) or not isinstance(link_bytes, (int, np.integer))
+            or not 0 <= link_bytes <= max(rb - 1, 0)):
+        raise ValueError(f"{where}(link_bytes={link_bytes!r}): needs an int from 0 to below "
+                         "residual_bytes, e.g. cell.link_bytes(B, dtype)")
+
+
+def _check_materialise(where: str, n_steps: int) -> None:
+    """Refuse a tuple of O(n_steps) actions past MAX_SCHEDULE_STEPS: `iter_schedule` serves."""
+    if n_steps > MAX_SCHEDULE_STEPS:
+        raise ValueError(
+            f"{where}(n_steps={n_steps}): a tuple of actions for more than "
+            f"{MAX_SCHEDULE_STEPS:.0e} steps would not fit in memory; use "
+            "iter_schedule(n_steps, ...), which generates them lazily, or cost(n_steps, ...) "
+            "for the totals"
+        )
+
 
 class ScheduledStrategy(Strategy):
     """An exact strategy: it only decides a schedule; the executor runs it."""
@@ -68,9 +115,21 @@ class ScheduledStrategy(Strategy):
         """Like `schedule`, lazily; strategies with O(1)-memory planners override it."""
         return iter(self.schedule(n_steps, state_bytes, residual_bytes, link_bytes))
 
+    def cost(self, n_steps: int, state_bytes: int | None = None,
+             residual_bytes: int | None = None, link_bytes: int = 0) -> Cost:
+        """`Strategy.cost`; by default `simulate` walks the schedule (O(actions)): the
+        built-in policies override it with their closed forms."""
+        T = _check_steps(f"{self.name}.cost", n_steps)
+        if state_bytes is None or residual_bytes is None:
+            return simulate(self.iter_schedule(T), n_steps=T)
+        return simulate(self.iter_schedule(T, state_bytes, residual_bytes, link_bytes), n_steps=T,
+                        state_bytes=state_bytes, residual_bytes=residual_bytes,
+                        link_bytes=link_bytes)
+
     def run(self, model: Model, params: Params, xs: np.ndarray, ys: np.ndarray, *,
             h0: State | np.ndarray | None = None, mask: np.ndarray | None = None,
             trace_memory: bool = False) -> Result:
+        check_model(model, f"{self.name}.run")
         xs, ys, h0_, mask_ = model.check(params, xs, ys, h0, mask)
         T, B = xs.shape[:2]
         sizes = model.cell.sizes(B, xs.dtype)
@@ -78,29 +137,35 @@ class ScheduledStrategy(Strategy):
 
         def run() -> Result:
             plan = self.iter_schedule(T, **sizes) if actions is None else actions
-            return _execute(plan, model, params, xs, ys, h0_, mask_, sizes, cost)
+            res = _execute(plan, model, params, xs, ys, h0_, mask_, sizes, cost)
+            res.stats.extra["plan_cache_bytes"] = plan_cache_bytes()
+            return res
 
         return measure(run, model, params, B, xs.dtype) if trace_memory else run()
 
 
 class _PlanMemo:
-    """Memo of checked plans per (strategy, T, sizes): (actions or None, `Cost`).
+    """Memo of checked plans per (strategy, T, sizes): (actions or None, `Cost`),
+    bounded in bytes.
 
     NOTE [plan memo] A training loop runs the same strategy on sequences of the same
     shape again and again; planning (optimal's programme, then `simulate` walking every
     action) is pure, so it is done once. Plans of more than `max_actions` actions are
     not kept (binomial at T = 10⁶ has millions): their actions are generated again,
-    lazily, for the executor, and only their `Cost` is kept. A pure function's cache:
-    what `run` does never depends on what ran before, only how long planning takes.
+    lazily, for the executor, and only their `Cost` is kept. The oldest entries go once
+    the kept actions would take more than `max_bytes` (sys.getsizeof of each action and
+    its fields). A pure function's cache: what `run` does never depends on what ran
+    before, only how long planning takes; `clear_plan_caches` empties it.
     """
 
-    def __init__(self, max_entries: int = 16, max_actions: int = 100_000) -> None:
-        self._max, self._max_actions = max_entries, max_actions
-        self._entries: dict[tuple, tuple[tuple[Action, ...] | None, Cost]] = {}
+    def __init__(self, max_entries: int = 16, max_actions: int = 100_000,
+                 max_bytes: int = 32 << 20) -> None:
+        self._max, self._max_actions, self.max_bytes = max_entries, max_actions, max_bytes
+        self._entries: dict[tuple, tuple[tuple[Action, ...] | None, Cost, int]] = {}
 
     def get(self, strategy: ScheduledStrategy, T: int, sizes: dict[str, int]
             ) -> tuple[tuple[Action, ...] | None, Cost]:
-        key = (strategy, T, *sizes.values())
+        key: tuple | None = (strategy, T, *sizes.values())
         try:
             hash(key)
         except TypeError:  # a user's strategy that is not a frozen dataclass: plan each time
@@ -108,19 +173,56 @@ class _PlanMemo:
         if key is None or key not in self._entries:
             schedule = strategy.iter_schedule(T, **sizes)
             head = tuple(itertools.islice(schedule, self._max_actions + 1))
+            entry: tuple[tuple[Action, ...] | None, Cost, int]
             if len(head) <= self._max_actions:
-                entry = (head, simulate(head, n_steps=T, **sizes))
+                entry = (head, simulate(head, n_steps=T, **sizes), _tuple_bytes(head))
             else:
-                entry = (None, simulate(itertools.chain(head, schedule), n_steps=T, **sizes))
-            if key is None:
-                return entry
-            if len(self._entries) >= self._max:
+                entry = (None, simulate(itertools.chain(head, schedule), n_steps=T, **sizes), 0)
+            if key is None or entry[2] > self.max_bytes:
+                return entry[:2]
+            while self._entries and (len(self._entries) >= self._max
+                                     or self.nbytes() + entry[2] > self.max_bytes):
                 del self._entries[next(iter(self._entries))]  # the oldest
             self._entries[key] = entry
-        return self._entries[key]
+        return self._entries[key][:2]
+
+    def nbytes(self) -> int:
+        return sum(e[2] for e in self._entries.values())
+
+    def clear(self) -> None:
+        self._entries = {}
+
+
+def _tuple_bytes(actions: tuple[Action, ...]) -> int:
+    """Bytes a tuple of actions holds: the tuple, each action, its field dict and fields."""
+    return sys.getsizeof(actions) + sum(
+        sys.getsizeof(a) + sys.getsizeof(a.__dict__)
+        + sum(sys.getsizeof(v) for v in a.__dict__.values()) for a in actions)
 
 
 _PLANS = _PlanMemo()
+
+
+def plan_cache_bytes() -> int:
+    """Bytes held by the planning caches: checked plans (NOTE [plan memo]) and optimal's
+    tables (`bptt_memory.checkpoint`), both bounded. A run reports it beside its Stats,
+    in ``stats.extra["plan_cache_bytes"]``: memory the user pays for, though no run holds
+    it for its backward pass.
+
+    >>> clear_plan_caches(); plan_cache_bytes()
+    0
+    """
+    from .checkpoint import _MEMO  # checkpoint imports this module
+
+    return _PLANS.nbytes() + _MEMO.nbytes()
+
+
+def clear_plan_caches() -> None:
+    """Empty the planning caches (`plan_cache_bytes`); later runs plan again."""
+    from .checkpoint import _MEMO
+
+    _PLANS.clear()
+    _MEMO.clear()
 
 
 def _check_steps(where: str, n_steps: object) -> int:
@@ -143,6 +245,13 @@ class Full(ScheduledStrategy):
                  residual_bytes: int | None = None, link_bytes: int = 0) -> tuple[Action, ...]:
         T = _check_steps("full().schedule", n_steps)
         return (Record(0, T), Reverse(0, T))
+
+    def cost(self, n_steps: int, state_bytes: int | None = None,
+             residual_bytes: int | None = None, link_bytes: int = 0) -> Cost:
+        T = _check_steps("full().cost", n_steps)
+        _check_sizes("full().cost", state_bytes, residual_bytes, link_bytes)
+        peak = None if residual_bytes is None else _run_bytes(T, residual_bytes, link_bytes)
+        return Cost(T, T, T, 0, T, peak, 2)
 
 
 def full() -> Full:
@@ -196,15 +305,30 @@ class Uniform(ScheduledStrategy):
         stored = max(-(-T // k) - 2, 0) * state_bytes
         return stored + _run_bytes(k, residual_bytes, link_bytes)
 
+    def cost(self, n_steps: int, state_bytes: int | None = None,
+             residual_bytes: int | None = None, link_bytes: int = 0) -> Cost:
+        """`Strategy.cost` from the closed forms of `uniform`'s docstring."""
+        T = _check_steps("uniform().cost", n_steps)
+        _check_sizes("uniform().cost", state_bytes, residual_bytes, link_bytes)
+        k = min(self.segment(T), T)
+        m = -(-T // k)
+        peak = (None if state_bytes is None or residual_bytes is None
+                else self.peak_bytes(T, state_bytes, residual_bytes, link_bytes))
+        # per segment but the last: store (not the first), advance, later restore,
+        # record, reverse, free (not the first); the last: record, reverse
+        actions = 2 + (m - 1) * 4 + 2 * max(m - 2, 0)
+        return Cost(T, self.forward_steps(T), T, max(m - 2, 0), k, peak, actions)
+
     def schedule(self, n_steps: int, state_bytes: int | None = None,
                  residual_bytes: int | None = None, link_bytes: int = 0) -> tuple[Action, ...]:
+        _check_materialise(f"{self.name}.schedule", _check_steps("uniform().schedule", n_steps))
         return tuple(self.iter_schedule(n_steps))
 
     def iter_schedule(self, n_steps: int, state_bytes: int | None = None,
                       residual_bytes: int | None = None, link_bytes: int = 0) -> Iterator[Action]:
         T = _check_steps("uniform().schedule", n_steps)
         k = self.segment(T)
-        starts = list(range(0, T, k))  # segment j is [starts[j], min(starts[j] + k, T))
+        starts = range(0, T, k)  # segment j is [starts[j], min(starts[j] + k, T)); lazy
         for n0 in starts[:-1]:
             if n0:
                 yield Store(n0)
@@ -247,13 +371,21 @@ def best_uniform(n_steps: int, budget_bytes: int, state_bytes: int, residual_byt
     Uniform(every=10)
     """
     T = _check_steps("best_uniform", n_steps)
+    # NOTE [uniform segments] For a number of segments m = ⌈T/k⌉, both the forward steps
+    # T + k·(m − 1) and the peak grow with k, so only the smallest k with ⌈T/k⌉ = m can
+    # win. Those k are O(√T) (k <= √T, or m <= √T): the loop jumps from one to the next.
     best = None
-    for k in range(1, T + 1):
+    k = 1
+    while k <= T:
+        m = -(-T // k)
         u = Uniform(k)
         peak = u.peak_bytes(T, state_bytes, residual_bytes, link_bytes)
         if peak <= budget_bytes:
-            key = (u.forward_steps(T), peak, k)
+            key = (T + k * (m - 1), peak, k)
             best = key if best is None or key < best else best
+        if m == 1:
+            break
+        k = -(-T // (m - 1))  # the smallest k with ⌈T/k⌉ <= m − 1
     return None if best is None else Uniform(best[2])
 
 
@@ -292,9 +424,25 @@ class Truncated(Strategy):
     def name(self) -> str:
         return f"truncated(k1={self.k1}, k2={self.k2})"
 
+    def cost(self, n_steps: int, state_bytes: int | None = None,
+             residual_bytes: int | None = None, link_bytes: int = 0) -> Cost:
+        """`Strategy.cost`: T forward steps; at update point t (every k1 steps and at the
+        end) min(t, k2) backward steps (NOTE [tbptt window]); a ring of min(k2, T) whole
+        recorded steps (ring entries are not linked), no stored state. Closed form."""
+        T = _check_steps("truncated().cost", n_steps)
+        _check_sizes("truncated().cost", state_bytes, residual_bytes, link_bytes)
+        k1, k2 = self.k1, self.k2
+        J = T // k1  # update points j·k1, j = 1 … J; then T itself if k1 does not divide T
+        J0 = min(J, k2 // k1)  # those whose window j·k1 still fits in k2
+        backward = k1 * J0 * (J0 + 1) // 2 + (J - J0) * k2 + (min(T, k2) if T % k1 else 0)
+        ring = min(k2, T)
+        peak = None if residual_bytes is None else ring * residual_bytes
+        return Cost(T, T, backward, 0, ring, peak, None)
+
     def run(self, model: Model, params: Params, xs: np.ndarray, ys: np.ndarray, *,
             h0: State | np.ndarray | None = None, mask: np.ndarray | None = None,
             trace_memory: bool = False) -> Result:
+        check_model(model, f"{self.name}.run")
         xs, ys, h0_, mask_ = model.check(params, xs, ys, h0, mask)
         T, B = xs.shape[:2]
 
@@ -302,19 +450,20 @@ class Truncated(Strategy):
             start = time.perf_counter()
             loss, grads = 0.0, {k: np.zeros_like(v) for k, v in params.items()}
             grad_h0 = tuple(np.zeros_like(a) for a in h0_)
-            steps = zip(xs, ys, mask_)
-            sweep = Sweep(model, params)
-            for u in self._updates(sweep, steps, h0_, B, xs.dtype, n_steps=T):
+            ledger: Ledger = Ledger()
+            for u in self._updates(model, params, zip(xs, ys, mask_), h0_, B, ledger, n_steps=T):
                 loss += u.loss
                 for k in grads:
                     grads[k] += u.grads[k]
                 if u.grad_h0 is not None:
                     grad_h0 = tuple(a + b for a, b in zip(grad_h0, u.grad_h0))
             cell = model.cell
-            stats = sweep.stats(time.perf_counter() - start,
-                                state_bytes=cell.state_bytes(B, xs.dtype),
-                                residual_bytes=cell.residual_bytes(B, xs.dtype),
-                                peak_residuals=min(self.k2, T))
+            stats = Stats(peak_bytes=ledger.peak, forward_steps=ledger.forward_steps,
+                          backward_steps=ledger.backward_steps,
+                          seconds=time.perf_counter() - start,
+                          state_bytes=cell.state_bytes(B, xs.dtype),
+                          residual_bytes=cell.residual_bytes(B, xs.dtype),
+                          peak_residuals=min(self.k2, T))
             return Result(loss, grads, grad_h0, stats)
 
         return measure(run, model, params, B, xs.dtype) if trace_memory else run()
@@ -331,10 +480,12 @@ class Truncated(Strategy):
                 residuals computed with the params of the step that recorded them,
                 as in Williams & Peng's online algorithm.
 
-        Memory is a ring of k2 recorded steps, whatever the stream's length; the last
-        k2 inputs and targets are kept by reference. A final update covers the steps
-        after the last multiple of k1 when the stream ends.
+        Memory is a ring of at most k2 recorded steps, whatever the stream's length (and
+        never more than the steps seen so far); the last k2 inputs and targets are kept
+        by reference. A final update covers the steps after the last multiple of k1 when
+        the stream ends.
         """
+        check_model(model, f"{self.name}.stream")
         it = iter(steps)
         try:
             first = next(it)
@@ -352,49 +503,59 @@ class Truncated(Strategy):
                     raise ValueError(f"steps[{i}]: batch {x.shape[0]} differs from the first step's {B}")
                 yield x, y, m
 
-        yield from self._updates(Sweep(model, params), checked(), h0_, B, dtype, n_steps=None)
+        yield from self._updates(model, params, checked(), h0_, B, Ledger(), n_steps=None)
 
-    def _updates(self, sweep: Sweep, steps: Iterable[tuple[np.ndarray, ...]], h0: State,
-                 B: int, dtype: np.dtype, n_steps: int | None) -> Iterator[Update]:
-        """TBPTT(k1, k2) over (x_t, y_t, mask_t) steps on a preallocated ring of k2 entries.
+    def _updates(self, model: Model, params: Params, steps: Iterable[tuple[np.ndarray, ...]],
+                 h0: State, B: int, ledger: Ledger, n_steps: int | None) -> Iterator[Update]:
+        """TBPTT(k1, k2) over (x_t, y_t, mask_t) steps on a ring of at most k2 entries.
 
         NOTE [tbptt window] Steps are numbered 1 … T. At update point t the losses of the
         steps since the previous update point are backpropagated through steps
         (max(0, t − k2), t]; the state entering that window is a constant, so the adjoint
         leaving it is dropped unless the window reaches h0.
+
+        Steps are recorded and reversed through the cell's protocol alone (`PlainKernels`),
+        reading ``params`` at every call; the ring grows to k2 entries and then reuses
+        its oldest, so nothing is allocated ahead of the steps that fill it.
         """
-        cell, params, k1, k2 = sweep.cell, sweep.params, self.k1, self.k2
-        size = k2 if n_steps is None else min(k2, n_steps)
-        ring = [cell.new_residuals(B, dtype) for _ in range(size)]
-        for res in ring:
-            sweep.hold(res)
-        inputs: list = [None] * size  # (x, y, scale) of the step in each ring slot
+        kernels = PlainKernels(model.cell, params, {}, B)
+        ring: collections.deque = collections.deque()  # (x, y, scale, residuals), oldest first
         state, t, last = h0, 0, 0
         for x, y, m in steps:
-            slot = t % size
-            state = cell.record(params, cell.project(params, x), state, ring[slot])
-            sweep.forward_steps += 1
-            inputs[slot] = (x, y, m / B)
+            if len(ring) == self.k2:
+                ledger.drop(t - self.k2)
+                ring.popleft()
+            state, res, nbytes = kernels.record(x, state, None)
+            ledger.keep(t, res, nbytes)
+            ledger.forward_steps += 1
+            ring.append((x, y, m / B, res))
             t += 1
-            if t % k1 == 0 or t == n_steps:
-                yield self._update(sweep, ring, inputs, h0, t, last)
+            if t % self.k1 == 0 or t == n_steps:
+                yield self._update(model, kernels, ring, ledger, h0, t, last)
                 last = t
         if t > last:  # a stream that ended between update points
-            yield self._update(sweep, ring, inputs, h0, t, last)
+            yield self._update(model, kernels, ring, ledger, h0, t, last)
 
-    def _update(self, sweep: Sweep, ring: list, inputs: list, h0: State, t: int,
-                last: int) -> Update:
-        sweep.grads = {k: np.zeros_like(v) for k, v in sweep.params.items()}
-        sweep.loss = 0.0
-        size = len(ring)
-        first = max(0, t - self.k2)  # window: steps first+1 … t, ring slots (step-1) % size
-        dstate = sweep.zero_adjoint(h0)
+    def _update(self, model: Model, kernels: PlainKernels, ring: collections.deque,
+                ledger: Ledger, h0: State, t: int, last: int) -> Update:
+        params = kernels.params
+        grads = kernels.grads = {k: np.zeros_like(v) for k, v in params.items()}
+        loss = 0.0
+        first = t - len(ring)  # window: steps first+1 … t, the whole ring
+        dstate = tuple(np.zeros_like(a) for a in h0)
         for step in range(t, first, -1):
-            slot = (step - 1) % size
-            x, y, scale = inputs[slot]
-            with_loss = step > last
-            dstate = sweep.reverse(ring[slot], dstate, x, y if with_loss else None, scale)
-        return Update(t, sweep.loss, sweep.grads, dstate if first == 0 else None, t - first)
+            x, y, scale, res = ring[step - first - 1]
+            if step > last:  # the step's own loss, read out now
+                h = kernels.output(res)
+                o = model.readout(params, h)
+                step_loss, do = model.step_loss(o, y, scale)
+                loss += step_loss
+                model.readout_grads(h, do, np.ones(h.shape[0], h.dtype), grads)
+                dh = model.readout_input_grad(params, do, out=np.empty_like(h))
+                dstate = kernels.add_output_grad(dh, dstate)
+            dstate = kernels.vjp(0, x, res, dstate)
+        ledger.backward_steps += t - first
+        return Update(t, loss, grads, dstate if first == 0 else None, t - first)
 
 
 def _check_stream_step(model: Model, params: Params, step: object,

@@ -28,6 +28,8 @@ STUDIES = (
     "long_dependency_training",
     "checkpoint_benchmark",
     "speed_vs_torch",
+    "user_cell_speed",
+    "long_sequences",
 )
 
 #: The committed reports: the repository's reports/ folder, beside studies/. An installed

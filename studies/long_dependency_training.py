@@ -104,9 +104,9 @@ def predict(model: bm.Model, params: dict, xs: np.ndarray) -> np.ndarray:
     """The model's output at the last step, (B,): a plain forward pass, nothing kept."""
     cell = model.cell
     state = model.zero_state(xs.shape[1], xs.dtype)
-    for xp in cell.project(params, xs):  # (B, G·H) per step
-        state = cell.step(params, xp, state)
-    return state[0] @ params["weight_out"][0] + params["bias_out"][0]
+    for x in xs:
+        state = cell.step(params, x, state)
+    return cell.output(state) @ params["weight_out"][0] + params["bias_out"][0]
 
 
 def _adam(params: dict, grads: dict, m: dict, v: dict, i: int, s: SimpleNamespace) -> float:

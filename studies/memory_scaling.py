@@ -83,6 +83,8 @@ OPTIMAL_FIT_MIN_T = 100
 # keeps 7·B·H = 28 672 float64 numbers (224 KiB), 6·B·H (192 KiB) once its c_prev links to
 # the step before (NOTE [linked steps] in bptt_memory/cells.py); full() at T = 600 holds 113 MiB
 TIMELINE = dict(cell="lstm", batch=32, hidden=128, n_in=8, T=600)
+# The strategies swept (online's memory is binomial's at the same slots)
+FAMILIES = ("full", "truncated", "uniform", "binomial", "optimal")
 TIMELINE_STRATEGIES = ("full", "uniform", "binomial", "truncated")
 # The sweep's own LSTM problem at its largest T, each strategy in its own process: the
 # exact peak measured (not predicted) at T = 10⁵, and the kernel's peak RSS beside it
@@ -127,7 +129,7 @@ def _kwargs(s: SimpleNamespace, family: str, residual_bytes: int, T: int = 1) ->
     """Each family's parameters: fixed in T, so the slope shows the strategy's own order,
     except binomial_log's, whose slots grow with log T."""
     return {"full": {}, "truncated": dict(k1=s.K_TRUNCATED, k2=s.K_TRUNCATED), "uniform": {},
-            "binomial": dict(slots=s.SLOTS),
+            "binomial": dict(slots=s.SLOTS), "online": dict(slots=s.SLOTS),
             "optimal": dict(budget_bytes=s.OPTIMAL_BUDGET_STEPS * residual_bytes),
             "binomial_log": dict(slots=_log_slots(s, T))}[family]
 
@@ -148,6 +150,7 @@ def _label(s: SimpleNamespace, family: str) -> str:
     """A family's strategy as the sweep builds it, the same for every cell."""
     return {"full": "full()", "truncated": f"truncated(k1={s.K_TRUNCATED}, k2={s.K_TRUNCATED})",
             "uniform": "uniform(), every round(√T)", "binomial": f"binomial(slots={s.SLOTS})",
+            "online": f"online(slots={s.SLOTS})",
             "optimal": f"optimal({s.OPTIMAL_BUDGET_STEPS} steps' residual bytes)",
             "binomial_log": f"binomial(slots={s.LOG_SLOTS_PER_DOUBLING}·⌈log2 T⌉)"}[family]
 

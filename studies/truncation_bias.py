@@ -79,10 +79,9 @@ def _mean_forget_gate(model: bm.Model, params: dict, xs: np.ndarray) -> float:
     if cell.kind != "lstm":
         return float("nan")
     B = xs.shape[1]
-    res = cell.new_residuals(B, xs.dtype)
     state, total = model.zero_state(B, xs.dtype), 0.0
-    for xp in cell.project(params, xs):
-        state = cell.record(params, xp, state, res)
+    for x in xs:
+        state, res = cell.record(params, x, state)
         total += float(res[2][1].mean())  # gates (i, f, g, o), (4, B, H): f is the second
     return total / xs.shape[0]
 

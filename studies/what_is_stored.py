@@ -53,8 +53,9 @@ def run(out: Path | str | None = None, *, small: bool = False, quiet: bool = Fal
     for label, cell in _cells(I, H).items():
         model = bm.Model(cell, OUTPUTS)
         weights = sum(int(np.prod(s)) for s in model.param_shapes().values()) * item
-        before = cell.new_residuals(B, DTYPE)
-        res, _ = cell.enter(tuple(np.zeros((B, H), DTYPE) for _ in cell.state_names), before)
+        zero = tuple(np.zeros((B, H), DTYPE) for _ in cell.state_names)
+        before, _ = cell.enter(zero)
+        res, _ = cell.enter(zero, before)
         for name, a in zip(cell.residual_names, res):
             linked = next((n for n, b in zip(cell.residual_names, before) if a is b), None)
             arrays.append({"cell": label, "array": name, "shape": str(a.shape), "bytes": a.nbytes,

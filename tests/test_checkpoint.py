@@ -510,3 +510,196 @@ def test_checkpoint_benchmark_prices_each_run_at_full_step_costs():
     for name in ("uniform", "binomial", "optimal"):
         assert 1.0 < by[name]["predicted"] < by[name]["recompute"]
     assert verdict["predicted"] == by["optimal"]["predicted"]
+
+
+# -- optimal at any length: NOTE [segment plans] -----------------------------------------
+
+from bptt_memory import checkpoint as ck  # noqa: E402
+
+
+def _exact_optimum(T, sb, rb, lb, budget):
+    """The exact programme's C[T] at this budget, straight from its tables."""
+    S, R, R1, M = bm.optimal(budget)._units(sb, rb, lb)
+    D, L, *_ = ck._tables(S, R, R1, T, M)
+    return int(ck._top_column(D, L, T, R, M)[0][T])
+
+
+@settings(max_examples=15, deadline=None)
+@given(T=st.integers(2, 3000), sb=st.integers(1, 9), extra=st.integers(0, 30),
+       link=st.integers(0, 100), data=st.data())
+def test_optimal_equals_the_exact_programme_wherever_it_runs(T, sb, extra, link, data):
+    """Property: random sizes, link bytes and budgets, T <= 3000; wherever the exact
+    programme is computable (and works in exact units), optimal's forward steps are its
+    optimum, never more than binomial's, and the plan is what `simulate` finds."""
+    rb = sb + extra + 1
+    lb = link * (rb - 1) // 100
+    budget = data.draw(st.integers(rb, rb + 24 * sb), label="budget")
+    policy = bm.optimal(budget)
+    if policy._fits_all(T, rb, lb) or not policy._exact_feasible(T, sb, rb, lb):
+        return
+    if budget // math.gcd(sb, rb, rb - lb) > ck.MAX_UNITS:
+        return  # rounded units: the programme's optimum is for rounded sizes
+    found = policy.forward_steps(T, sb, rb, lb)
+    assert found == _exact_optimum(T, sb, rb, lb, budget)
+    slots = (budget - rb) // sb
+    if slots >= 1:
+        assert found <= bm.binomial_forward_steps(T, slots)
+    if T <= 400:
+        cost = simulate(policy.iter_schedule(T, sb, rb, lb), n_steps=T, state_bytes=sb,
+                        residual_bytes=rb, link_bytes=lb, budget_bytes=budget)
+        assert cost.forward_steps == found
+
+
+@settings(max_examples=300, deadline=None)
+@given(T=st.integers(1, 300), sb=st.integers(1, 9), rb=st.integers(1, 40), data=st.data())
+def test_segment_plans_cost_what_their_closed_forms_say(T, sb, rb, data):
+    """NOTE [segment plans] 1 and 2: forward steps T + ℓ·t(N, s + 1); peak min(s, N − 2)
+    states while the longest segment is recorded; as `simulate` walks the actions."""
+    lb = data.draw(st.integers(0, rb - 1), label="link")
+    budget = data.draw(st.integers(rb, rb * T + sb * T), label="budget")
+    N = data.draw(st.integers(1, T), label="N")
+    for found in (ck._segment_cost(T, N, budget, sb, rb, lb),
+                  ck._long_last_cost(T, N, budget, sb, rb, lb)):
+        if found is None:
+            continue
+        plan = found[1]
+        cost = simulate(ck._binomial_actions(T, plan.length, plan.slots, plan.N), n_steps=T,
+                        state_bytes=sb, residual_bytes=rb, link_bytes=lb)
+        states, longest, peak = plan.peak(T, sb, rb, lb)
+        assert (cost.forward_steps, cost.peak_states, cost.peak_residuals, cost.peak_bytes) == (
+            plan.forward_steps, states, longest, peak)
+        assert peak <= budget
+
+
+@pytest.mark.parametrize("sizes", [LSTM, GRU, VANILLA, LSTM_LINKED, VANILLA_LINKED])
+def test_no_exact_schedule_beats_two_T_minus_what_fits(sizes):
+    """NOTE [segment plans] 4, the lower bound the report measures plans against: every
+    exact schedule does at least 2T − K forward steps, K the steps that fit in one run;
+    checked against the exact programme's optimum."""
+    sb, rb, *rest = sizes
+    lb = rest[0] if rest else 0
+    for T in (5, 17, 60, 200):
+        for budget in range(rb, _run_bytes(T, rb, lb), max(1, _run_bytes(T, rb, lb) // 23)):
+            K = ck._fit(budget, rb, lb)
+            assert bm.optimal(budget).forward_steps(T, sb, rb, lb) >= 2 * T - K
+
+
+def _run_bytes(T, rb, lb):
+    return rb + (T - 1) * (rb - lb)
+
+
+@pytest.mark.parametrize("T", [10**5, 10**6, 10**9])
+def test_optimal_plans_long_sequences_in_closed_form(T):
+    """Far beyond the exact programme: a segment plan, priced without walking it, within
+    its budget, never worse than binomial, and generated lazily."""
+    cell = bm.lstm(32, 128)
+    sizes = cell.sizes(32, np.float64)
+    for fraction in (0.01, 0.05, 0.2):
+        budget = int(fraction * cell.recorded_bytes(T, 32, np.float64))
+        policy = bm.optimal(budget)
+        cost = policy.cost(T, **sizes)
+        slots = (budget - sizes["residual_bytes"]) // sizes["state_bytes"]
+        assert cost.peak_bytes <= budget
+        assert T <= cost.forward_steps <= bm.binomial_forward_steps(T, slots)
+        assert cost.forward_steps >= 2 * T - ck._fit(budget, sizes["residual_bytes"],
+                                                     sizes["link_bytes"])
+        head = list(itertools.islice(policy.iter_schedule(T, **sizes), 5))
+        assert head and isinstance(head[0], (Advance, Record))
+
+
+@pytest.mark.parametrize("residuals, kind", [(6, ck._Segments), (2, ck._Blocks)])
+def test_optimal_segment_and_block_plans_run_exactly(rng, residuals, kind):
+    """Segment and block plans, forced by a tiny EXACT_WORK, give full()'s gradients."""
+    model = bm.Model(bm.lstm(3, 5), n_out=2)
+    params = model.init(rng)
+    T = 40
+    xs, ys = rng.standard_normal((T, 2, 3)), rng.standard_normal((T, 2, 2))
+    sizes = model.cell.sizes(2, np.float64)
+    budget = residuals * sizes["residual_bytes"]
+    assert isinstance(bm.optimal(budget)._structured(T, *sizes.values()), kind)
+    ref = bm.full().run(model, params, xs, ys)
+    old = ck.EXACT_WORK
+    ck.EXACT_WORK = 0
+    try:
+        bm.clear_plan_caches()
+        res = bm.optimal(budget).run(model, params, xs, ys)
+    finally:
+        ck.EXACT_WORK = old
+        bm.clear_plan_caches()
+    assert res.stats.peak_bytes <= budget
+    assert res.stats.forward_steps == bm.optimal(budget)._structured(T, *sizes.values()).forward_steps
+    for k in params:
+        assert np.abs(res.grads[k] - ref.grads[k]).max() <= 1e-12 * np.abs(ref.grads[k]).max()
+
+
+def test_plan_caches_are_bounded_reported_and_clearable(rng):
+    model = bm.Model(bm.vanilla(3, 4), n_out=2)
+    params = model.init(rng)
+    xs, ys = rng.standard_normal((30, 2, 3)), rng.standard_normal((30, 2, 2))
+    bm.clear_plan_caches()
+    assert bm.plan_cache_bytes() == 0
+    res = bm.optimal(4 * model.cell.residual_bytes(2, np.float64)).run(model, params, xs, ys)
+    held = res.stats.extra["plan_cache_bytes"]
+    assert held == bm.plan_cache_bytes() > 0
+    assert ck._MEMO.nbytes() <= ck._MEMO.max_bytes
+    bm.clear_plan_caches()
+    assert bm.plan_cache_bytes() == 0
+
+
+def test_table_memo_refuses_tables_over_its_bytes_before_allocating():
+    memo = ck._TableMemo(max_bytes=1 << 20)
+    with pytest.raises(ValueError, match=r"n_steps=100000 .*budget units"):
+        memo.get(1, 4, 4, 100_000, 500)
+    assert memo.nbytes() == 0
+
+
+@pytest.mark.parametrize("strategy", [bm.binomial(4), bm.optimal(10**6), bm.uniform(),
+                                      bm.online(4)])
+def test_schedule_refuses_a_tuple_at_a_billion_steps(strategy):
+    sizes = dict(state_bytes=10, residual_bytes=35, link_bytes=0)
+    with pytest.raises(ValueError, match=r"n_steps=1000000000.*iter_schedule") as e:
+        strategy.schedule(10**9, **sizes)
+    assert strategy.name in str(e.value)  # optimal's names its budget
+
+
+def test_binomial_cost_is_its_closed_form_at_any_length():
+    cost = bm.binomial(1).cost(10**9, state_bytes=8, residual_bytes=24)
+    assert cost.forward_steps == 10**9 + t_closed(10**9, 2)  # h0 and one slot
+    assert (cost.peak_states, cost.peak_residuals, cost.peak_bytes) == (1, 1, 32)
+
+
+@settings(max_examples=40, deadline=None)
+@given(T=st.integers(1, 900), sb=st.integers(1, 8), extra=st.integers(0, 30), data=st.data())
+def test_block_plans_cost_what_their_closed_forms_say(T, sb, extra, data):
+    """NOTE [block plans]: forward steps ℓ·t(N, s + 1) + (N − 1)·C[ℓ] + C[last]; peak from
+    the top's depth at the first descent and at the other leaves; within the budget."""
+    rb = sb + extra
+    lb = data.draw(st.integers(0, rb - 1), label="link")
+    budget = data.draw(st.integers(rb, max(rb, rb * T // 3)), label="budget")
+    plan = ck._best_blocks(T, budget, sb, rb, lb)
+    if plan is None:
+        return
+    cost = simulate(ck._binomial_actions(T, plan.length, plan.slots, plan.N, plan.leaf_actions),
+                    n_steps=T, state_bytes=sb, residual_bytes=rb, link_bytes=lb)
+    assert (cost.forward_steps, cost.peak_states, cost.peak_residuals, cost.peak_bytes) == (
+        plan.forward_steps, *plan.peak)
+    assert cost.peak_bytes <= budget
+
+
+@pytest.mark.parametrize("slots", range(0, 9))
+def test_leaf_depths_are_what_the_walk_finds(slots):
+    """The top's depth at each leaf, its entry included (NOTE [block plans])."""
+    for N in range(1, 120):
+        stored, last, others = set(), 0, 0
+        for a in ck._binomial_actions(N, 1, slots, leaf=lambda n0, n1: iter((Record(n0, n1),
+                                                                             Reverse(n0, n1)))):
+            if isinstance(a, Store):
+                stored.add(a.n)
+            elif isinstance(a, Free):
+                stored.discard(a.n)
+            elif isinstance(a, Record):
+                if a.n0 == N - 1:
+                    last = len(stored)
+                else:
+                    others = max(others, len(stored))
+        assert (last, others) == (ck._last_leaf_depth(N, slots), ck._full_leaf_depth(N, slots)), N

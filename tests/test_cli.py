@@ -16,8 +16,8 @@ def test_compare_json_parses_and_covers_every_strategy(capsys):
                  "--inputs", "3", "--repeats", "1", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     rows = {r["strategy"].split("(")[0]: r for r in out["rows"]}
-    assert set(rows) == {"full", "truncated", "uniform", "binomial", "optimal"}
-    for name in ("full", "uniform", "binomial", "optimal"):  # exact strategies
+    assert set(rows) == {"full", "truncated", "uniform", "binomial", "optimal", "online"}
+    for name in ("full", "uniform", "binomial", "optimal", "online"):  # exact strategies
         assert rows[name]["grad_rel_error"] < 1e-12
         assert rows[name]["peak_bytes"] <= rows["full"]["peak_bytes"]
         assert rows[name]["peak_bytes"] <= rows[name]["traced_peak_bytes"]
@@ -37,8 +37,8 @@ def test_compare_table_lists_requested_strategies(capsys):
 
 @pytest.mark.parametrize("fused", [True, False])
 def test_compare_says_when_steps_ran_on_the_compiled_kernels(capsys, monkeypatch, fused):
-    from bptt_memory import cells
-    monkeypatch.setattr(cells, "_FUSED", fused)  # as if numba were (not) installed
+    from bptt_memory.cells import _gated
+    monkeypatch.setattr(_gated, "FUSED", fused)  # as if numba were (not) installed
     args = ["compare", "--cell", "lstm", "--steps", "9", "--batch", "2", "--hidden", "3",
             "--inputs", "2", "--repeats", "1", "--strategies", "full", "--quiet"]
     if fused:
@@ -58,7 +58,7 @@ def test_plan_json_best_exact_fits(capsys):
     assert out["budget_bytes"] == 64 * 2**20
     best = out["options"][0]
     assert best["exact"] and best["fits"] and best["peak_bytes"] <= 64 * 2**20
-    assert best["strategy"].startswith("binomial")
+    assert best["strategy"].startswith("optimal")  # fewer forward steps than binomial's
     full = next(o for o in out["options"] if o["strategy"] == "full()")
     assert not full["fits"]
 

@@ -16,7 +16,8 @@ import pytest
 pytest.importorskip("numba")
 
 import bptt_memory as bm  # noqa: E402
-from bptt_memory import _fused, cells  # noqa: E402
+from bptt_memory import _fused  # noqa: E402
+from bptt_memory.cells import _gated  # noqa: E402
 
 N_IN, B, H = 3, 4, 37  # H not a multiple of a vector's width: the loops' tails run too
 
@@ -64,7 +65,7 @@ def test_fused_lstm_forward_matches_the_equations():
 
 
 def _spy(monkeypatch) -> dict:
-    """Count calls to each fused kernel, through `cells._fused_kernels`."""
+    """Count calls to each fused kernel, through `_gated.fused_kernels`."""
     calls: dict = {}
 
     def counted(name):
@@ -75,20 +76,18 @@ def _spy(monkeypatch) -> dict:
 
     names = ("lstm_forward", "lstm_output", "lstm_vjp", "sum_gates")
     spy = SimpleNamespace(**{n: counted(n) for n in names})
-    monkeypatch.setattr(cells, "_fused_kernels", lambda: spy)
-    monkeypatch.setattr(cells, "_FUSED", True)  # whatever BPTT_MEMORY_FUSED says
+    monkeypatch.setattr(_gated, "fused_kernels", lambda: spy)
+    monkeypatch.setattr(_gated, "FUSED", True)  # whatever BPTT_MEMORY_FUSED says
     return calls
 
 
 def _cell_steps(cell, params, state, x, cot):
-    """Cell.step, Cell.record, Cell.output and Cell.vjp on one step: their results in order."""
-    xp = cell.project(params, x)
-    stepped = cell.step(params, xp, state)
-    res = cell.new_residuals(B, x.dtype)
-    recorded = cell.record(params, xp, state, res)
-    grads = {k: np.zeros_like(v) for k, v in params.items()}
-    dstate, dxp = cell.vjp(params, res, cot, grads)
-    return [*stepped, *recorded, *res[2:], cell.output(res), *dstate, dxp, *grads.values()]
+    """Cell.step, Cell.record, Cell.residual_output and Cell.vjp on one step: their
+    results in order."""
+    stepped = cell.step(params, x, state)
+    recorded, res = cell.record(params, x, state)
+    dstate, dparams = cell.vjp(params, x, res, cot)
+    return [*stepped, *recorded, *res[2:], cell.residual_output(res), *dstate, *dparams.values()]
 
 
 def test_cell_methods_use_the_fused_kernels_and_agree_with_numpy(rng, monkeypatch):

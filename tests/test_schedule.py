@@ -352,3 +352,32 @@ def test_simulate_rejects_any_schedule_missing_one_store(T, data):
     del plan[data.draw(st.sampled_from(stores))]
     with pytest.raises(ScheduleError, match="no state is stored"):
         simulate(plan, n_steps=T)
+
+
+# -- the end-of-forward marker ------------------------------------------------------------
+
+
+def test_end_forward_reads_aloud_and_is_a_frozen_value():
+    from bptt_memory import EndForward
+
+    assert str(EndForward(7)) == "end forward, T = 7"
+    assert EndForward(7) == EndForward(7) and hash(EndForward(7)) == hash(EndForward(7))
+
+
+def test_simulate_accepts_one_end_forward_before_any_reverse_and_reads_T_from_it():
+    from bptt_memory import Advance, EndForward, Record, Restore, Reverse, simulate
+
+    plan = [Advance(0, 1), EndForward(2), Record(1, 2), Reverse(1, 2), Restore(0),
+            Record(0, 1), Reverse(0, 1)]
+    assert simulate(plan).n_steps == 2 and simulate(plan).forward_steps == 3
+
+
+def test_simulate_rejects_a_misplaced_end_forward():
+    from bptt_memory import EndForward, Record, Reverse, ScheduleError, simulate
+
+    with pytest.raises(ScheduleError, match="says T = 3"):
+        simulate([Record(0, 2), EndForward(3), Reverse(0, 2)], n_steps=2)
+    with pytest.raises(ScheduleError, match="after a Reverse"):
+        simulate([Record(0, 2), Reverse(1, 2), EndForward(2), Reverse(0, 1)], n_steps=2)
+    with pytest.raises(ScheduleError, match="already ended"):
+        simulate([Record(0, 2), EndForward(2), EndForward(2), Reverse(0, 2)], n_steps=2)

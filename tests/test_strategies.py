@@ -41,6 +41,8 @@ def _exact_configs(name, cell, batch, T, dtype=np.float64):
         budgets = [rb, rb + sb, rb + 2 * sb, 2 * rb, 2 * rb + 3 * sb, max(rb, (T // 2) * rb + sb),
                    max(rb, linked - 1), linked, max(rb, T * rb - 1), T * rb, 10 * T * rb]
         return [factory(budget_bytes=b) for b in budgets]
+    if name == "online":
+        return [factory(1), factory(2), factory(3), factory(max(1, T - 1)), factory(T + 4)]
     raise AssertionError(f"strategy {name!r} is in bm.STRATEGIES but has no exact configuration here")
 
 
@@ -216,7 +218,7 @@ def _states_at_boundaries(model, params, xs, h0):
     """The true state at every boundary 0 … T, by plain cell steps."""
     states = [h0]
     for x in xs:
-        states.append(model.cell.step(params, model.cell.project(params, x[None])[0], states[-1]))
+        states.append(model.cell.step(params, x, states[-1]))
     return states
 
 
@@ -324,6 +326,11 @@ def test_scheduled_stats_are_what_the_simulator_predicts(rng, name, cell_name):
         if isinstance(strategy, bm.Binomial):
             assert stats.peak_states <= strategy.slots and stats.peak_residuals == 1, strategy.name
             assert stats.forward_steps == bm.binomial_forward_steps(T, strategy.slots), strategy.name
+        priced = strategy.cost(T, **sizes)  # every strategy prices itself the same way
+        assert (priced.forward_steps, priced.backward_steps, priced.peak_states,
+                priced.peak_residuals, priced.peak_bytes) == (
+            cost.forward_steps, cost.backward_steps, cost.peak_states, cost.peak_residuals,
+            cost.peak_bytes), strategy.name
         if isinstance(strategy, bm.Uniform):  # the formulas in uniform's docstring
             k = strategy.segment(T)
             m = -(-T // k)
@@ -349,7 +356,7 @@ def test_truncated_stats(rng, cell_name, k1, k2):
 def _traced_configs(cell, batch, T):
     rb = cell.residual_bytes(batch, np.float64)
     return [bm.full(), bm.truncated(5, 10), bm.uniform(), bm.uniform(every=8), bm.binomial(4),
-            bm.optimal(budget_bytes=6 * rb)]
+            bm.optimal(budget_bytes=6 * rb), bm.online(4)]
 
 
 @pytest.mark.parametrize("cell_name", ["vanilla-tanh", "lstm", "gru"])
@@ -440,8 +447,8 @@ def test_execute_rejects_an_invalid_schedule_before_any_work(rng, monkeypatch, c
     def no_work(*args, **kwargs):
         raise AssertionError("a step ran before the schedule was rejected")
 
-    for name in ("project", "step", "record", "vjp", "output", "new_residuals", "enter"):
-        monkeypatch.setattr(bm.Cell, name, no_work)
+    for name in ("step", "record", "vjp", "residual_output", "enter", "kernels"):
+        monkeypatch.setattr(bm.cells.Gated, name, no_work)
     with pytest.raises(bm.ScheduleError, match="schedule"):
         bm.execute(INVALID_SCHEDULES[case], model, params, xs, ys, h0=h0, mask=mask)
     # the same schedule as a one-shot generator is rejected the same way
@@ -505,7 +512,8 @@ def test_workspace_is_the_chunk_buffers_whatever_the_strategy_and_T(rng, cell_na
         cell = model.cell
         G, H, I, O = cell.n_gates, cell.n_hidden, cell.n_in, model.n_out
         gated = 2 if cell.kind == "gru" else 1  # dxp, and GRU's separate dhp rows
-        expected = CHUNK_STEPS * B * ((I + 1) + (1 + gated) * G * H + 3 * H + O + 1) * 8
+        # ... and a 1 per row for the readout's sums too
+        expected = CHUNK_STEPS * B * ((I + 1) + (1 + gated) * G * H + 3 * H + O + 2) * 8
         for strategy in (bm.full(), bm.binomial(2), bm.uniform()):
             seen.add(strategy.run(model, params, xs, ys, h0=h0, mask=mask).stats.workspace_bytes)
         assert seen == {expected}
@@ -521,13 +529,13 @@ def test_single_step_reversals_read_out_many_steps_per_product(rng, monkeypatch,
     from bptt_memory import engine
 
     read_out = []  # steps per readout product
-    real = engine.Sweep._readout
+    real = engine._Readout.read
 
     def spy(self, r0, r1, y, scale):
         read_out.append(y.shape[0])
         return real(self, r0, r1, y, scale)
 
-    monkeypatch.setattr(engine.Sweep, "_readout", spy)
+    monkeypatch.setattr(engine._Readout, "read", spy)
     T = 64
     model, params, xs, ys, mask, h0 = _problem(rng, cell_name, "mse", T)
     budget = model.cell.recorded_bytes(T, B, np.float64) // 10
@@ -539,19 +547,18 @@ def test_single_step_reversals_read_out_many_steps_per_product(rng, monkeypatch,
         _assert_matches_reference(res, model, params, xs, ys, h0, mask, strategy.name)
 
 
-def test_the_sweep_refuses_to_reverse_a_step_out_of_order(rng):
-    """Sweep's windows assume steps are reversed last first (execute's schedules are
-    checked for that by simulate); a direct caller who skips ahead gets a clear error,
-    not a wrong loss."""
-    from bptt_memory.engine import Sweep
+def test_the_executor_refuses_to_reverse_a_step_out_of_order(rng):
+    """The executor's windows assume steps are reversed last first (execute's schedules
+    are checked for that by simulate); a direct caller who skips ahead gets a clear
+    error, not a wrong loss."""
+    from bptt_memory.engine import _Run
 
     T = 40
     model, params, xs, ys, mask, h0 = _problem(rng, "lstm", "mse", T)
-    sweep = Sweep(model, params, xs, ys, mask)
-    res, _ = model.cell.enter(h0)
-    sweep.record(h0, 0, 1, lambda t, state: res)
+    run = _Run(model, params, xs, ys, mask, links=True)
+    run.record(h0, 0, 1)
     with pytest.raises(ValueError, match="reverse every step, last first"):
-        sweep.reverse_step(0, res, sweep.zero_adjoint(h0))
+        run.reverse(0, 1, tuple(np.zeros_like(a) for a in h0))
 
 
 @pytest.mark.parametrize("sizes", [(2, 7, 1), (1, 2, 1), (1, 5, 0)], ids=["lstm", "vanilla", "gru"])
@@ -568,3 +575,66 @@ def test_best_uniform_is_the_fewest_forward_steps_that_fit(sizes):
                 assert chosen is None, (T, budget)
                 continue
             assert (costs[chosen.every].forward_steps, costs[chosen.every].peak_bytes) == min(fits.values())
+
+
+def _best_uniform_by_every_k(T, budget, sb, rb, lb):
+    """The old loop over every k, from uniform's closed forms: the oracle for the O(√T) jump."""
+    best = None
+    for k in range(1, T + 1):
+        u = bm.uniform(k)
+        peak = u.peak_bytes(T, sb, rb, lb)
+        if peak <= budget:
+            key = (u.forward_steps(T), peak, k)
+            best = key if best is None or key < best else best
+    return None if best is None else best[2]
+
+
+@settings(max_examples=200, deadline=None)
+@given(T=st.integers(1, 400), sb=st.integers(1, 9), rb=st.integers(1, 30), data=st.data())
+def test_best_uniform_jumps_to_the_same_k_as_a_loop_over_every_k(T, sb, rb, data):
+    lb = data.draw(st.integers(0, rb - 1), label="link")
+    budget = data.draw(st.integers(1, rb * T + sb * 30), label="budget")
+    chosen = bm.best_uniform(T, budget, sb, rb, lb)
+    assert (None if chosen is None else chosen.every) == _best_uniform_by_every_k(T, budget, sb, rb, lb)
+
+
+def test_best_uniform_answers_a_billion_steps_at_once():
+    import time
+
+    start = time.perf_counter()
+    u = bm.best_uniform(10**9, 2**40, 131072, 458752, 65536)
+    assert u is not None and u.peak_bytes(10**9, 131072, 458752, 65536) <= 2**40
+    assert time.perf_counter() - start < 10  # O(√T) candidates, not 10⁹ (not a timing test)
+
+
+@pytest.mark.parametrize("cell_name", ["vanilla-tanh", "lstm", "gru"])
+@pytest.mark.parametrize("k1,k2", [(1, 1), (2, 5), (4, 4), (3, 20), (5, 3 * 5), (13, 13)])
+def test_truncated_cost_is_what_a_run_measures(rng, cell_name, k1, k2):
+    if k2 < k1:
+        return
+    T = 13
+    model, params, xs, ys, mask, h0 = _problem(rng, cell_name, "mse", T)
+    sizes = model.cell.sizes(B, np.float64)
+    stats = bm.truncated(k1, k2).run(model, params, xs, ys, h0=h0, mask=mask).stats
+    cost = bm.truncated(k1, k2).cost(T, **sizes)
+    assert (cost.forward_steps, cost.backward_steps, cost.peak_residuals, cost.peak_bytes) == (
+        stats.forward_steps, stats.backward_steps, stats.peak_residuals, stats.peak_bytes)
+    assert cost.peak_states == 0
+
+
+def test_truncated_cost_needs_no_loop_over_the_steps():
+    cost = bm.truncated(10, 100).cost(10**12)
+    # update points 10, 20, …: windows 10, 20, …, 100, then 100 each
+    assert cost.backward_steps == sum(range(10, 101, 10)) + (10**11 - 10) * 100
+    assert cost.peak_residuals == 100 and cost.peak_bytes is None
+
+
+@pytest.mark.parametrize("strategy", [bm.full(), bm.uniform(every=7), bm.binomial(3)])
+def test_closed_form_costs_equal_simulate(strategy):
+    kw = dict(state_bytes=5, residual_bytes=17, link_bytes=4)
+    for T in (1, 2, 3, 8, 50, 333):
+        priced = strategy.cost(T, **kw)
+        walked = bm.simulate(strategy.iter_schedule(T), n_steps=T, **kw)
+        assert dataclasses.replace(priced, actions=None) == dataclasses.replace(walked, actions=None)
+        assert priced.actions in (None, walked.actions)
+        assert strategy.cost(T).peak_bytes is None

@@ -56,7 +56,7 @@ def test_writes_report_figures_and_data(report):
 def test_every_cell_and_strategy_is_measured_and_predicted(scaling):
     s = ms._settings(small=True)
     for cell in s.CELLS:
-        for family in ms.bm.STRATEGIES:
+        for family in ms.FAMILIES:
             rows = [r for r in scaling if r["cell"] == cell and r["family"] == family]
             sources = {r["source"] for r in rows}
             assert "measured" in sources, (cell, family)

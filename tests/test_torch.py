@@ -186,3 +186,48 @@ def test_cross_entropy_with_extreme_logits_matches_torch(rng):
     _assert_rel(res.loss, t_loss, "loss")
     for name in t_grads:
         _assert_rel(res.grads[name], t_grads[name], f"grads[{name!r}]")
+
+
+# ---- stacked layers: ``num_layers=L`` against torch's multi-layer modules
+
+
+@pytest.mark.parametrize("L", [2, 3])
+@pytest.mark.parametrize("kind,activation", CELLS)
+def test_num_layers_matches_torchs_multi_layer_module_under_every_strategy(kind, activation, L):
+    """PyTorch's equations, parameter names and (L, B, H) state layout for num_layers=L;
+    grad_h0 in the same layout; every strategy, truncated with k2 >= T included."""
+    rng = np.random.default_rng(L)
+    T, B, H = 9, 3, 4
+    kw = {"activation": activation} if kind == "vanilla" else {}
+    cell = bm.CELLS[kind](N_IN, H, num_layers=L, **kw)
+    model = bm.Model(cell, n_out=N_OUT)
+    params = model.init(rng)
+    xs, ys = rng.standard_normal((T, B, N_IN)), rng.standard_normal((T, B, N_OUT))
+    h0 = tuple(0.5 * rng.standard_normal(s) for s in cell.state_shapes(B))
+    rnn = {"vanilla": lambda: torch.nn.RNN(N_IN, H, num_layers=L, nonlinearity=activation or "tanh"),
+           "lstm": lambda: torch.nn.LSTM(N_IN, H, num_layers=L),
+           "gru": lambda: torch.nn.GRU(N_IN, H, num_layers=L)}[kind]().double()
+    readout = torch.nn.Linear(H, N_OUT).double()
+    named = dict(rnn.named_parameters())
+    assert set(named) == set(cell.param_shapes())  # the very names torch uses
+    with torch.no_grad():
+        for name, p in named.items():
+            p.copy_(torch.from_numpy(params[name]))
+        readout.weight.copy_(torch.from_numpy(params["weight_out"]))
+        readout.bias.copy_(torch.from_numpy(params["bias_out"]))
+    h0_t = tuple(torch.tensor(a, requires_grad=True) for a in h0)
+    hs, _ = rnn(torch.tensor(xs), h0_t if kind == "lstm" else h0_t[0])
+    loss = F.mse_loss(readout(hs), torch.tensor(ys), reduction="none").mean(-1).sum() / B
+    loss.backward()
+    want = {name: p.grad.numpy() for name, p in named.items()}
+    want.update(weight_out=readout.weight.grad.numpy(), bias_out=readout.bias.grad.numpy())
+    rb = cell.residual_bytes(B, np.float64)
+    for strategy in [bm.full(), bm.binomial(slots=2), bm.uniform(every=3),
+                     bm.optimal(budget_bytes=3 * rb), bm.truncated(T, T)]:
+        res = strategy.run(model, params, xs, ys, h0=h0)
+        assert abs(res.loss - loss.item()) <= TOL * abs(loss.item()), strategy.name
+        for name in want:
+            _assert_rel(res.grads[name], want[name], f"{strategy.name} {name}")
+        for got, a in zip(res.grad_h0, h0_t):
+            assert got.shape == (L, B, H)
+            _assert_rel(got, a.grad.numpy(), f"{strategy.name} grad_h0")

@@ -508,21 +508,11 @@ def test_bad_stream_h0_raises_naming_h0(rng):
         list(bm.truncated(2).stream(model, params, iter(good), h0=np.zeros((2, 7))))
 
 
-@pytest.mark.parametrize("kind", ["vanilla", "lstm", "gru"])
-def test_a_fresh_sweep_reverses_a_step_without_its_loss(kind, rng):
-    """Sweep.reverse with y=None (a step whose loss an earlier update counted) may be a
-    stream's first reversal: it makes its buffers itself, and it returns the state
-    gradient of the step alone, the same as Cell.vjp's."""
-    from bptt_memory.engine import Sweep
-
-    model = bm.Model(getattr(bm, kind)(3, 4), n_out=2)
-    params = model.init(rng)
-    h0 = tuple(rng.standard_normal((2, 4)) for _ in model.cell.state_names)
-    res = model.cell.new_residuals(2, np.float64)
-    model.cell.record(params, model.cell.project(params, rng.standard_normal((2, 3))), h0, res)
-    dstate = tuple(rng.standard_normal(a.shape) for a in h0)
-    sweep = Sweep(model, params)
-    got = sweep.reverse(res, dstate, rng.standard_normal((2, 3)), None, None)
-    want, _ = model.cell.vjp(params, res, dstate, {k: np.zeros_like(v) for k, v in params.items()})
-    assert sweep.loss == 0.0
-    assert all(np.allclose(a, b, rtol=1e-13, atol=0) for a, b in zip(got, want))
+def test_a_huge_k2_allocates_only_what_the_steps_fill(rng):
+    """The ring grows with the steps seen, up to k2: k2 = 10¹² on a stream holds T steps."""
+    model, params, good = _stream_setup(rng)
+    updates = list(bm.truncated(3, 10**12).stream(model, params, iter(good)))
+    res = bm.truncated(3, 10**12).run(model, params, np.stack([s[0] for s in good]),
+                                      np.stack([s[1] for s in good]))
+    assert res.stats.peak_bytes == len(good) * model.cell.residual_bytes(good[0][0].shape[0], np.float64)
+    assert updates[-1].t == len(good) and updates[-1].backward_steps == len(good)

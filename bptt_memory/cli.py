@@ -16,12 +16,13 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from . import STRATEGIES, __version__
-from .cells import Cell, gru, lstm, vanilla
+from .cell import Cell
+from .cells import CELLS
 from .compare import (
     NotEnoughMemory,
     check_memory,
@@ -38,14 +39,12 @@ from .timing import DEFAULT_THREADS, blas_threads_line
 
 __all__ = ["main"]
 
-_CELLS: dict[str, Callable[[int, int], Cell]] = {"vanilla": vanilla, "lstm": lstm, "gru": gru}
-
 #: compare names the strategies that took this many page faults per run (1 MiB of 4 KiB pages)
 _FAULTS_WORTH_NOTING = 256
 
 
 def _cell(args: argparse.Namespace) -> Cell:
-    return _CELLS[args.cell](args.inputs, args.hidden)
+    return CELLS[args.cell](args.inputs, args.hidden)
 
 
 def _positive(text: str) -> int:
@@ -73,7 +72,7 @@ def studies() -> ModuleType:
 
 
 def _problem_args(p: argparse.ArgumentParser, steps: int, batch: int, hidden: int) -> None:
-    p.add_argument("--cell", choices=sorted(_CELLS), default="lstm", help="(default lstm)")
+    p.add_argument("--cell", choices=sorted(CELLS), default="lstm", help="(default lstm)")
     p.add_argument("--steps", type=_positive, default=steps, help=f"T (default {steps})")
     p.add_argument("--batch", type=_positive, default=batch, help=f"B (default {batch})")
     p.add_argument("--hidden", type=_positive, default=hidden, help=f"H (default {hidden})")

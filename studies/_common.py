@@ -182,6 +182,7 @@ STRATEGY_COLORS = {
     "uniform": "tab:green",
     "binomial": "tab:orange",
     "optimal": "tab:purple",
+    "online": "tab:brown",
     "torch": "tab:gray",
 }
 

@@ -59,7 +59,7 @@ SPOT_CHECKS = (("lstm", 32, 128, 0.01), ("lstm", 32, 128, 0.1), ("gru", 32, 128,
                ("vanilla", 32, 512, 0.1))  # (cell, B, H, budget fraction)
 SPOT_ROUNDS = 5
 # -- truncation instead: its gradient error, where full() gives the exact gradient -------
-TRUNCATION_MAX_T = 1_000  # measured for T up to this
+TRUNCATION_MAX_T = 1_000  # measured for T up to this, at the first of SIZES
 SEED = 0
 # -- toy sizes for --small (seconds) ---------------------------------------------------
 SMALL = dict(SIZES=((2, 8),), STEPS=(10, 100, 1_000), FRACTIONS=(0.01, 0.1, 1.0),
@@ -67,7 +67,8 @@ SMALL = dict(SIZES=((2, 8),), STEPS=(10, 100, 1_000), FRACTIONS=(0.01, 0.1, 1.0)
              SPOT_CHECKS=(("lstm", 2, 8, 0.1), ("gru", 2, 8, 0.3)), SPOT_ROUNDS=2,
              TRUNCATION_MAX_T=100)
 
-FAMILIES = ("full", "uniform", "binomial", "optimal")  # the chart's colours, in order
+#: the chart's colours, in order: every exact family `plan` may pick
+FAMILIES = tuple(n for n in bm.STRATEGIES if n != "truncated")
 
 
 def _settings(small: bool) -> SimpleNamespace:
@@ -78,7 +79,7 @@ def _settings(small: bool) -> SimpleNamespace:
 
 
 def _cell(kind: str, H: int, n_in: int) -> bm.Cell:
-    return getattr(bm, kind)(n_in, H)
+    return bm.CELLS[kind](n_in, H)
 
 
 def _family(strategy: str) -> str:
@@ -168,14 +169,17 @@ def chart(s: SimpleNamespace, costs: Sequence[dict], quiet: bool) -> list[dict]:
 
 
 def truncation_errors(s: SimpleNamespace, rows: list[dict], quiet: bool) -> None:
-    """Fill `truncation_error` (‖g − g*‖/‖g*‖ over every parameter, `grad_error`) where
-    T <= TRUNCATION_MAX_T: plan's truncated option run on the same random problem as
-    full(), the model at its initialisation. Deterministic; no timing."""
+    """Fill `truncation_error` (‖g − g*‖/‖g*‖ over the cell's parameters, `grad_error`:
+    the readout's gradient is exact under truncation, NOTE [recurrent error] in
+    truncation_bias) where T <= TRUNCATION_MAX_T, at the first size: plan's truncated
+    option run on the same random problem as full(), the model at its initialisation.
+    Deterministic; no timing."""
     for r in rows:
         r["truncation_error"] = None
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
-        if r["T"] <= s.TRUNCATION_MAX_T and r["truncation"]:
+        if (r["T"] <= s.TRUNCATION_MAX_T and r["truncation"]
+                and (r["B"], r["H"]) == tuple(s.SIZES[0])):
             groups.setdefault((r["cell"], r["B"], r["H"], r["T"]), []).append(r)
     for (kind, B, H, T), rs in _common.progress(list(groups.items()), quiet=quiet,
                                                 desc=f"{NAME}: truncation"):
@@ -189,7 +193,7 @@ def truncation_errors(s: SimpleNamespace, rows: list[dict], quiet: bool) -> None
             k2 = r["truncation_k2"]
             if k2 not in errors:
                 run = bm.truncated(k2, k2).run(model, params, xs, ys)
-                errors[k2] = grad_error(run.grads, exact)[0]
+                errors[k2] = grad_error(run.grads, exact, keys=model.cell.param_shapes())[0]
             r["truncation_error"] = errors[k2]
 
 
@@ -437,8 +441,9 @@ the forward steps and the planning time of every point).
 
 Truncating to the same budget keeps k2 = budget / (one step's residuals) steps and costs
 no extra time, but biases the gradient. Measured where full() gives the exact gradient
-(T ≤ {s.TRUNCATION_MAX_T:,}), on a random problem with the model at its initialisation, as
-the relative error over every parameter (`bptt_memory.compare.grad_error`): how much
+(T ≤ {s.TRUNCATION_MAX_T:,}, at B={B0}, H={H0}), on a random problem with the model at its
+initialisation, as the relative error over the cell's parameters
+(`bptt_memory.compare.grad_error`; the readout's gradient is exact under truncation): how much
 truncation loses depends on the task and on training (see
 [truncation_bias](../truncation_bias/report.md) for recurrent weights, spectral radii and
 trained models), so read this as the size of the effect, not as a promise.

@@ -37,7 +37,7 @@ from bptt_memory.tasks import adding_problem
 from . import _common
 
 NAME = "long_dependency_training"
-CELL_FACTORIES = {"vanilla": bm.vanilla, "lstm": bm.lstm, "gru": bm.gru}
+CELL_FACTORIES = bm.CELLS  # every built-in cell, by name
 
 # -- the task -----------------------------------------------------------------------------
 T = 200  # steps per sequence; the first marker lies in [0, T/2), the second in [T/2, T)

@@ -118,7 +118,7 @@ def _settings(small: bool) -> SimpleNamespace:
 
 
 def _cell(kind: str, n_in: int, hidden: int) -> bm.Cell:
-    return {"vanilla": bm.vanilla, "lstm": bm.lstm, "gru": bm.gru}[kind](n_in, hidden)
+    return bm.CELLS[kind](n_in, hidden)
 
 
 def _log_slots(s: SimpleNamespace, T: int) -> int:
@@ -282,7 +282,7 @@ import bptt_memory as bm
 from bptt_memory.tasks import random_problem
 
 a = json.loads(sys.argv[1])
-cell = {"vanilla": bm.vanilla, "lstm": bm.lstm, "gru": bm.gru}[a["cell"]](a["n_in"], a["hidden"])
+cell = bm.CELLS[a["cell"]](a["n_in"], a["hidden"])
 model = bm.Model(cell, n_out=a["n_out"])
 rng = np.random.default_rng(a["seed"])
 params = model.init(rng)

@@ -160,7 +160,7 @@ def _load_torch() -> Any:
 
 
 def _problem(s: SimpleNamespace, kind: str, H: int, T: int, dtype: str):  # type: ignore[no-untyped-def]
-    cell = getattr(bm, kind)(s.N_IN, H)
+    cell = bm.CELLS[kind](s.N_IN, H)
     model = bm.Model(cell, s.N_OUT, loss="mse")
     rng = np.random.default_rng([s.SEED, H, T, len(kind)])
     params = model.init(rng, dtype)
@@ -784,7 +784,7 @@ def _memory_note(s: SimpleNamespace, rows: Sequence[dict], targets: Sequence[dic
         T, H = max(r["T"] for r in rs), max(r["H"] for r in rs)
         at = {r["contender"]: r for r in rs if (r["T"], r["H"]) == (T, H)}
         per_step[kind] = (_per_step(s, at["full"]), _per_step(s, at["torch_fused"]))
-        cell, dt = getattr(bm, kind)(s.N_IN, H), at["full"]["dtype"]
+        cell, dt = bm.CELLS[kind](s.N_IN, H), at["full"]["dtype"]
         bh = s.BATCH * H * np.dtype(dt).itemsize  # bytes of one (B, H) array
         rb, lb = cell.residual_bytes(s.BATCH, dt), cell.link_bytes(s.BATCH, dt)
         layout[kind] = (rb / bh, (rb - lb) / bh)  # a step on its own, a linked step

@@ -102,7 +102,7 @@ def measure(s: SimpleNamespace, quiet: bool) -> tuple[list[dict], list[dict]]:
     bar = _common.progress(total=n_runs, quiet=quiet, desc=NAME)
     for kind, radius, seed in jobs:
         rng = np.random.default_rng(seed)
-        cell = getattr(bm, kind)(s.N_IN, s.HIDDEN)
+        cell = bm.CELLS[kind](s.N_IN, s.HIDDEN)
         recurrent = list(cell.param_shapes())  # the cell's own: not the readout's
         model = bm.Model(cell, s.N_OUT)
         params = model.init(rng)

@@ -74,7 +74,8 @@ def test_truncation_error_is_measured_where_full_fits_and_falls_with_k2(small_ru
     s = study._settings(small=True)
     for r in rows:
         measured = r["truncation_error"] != ""
-        assert measured == (int(r["T"]) <= s.TRUNCATION_MAX_T and r["truncation"] != "")
+        assert measured == (int(r["T"]) <= s.TRUNCATION_MAX_T and r["truncation"] != ""
+                            and (int(r["B"]), int(r["H"])) == tuple(s.SIZES[0]))
     by = {}
     for r in rows:
         if r["truncation_error"]:

@@ -60,7 +60,7 @@ def _check_common(d, contenders):
             assert 0 <= float(r["outside_median"]) < float(r["wall_max"])
         if r["contender"].startswith("optimal"):
             assert int(r["memory_bytes"]) <= int(r["budget_bytes"])
-        cell = getattr(bm, r["cell"])(s.N_IN, int(r["H"]))
+        cell = bm.CELLS[r["cell"]](s.N_IN, int(r["H"]))
         T, dt = int(r["T"]), r["dtype"]
         full_bytes = cell.recorded_bytes(T, s.BATCH, dt)
         # the exact formula: T steps recorded in one run
@@ -129,7 +129,7 @@ def test_small_run_writes_a_report_figures_and_data(tmp_path):
             if r["contender"] == "optimal_matched":
                 ckpt = next(x for x in rows if x["contender"] == "torch_checkpoint"
                             and all(x[k] == r[k] for k in ("cell", "H", "T", "dtype")))
-                rb = getattr(bm, r["cell"])(s.N_IN, int(r["H"])).residual_bytes(s.BATCH, r["dtype"])
+                rb = bm.CELLS[r["cell"]](s.N_IN, int(r["H"])).residual_bytes(s.BATCH, r["dtype"])
                 assert int(r["budget_bytes"]) == max(rb, int(ckpt["memory_bytes"]))
         for r in rows:  # the same problem: every gradient agrees with torch fused's
             tol = 1e-10 if r["dtype"] == "float64" else 1e-4

@@ -22,7 +22,7 @@ import numpy as np
 
 from . import STRATEGIES, __version__
 from .cell import Cell
-from .cells import CELLS
+from .cells import CELLS, Gated
 from .compare import (
     NotEnoughMemory,
     check_memory,
@@ -143,6 +143,8 @@ def _compare(args: argparse.Namespace) -> int:
     except NotEnoughMemory as e:
         print(f"bptt-memory compare: error: {e}", file=sys.stderr)
         return 1
+    # the compiled float32 kernels are the built-in gated cells' (NOTE [fused float32 LSTM])
+    fused = isinstance(cell, Gated) and cell.uses_fused(dtype)
     model = Model(cell, n_out=args.outputs, loss="mse")
     rng = np.random.default_rng(args.seed)
     params = model.init(rng, dtype)
@@ -154,10 +156,10 @@ def _compare(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"problem": {k: v for k, v in vars(args).items() if k != "func"},
                           "blas_threads": args.threads,
-                          "fused_kernels": cell.uses_fused(dtype),
+                          "fused_kernels": fused,
                           "rows": [asdict(r) for r in rows]}, indent=2))
         return 0
-    print(f"{cell.kind} T={args.steps} B={args.batch} H={args.hidden} I={args.inputs} "
+    print(f"{args.cell} T={args.steps} B={args.batch} H={args.hidden} I={args.inputs} "
           f"{args.dtype}; "
           f"time (wall) and cpu (user-mode CPU) are medians of {args.repeats} interleaved runs, "
           f"relative to full(), with the range of the per-round ratios; "
@@ -181,7 +183,7 @@ def _compare(args: argparse.Namespace) -> int:
     if faulted:
         print("page faults per run, the system handing out fresh memory (in time, not in cpu): "
               + "; ".join(faulted))
-    if cell.uses_fused(dtype):
+    if fused:
         print("steps ran on the compiled float32 LSTM kernels (numba; BPTT_MEMORY_FUSED=0 for "
               "numpy's)")
     return 0

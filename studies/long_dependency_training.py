@@ -53,6 +53,11 @@ BETAS = (0.9, 0.999)  # Adam's moment decays
 EPS = 1e-8  # Adam's denominator guard
 CLIP = 1.0  # gradients are rescaled to this global norm when longer
 SEED = 0  # params; the training batches use SEED + 1 and the test set SEED + 2
+# full() and the truncated strategies are also trained from these seeds (params and batches;
+# the test set stays): the exact strategies repeat full()'s curve, so they run once
+EXTRA_SEEDS = (1, 2)
+PLATEAU = 0.1  # a run has plateaued when its test MSE moved less than this (relative) over
+# its last quarter of updates
 EVAL_EVERY = 25  # updates between test evaluations
 # -- strategies ----------------------------------------------------------------------------
 SHORT_K = (20, T // 4)  # truncated(k, k) with k shorter than the dependency
@@ -61,13 +66,13 @@ TIMING_REPEATS = 5  # interleaved timed runs per strategy (bm.compare), median r
 WORKERS = 2  # training runs in parallel processes; timing is done alone afterwards
 # -- toy sizes for --small (seconds) ---------------------------------------------------------
 SMALL = dict(T=16, BATCH=8, TEST_SIZE=64, HIDDEN=8, UPDATES=12, EVAL_EVERY=4, SHORT_K=(2, 4),
-             LONG_K1=4, TIMING_REPEATS=1, WORKERS=1)
+             LONG_K1=4, TIMING_REPEATS=1, WORKERS=1, EXTRA_SEEDS=(1,))
 
 
 def _settings(small: bool) -> SimpleNamespace:
     names = ("T", "BATCH", "TEST_SIZE", "TOLERANCE", "CELL", "HIDDEN", "UPDATES", "LR",
              "BETAS", "EPS", "CLIP", "SEED", "EVAL_EVERY", "SHORT_K", "LONG_K1",
-             "TIMING_REPEATS", "WORKERS")
+             "TIMING_REPEATS", "WORKERS", "EXTRA_SEEDS", "PLATEAU")
     return _common.settings(globals(), names, small)
 
 
@@ -123,16 +128,18 @@ def _adam(params: dict, grads: dict, m: dict, v: dict, i: int, s: SimpleNamespac
     return norm
 
 
-def train(s: SimpleNamespace, label: str) -> dict:
+def train(s: SimpleNamespace, label: str, seed: int | None = None) -> dict:
     """Train from the shared init with one strategy; the curves and the final params.
 
     At every evaluation the update's gradient is also compared with full()'s on the same
-    batch at the same params, so a biased strategy shows its bias along the way.
+    batch at the same params, so a biased strategy shows its bias along the way. `seed`
+    (SEED by default) draws the params and, offset by one, the training batches.
     """
+    seed = s.SEED if seed is None else seed
     strategy = strategies(s)[label]
     model = _model(s)
-    params = model.init(np.random.default_rng(s.SEED))
-    data = np.random.default_rng(s.SEED + 1)  # the same batches for every strategy
+    params = model.init(np.random.default_rng(seed))
+    data = np.random.default_rng(seed + 1)  # the same batches for every strategy
     xt, yt, _ = adding_problem(s.T, s.TEST_SIZE, np.random.default_rng(s.SEED + 2))
     m = {k: np.zeros_like(p) for k, p in params.items()}
     v = {k: np.zeros_like(p) for k, p in params.items()}
@@ -152,7 +159,8 @@ def train(s: SimpleNamespace, label: str) -> dict:
                 evals.append(dict(update=i, test_mse=float(np.mean(err * err)),
                                   test_accuracy=float(np.mean(np.abs(err) < s.TOLERANCE)),
                                   grad_rel_error=rel, grad_cosine=cos))
-    return dict(label=label, losses=losses, grad_norms=norms, evals=evals, params=params,
+    return dict(label=label, seed=seed, losses=losses, grad_norms=norms, evals=evals,
+                params=params,
                 peak_bytes=r.stats.peak_bytes, forward_steps=r.stats.forward_steps,
                 backward_steps=r.stats.backward_steps,
                 error_by_distance=error_by_distance(s, model, params))
@@ -188,27 +196,80 @@ def _mse_where(rows: Sequence[dict], marker: str, lo: int, hi: int) -> float:
     return sum(r["test_mse"] * r["n"] for r in sel) / sum(r["n"] for r in sel)
 
 
-def train_all(s: SimpleNamespace, quiet: bool) -> dict[str, dict]:
+def train_all(s: SimpleNamespace, quiet: bool) -> tuple[dict[str, dict], list[dict]]:
+    """Every strategy from SEED (by label), and full() and the truncated strategies from
+    each of EXTRA_SEEDS too (a list of runs, SEED's included)."""
     labels = list(strategies(s))
-    bar = _common.progress(total=len(labels), quiet=quiet, desc=f"{NAME}: training")
-    runs = {}
+    strats = strategies(s)
+    jobs = [(label, s.SEED) for label in labels] + [
+        (label, seed) for seed in s.EXTRA_SEEDS for label in labels
+        if label == "full" or not is_exact(strats[label], s.T)]
+    bar = _common.progress(total=len(jobs), quiet=quiet, desc=f"{NAME}: training")
+    done: dict[tuple[str, int], dict] = {}
     if s.WORKERS > 1:
         # NOTE [parallel training] Each run is deterministic and independent, so runs go to
         # separate processes (spawned: nothing inherited); times per update are measured
         # afterwards, alone, by `compare`.
         ctx = multiprocessing.get_context("spawn")
         with concurrent.futures.ProcessPoolExecutor(s.WORKERS, mp_context=ctx) as pool:
-            futures = [pool.submit(train, s, label) for label in labels]
+            futures = [pool.submit(train, s, label, seed) for label, seed in jobs]
             for f in concurrent.futures.as_completed(futures):
                 r = f.result()
-                runs[r["label"]] = r
+                done[r["label"], r["seed"]] = r
                 bar.update()
     else:
-        for label in labels:
-            runs[label] = train(s, label)
+        for label, seed in jobs:
+            done[label, seed] = train(s, label, seed)
             bar.update()
     bar.close()
-    return {label: runs[label] for label in labels}
+    first = {label: done[label, s.SEED] for label in labels}
+    seeded = [r for r in done.values() if r["label"] == "full" or not is_exact(
+        strats[r["label"]], s.T)]
+    return first, seeded
+
+
+def over_seeds(s: SimpleNamespace, seeded: Sequence[dict], threshold: float) -> list[dict]:
+    """Per strategy trained from several seeds: its final test MSE's median and range,
+    when it first got below `threshold` (median over seeds that did), and whether every
+    run plateaued (test MSE moving less than PLATEAU over its last quarter of updates)."""
+    out = []
+    for label in dict.fromkeys(r["label"] for r in seeded):
+        rs = [r for r in seeded if r["label"] == label]
+        finals = [r["evals"][-1]["test_mse"] for r in rs]
+        firsts = [f for r in rs if (f := first_below(r["evals"], threshold)) is not None]
+
+        def moved(r: dict) -> float:
+            ev = r["evals"]
+            q = next(e for e in ev if e["update"] >= 0.75 * s.UPDATES)
+            return abs(ev[-1]["test_mse"] - q["test_mse"]) / max(ev[-1]["test_mse"], 1e-300)
+
+        out.append(dict(strategy=label, seeds=len(rs),
+                        final_test_mse_median=float(np.median(finals)),
+                        final_test_mse_min=min(finals), final_test_mse_max=max(finals),
+                        reached_threshold=f"{len(firsts)} of {len(rs)}",
+                        first_below_median=float(np.median(firsts)) if firsts else None,
+                        plateaued=all(moved(r) < s.PLATEAU for r in rs),
+                        largest_late_change=max(moved(r) for r in rs)))
+    return out
+
+
+def worse_or_slower(rows: Sequence[dict]) -> list[str]:
+    """For each truncated strategy against full() over the same seeds: "worse" when its
+    best final MSE is above full()'s worst, "only slower" when the ranges overlap."""
+    by = {r["strategy"]: r for r in rows}
+    full = by["full"]
+    out = []
+    for label, r in by.items():
+        if label == "full":
+            continue
+        if r["final_test_mse_min"] > full["final_test_mse_max"]:
+            verdict = "worse: its best seed ends above full()'s worst"
+        else:
+            verdict = "only slower or level: its final MSE overlaps full()'s over the seeds"
+        if not (r["plateaued"] and full["plateaued"]):
+            verdict += " (not every run had plateaued, so this is provisional)"
+        out.append(f"`{label}` is {verdict}")
+    return out
 
 
 # -- analysis -------------------------------------------------------------------------------
@@ -350,7 +411,7 @@ def run(out: Path | str | None = None, *, small: bool = False, quiet: bool = Fal
     s = _settings(small)
     d = _common.report_dir(out, NAME, small)
     t0 = time.perf_counter()
-    runs = train_all(s, quiet)
+    runs, seeded = train_all(s, quiet)
     train_wall = time.perf_counter() - t0
     load = os.getloadavg()[0]  # the timings below are only as quiet as the machine
     timing = {row.strategy: row for row in time_strategies(s, quiet)}
@@ -381,6 +442,8 @@ def run(out: Path | str | None = None, *, small: bool = False, quiet: bool = Fal
             curve_rows.append(dict(strategy=label, update=i, train_mse=loss, grad_norm=norm))
     evals = [dict(strategy=label, **e) for label, r in runs.items() for e in r["evals"]]
     diffs = curve_differences(s, runs)
+    seeds_table = over_seeds(s, seeded, threshold)
+    _common.write_csv(d / "seeds.csv", seeds_table)
 
     _common.write_csv(d / "curves.csv", curve_rows)
     _common.write_csv(d / "test_curves.csv", evals)
@@ -396,7 +459,7 @@ def run(out: Path | str | None = None, *, small: bool = False, quiet: bool = Fal
     _common.save_figure(plot_curves(s, runs, baseline_mse), d / "learning_curves.png")
     _common.save_figure(plot_cost(table), d / "memory_time.png")
     return write_report(d, s, runs, table, diffs, baseline_mse, baseline_acc, threshold,
-                        train_wall, load, _common.command_line(NAME, small))
+                        train_wall, load, _common.command_line(NAME, small), seeds_table)
 
 
 GRU_NOTE = ("(A GRU was chosen after trial runs outside this script: with the same settings, "
@@ -410,7 +473,8 @@ def _fmt_bytes(n: int | None) -> str:
 
 def write_report(d: Path, s: SimpleNamespace, runs: dict[str, dict], table: Sequence[dict],
                  diffs: Sequence[dict], baseline_mse: float, baseline_acc: float,
-                 threshold: float, train_wall: float, load: float, command: str) -> Path:
+                 threshold: float, train_wall: float, load: float, command: str,
+                 seeds_table: Sequence[dict] = ()) -> Path:
     strats = strategies(s)
     rows = [{
         "strategy": f"`{strats[r['strategy']].name}`",
@@ -573,6 +637,16 @@ initial params. Test MSE and accuracy are after the last update.
 
 ![memory and time per update](memory_time.png)
 
+## Over seeds: is truncation worse, or only slower?
+
+full() and each truncated strategy trained again from seeds {list(s.EXTRA_SEEDS)} (params
+and batches; the same test set): the final test MSE's median and range over
+{1 + len(s.EXTRA_SEEDS)} seeds, how many runs got below {threshold:.4f} and when (median
+update), and whether every run had plateaued (test MSE moving less than {s.PLATEAU:.0%} over
+its last quarter of updates). {"; ".join(worse_or_slower(seeds_table)) if seeds_table else ""}.
+
+{_common.md_table(seeds_table) if seeds_table else "(not run)"}
+
 ## Where the error is: test MSE by how far back each marker lies
 
 d is the number of steps from a marker to the last step (d <= k2: inside truncated(k,
@@ -593,6 +667,7 @@ k2)'s last window). The second marker is 1–{s.T // 2} steps back, the first
 - `summary.csv`, `summary.json`: the table above, settings, baselines.
 - `exact_curve_differences.csv`: the table just above.
 - `error_by_distance.csv`: the by-distance table.
+- `seeds.csv`: the table over seeds.
 
 Training ran in {s.WORKERS} process{'es' if s.WORKERS > 1 else ''} and took {train_wall:.0f} s of
 wall time; the times per update above were measured afterwards, alone.

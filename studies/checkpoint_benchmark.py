@@ -3,8 +3,9 @@
 Two questions. (a) How long does *planning* take: binomial's closed-form split for a
 million steps (walked lazily by `simulate`, never held), and optimal's dynamic programme
 for T = 1000 at budgets up to ~100 LSTM states. (b) How much slower than `full()` is each
-checkpointing strategy on a real LSTM, and how much memory does it keep; the goal is
-``optimal`` at 5% of full's peak_bytes within 1.35x full's time.
+checkpointing strategy on a real LSTM at equal memory (uniform, binomial and optimal each
+given the same budget, 5% of full()'s peak_bytes); the goal is ``optimal`` within 1.35x
+full's time there.
 
 Timings of runs are the median of REPEATS rounds after one warm-up round, the strategies
 interleaved round by round so that drift in the machine hits them all alike, BLAS on one
@@ -143,7 +144,12 @@ def timing(s: SimpleNamespace) -> tuple[list[dict], dict]:
 
     full_peak = model.cell.recorded_bytes(T, B, DTYPE)  # T steps, all linked but the first
     budget = int(s.BUDGET_FRACTION * full_peak)
-    strategies = [bm.full(), bm.uniform(), bm.binomial(slots=max(1, round(T ** 0.5))),
+    # every checkpointing strategy at the same memory, the budget: uniform with its best
+    # segment for it, binomial with as many slots as fit beside one step's residuals
+    sizes = model.cell.sizes(B, DTYPE)
+    u = bm.best_uniform(T, budget, **sizes)
+    slots = max(1, (budget - sizes["residual_bytes"]) // sizes["state_bytes"])
+    strategies = [bm.full(), *([u] if u is not None else []), bm.binomial(slots=slots),
                   bm.optimal(budget_bytes=budget)]
     phases: list[tuple[float, float]] = []  # full()'s forward and backward seconds per run
 

@@ -229,12 +229,25 @@ def slopes(s: SimpleNamespace, rows: Sequence[dict]) -> list[dict]:
                 expected=_expected_slope(s, kind, family, [r["T"] for r in meas or rs]),
                 slope_measured=_slope([r["T"] for r in meas], [r["peak_bytes"] for r in meas]),
                 slope_traced=_slope([r["T"] for r in meas], [r["traced_peak_bytes"] for r in meas]),
+                slope_traced_minus_floor=_slope(
+                    [r["T"] for r in meas], _minus_floor([r["traced_peak_bytes"] for r in meas],
+                                                         [r["peak_bytes"] for r in meas])),
                 measured_T=_span(meas),
                 slope_with_predicted=_slope([r["T"] for r in rs],
                                             [r["predicted_peak_bytes"] for r in rs]),
                 all_T=_span(rs),
             ))
     return out
+
+
+def _minus_floor(traced: Sequence[int], exact: Sequence[int]) -> list[float]:
+    """tracemalloc's peaks less its fixed floor, the smallest excess over the exact peak
+    over the points (grads, chunk buffers, interpreter objects: whatever does not grow
+    with T), so that a growing O(1) or O(log T) figure is not hidden under a flat one."""
+    if not traced:
+        return []
+    floor = min(a - b for a, b in zip(traced, exact))
+    return [max(a - floor, 1.0) for a in traced]
 
 
 def _expected_slope(s: SimpleNamespace, kind: str, family: str, Ts: Sequence[int]) -> float:
@@ -558,8 +571,9 @@ def write_report(d: Path, s: SimpleNamespace, rows: Sequence[dict], fits: Sequen
             f"- **{f}** ({EXPECTED[f][1]}; slope {expected}): fitted slope of "
             f"the exact peak {_range([r['slope_measured'] for r in fs])} on measured points, "
             f"{_range([r['slope_with_predicted'] for r in fs])} with the predicted ones; "
-            f"tracemalloc's peak {_range([r['slope_traced'] for r in fs])} (range over "
-            f"{', '.join(s.CELLS)}).")
+            f"tracemalloc's peak {_range([r['slope_traced'] for r in fs])}, and "
+            f"{_range([r['slope_traced_minus_floor'] for r in fs])} with its fixed floor "
+            f"subtracted (range over {', '.join(s.CELLS)}).")
 
     long_rows = [r for r in rss if r["part"] == "long"]
     long_checks = []
@@ -618,7 +632,15 @@ def write_report(d: Path, s: SimpleNamespace, rows: Sequence[dict], fits: Sequen
         findings.append(
             f"- At T = {top} ({lt['cell']}) full() holds {format_bytes(fb)}, "
             f"binomial(slots={s.SLOTS}) {format_bytes(bb)}: {fb / bb:,.0f} times less for the "
-            "same exact gradient.")
+            "same exact gradient (exact bytes).")
+        by_rss = {r["family"]: r for r in long_rows}
+        if "full" in by_rss and "binomial" in by_rss and by_rss["binomial"]["rss_rise"] > 0:
+            fr, br = by_rss["full"], by_rss["binomial"]
+            findings[-1] += (
+                f" By the kernel's peak RSS in fresh processes at T = {fr['T']} "
+                f"({lt['cell']}): {fr['rss_rise'] / br['rss_rise']:,.0f} times "
+                f"({format_bytes(fr['rss_rise'])} against {format_bytes(br['rss_rise'])}), "
+                "the interpreter's and the allocator's own growth included.")
 
     timeline = [r for r in rss if r["part"] == "timeline"]
     t_full = next((r for r in timeline if r["family"] == "full"), None)

@@ -105,6 +105,9 @@ def test_exact_peak_never_exceeds_traced(scaling):
 def test_slopes_table_matches_the_orders(report, scaling):
     s = ms._settings(small=True)
     fits = _rows(report.parent / "slopes.csv")
+    for r in fits:  # a floor subtracted never makes a growing figure look flatter
+        if r["slope_traced_minus_floor"] not in ("", "nan"):
+            assert float(r["slope_traced_minus_floor"]) >= float(r["slope_traced"]) - 1e-9, r
     for r in fits:
         expected, measured = float(r["expected"]), float(r["slope_measured"])
         if r["family"] == "full":  # the slope of rb + (T − 1)(rb − lb) over the same T
@@ -201,3 +204,9 @@ def test_main_parses_the_study_command_line(monkeypatch, tmp_path):
                         or tmp_path / "report.md")
     ms.main(["--small", "--quiet", "--out", str(tmp_path)])
     assert calls == [(tmp_path, True, True)]
+
+
+def test_minus_floor_takes_off_what_does_not_grow():
+    traced, exact = [150, 250, 1100], [100, 200, 1000]  # a floor of 50, then 100
+    assert ms._minus_floor(traced, exact) == [100, 200, 1050]
+    assert ms._minus_floor([], []) == []

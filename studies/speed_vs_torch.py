@@ -656,9 +656,16 @@ def _panels(s: SimpleNamespace, rows: Sequence[dict], value: Callable[[dict], fl
             ax.set_title(f"{kind}, {dt}", fontsize=10)
             ax.set_ylabel(ylabel, fontsize=9)
             ax.grid(True, axis="y", which="both", alpha=0.3)
-    axes[0][0].legend(fontsize=7)
+    # one legend for the figure, from every panel: a contender that runs in some panels
+    # only (full() on numpy's kernels, the float32 LSTM's) is named too
+    handles: dict[str, Any] = {}
+    for ax in axes.flat:
+        for h, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, h)
+    fig.legend(list(handles.values()), list(handles), loc="lower center",
+               ncol=min(len(handles), 5), fontsize=8, frameon=False)
     fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     return fig
 
 

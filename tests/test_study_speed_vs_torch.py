@@ -302,3 +302,15 @@ def test_history_gives_each_ratio_its_range_over_runs(tmp_path):
     assert study.over_runs(history, t) == "0.900–1.100 over 2 runs"
     assert study.over_runs(history, other) == "one run so far"
     assert [h["run"] for h in history] == ["first", "first", "second"]
+
+
+def test_figure_legend_names_every_contender_in_any_panel():
+    s = study._settings(small=True)
+    rows = [dict(cell=c, dtype=dt, H=8, T=12, contender=name, wall_median=1.0,
+                 memory_bytes=1, traced_peak_bytes=None, ratio_to_torch_fused=1.0)
+            for c in s.CELLS for dt in s.DTYPES for name in study.CONTENDERS
+            if name not in study.NUMPY_KERNELS or (c, dt) == ("lstm", "float32")]
+    fig = study.plot_time(s, rows)
+    (legend,) = fig.legends
+    assert {t.get_text() for t in legend.get_texts()} == {study.LABELS[n]
+                                                          for n in study.CONTENDERS}

@@ -68,6 +68,9 @@ def test_frontier_keeps_exactly_the_undominated_pairs():
                for c in s.CELLS
                for k1, k2, b, e in ((1, 2, 20, 0.1), (2, 2, 10, 0.3), (1, 4, 40, 0.01),
                                     (4, 4, 10, 0.2), (2, 4, 20, 0.15))]
-    points = truncation_bias.frontier(s, summary)
+    exact = [dict(cell=c, radius=s.GRID_RADIUS, k1=s.T, k2=s.T, backward_steps=s.T,
+                  rel_error=0.0) for c in s.CELLS]  # full BPTT: not a truncation
+    points = truncation_bias.frontier(s, summary + exact)
     on = {(p["k1"], p["k2"]) for p in points if p["on_frontier"] and p["cell"] == "lstm"}
     assert on == {(4, 4), (1, 2), (1, 4)}  # (2, 2) and (2, 4) cost as much for more error
+    assert all(p["k2"] < s.T for p in points)

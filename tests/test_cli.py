@@ -260,3 +260,16 @@ def test_full_study_run_without_a_repository_needs_out(tmp_path, capsys, monkeyp
     assert main(["study", "what_is_stored", "--quiet"]) == 1
     assert "--out DIR" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []  # no ./reports/ made where it ran
+
+
+def test_pyproject_installs_every_subpackage():
+    """`pip install .` installs only the packages pyproject.toml lists: every folder of the
+    library with an __init__.py, and the studies inside the library's namespace."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    folders = {".".join(p.parent.relative_to(ROOT).parts)
+               for p in (ROOT / "bptt_memory").rglob("__init__.py")}
+    assert set(config["packages"]) == folders | {"bptt_memory.studies"}
+    assert config["package-dir"] == {"bptt_memory.studies": "studies"}
+    assert "studies" not in config["packages"]

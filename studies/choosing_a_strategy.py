@@ -58,6 +58,7 @@ SPOT_T = 1_000
 SPOT_CHECKS = (("lstm", 32, 128, 0.01), ("lstm", 32, 128, 0.1), ("gru", 32, 128, 0.03),
                ("vanilla", 32, 512, 0.1))  # (cell, B, H, budget fraction)
 SPOT_ROUNDS = 5
+APART = 0.05  # spot-check pairs whose predicted times differ by more than this are ranked
 # -- truncation instead: its gradient error, where full() gives the exact gradient -------
 TRUNCATION_MAX_T = 1_000  # measured for T up to this, at the first of SIZES
 SEED = 0
@@ -363,6 +364,12 @@ def _lead(s: SimpleNamespace, rows: Sequence[dict]) -> str:
             "time: the floor is one stored state and one step's residuals.")
 
 
+def _families_line(rows: Sequence[dict]) -> str:
+    counts = {f: sum(r["family"] == f for r in rows) for f in ("none", *FAMILIES)}
+    return ", ".join(f"{n} {'have nothing exact that fits' if f == 'none' else f'pick {f}'}"
+                     for f, n in counts.items() if n)
+
+
 def _grid_table(s: SimpleNamespace, rows: Sequence[dict], kind: str, B: int, H: int) -> str:
     by = {(r["T"], r["budget_fraction"]): r for r in rows
           if (r["cell"], r["B"], r["H"]) == (kind, B, H)}
@@ -405,6 +412,9 @@ def write_report(d: Path, s: SimpleNamespace, costs: list[dict], rows: list[dict
                   if a["rank"] == 1 and b["rank"] == 2 and a["cell"] == b["cell"]
                   and a["budget_fraction"] == b["budget_fraction"]]
     held = sum(a["measured_time_ratio"] <= b["measured_time_ratio"] for a, b in order_held)
+    apart = [(a, b) for a, b in order_held
+             if b["predicted_time_ratio"] > (1 + APART) * a["predicted_time_ratio"]]
+    held_apart = sum(a["measured_time_ratio"] <= b["measured_time_ratio"] for a, b in apart)
     errors = [abs(r["measured_time_ratio"] / r["predicted_time_ratio"] - 1) for r in spots]
     cost_table = _common.md_table([
         {"cell": c["cell"], "B": c["B"], "H": c["H"],
@@ -455,8 +465,11 @@ The chart's choice (rank 1) and the runner-up (rank 2) at T = {s.SPOT_T:,}, each
 against full() in {s.SPOT_ROUNDS} interleaved rounds on one BLAS thread
 (`bptt_memory.timing`); the prediction is from the step costs below. Every run's peak
 bytes and forward steps are checked against plan's; the measured time is within
-{max(errors) * 100 if errors else 0:.0f}% of the predicted one in the worst case, and the
-choice was at least as fast as its runner-up in {held} of {len(order_held)} pairs.
+{max(errors) * 100 if errors else 0:.0f}% of the predicted one in the worst case. The
+choice was at least as fast as its runner-up in {held} of {len(order_held)} pairs; in the
+{len(apart)} pair{"s" * (len(apart) != 1)} whose predictions differ by more than
+{100 * APART:g}%, in {held_apart} (where they differ by less, the order is within the
+rounds' spread).
 
 {spot_table}
 ## How the times are predicted
@@ -475,8 +488,11 @@ include; for the same reason the fewest forward steps is the fastest choice.
 Wall time of one `plan()` call (every option, the chosen one included), by T:
 
 {plan_table}
-optimal's programme is planned only where `plan` says it plans quickly; elsewhere plan
-offers binomial and uniform from their closed forms (and says so), and the chart follows.
+`plan` prices every option through its own `Strategy.cost` (closed forms, or optimal's
+planner), and the chart calls nothing else: a faster or a different planner shows up here
+when the study is run again, and `tests/test_study_choosing_a_strategy.py` fails on a
+committed chart that `bptt-memory plan` no longer agrees with. Of the {len(rows)} points,
+{_families_line(rows)}.
 
 ## The other cells and sizes
 

@@ -38,8 +38,8 @@ from . import output_folder  # noqa: E402
 
 __all__ = ["atomic_write", "write_text", "write_json", "write_csv", "save_figure",
            "provenance", "progress", "pinned_blas", "report_dir", "fit_loglog_slope", "md_table",
-           "recomputation_ratio", "study_main", "settings", "verdict", "STRATEGY_COLORS",
-           "strategy_color"]
+           "recomputation_ratio", "DEFAULT_OUT", "study_main", "settings", "verdict",
+           "STRATEGY_COLORS", "strategy_color"]
 
 
 @contextlib.contextmanager
@@ -94,6 +94,11 @@ def save_figure(fig: plt.Figure, path: Path) -> Path:
         fig.savefig(f, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
+
+
+#: A study's ``run(out=DEFAULT_OUT, ...)``: None, which `report_dir` resolves with
+#: `studies.output_folder` (the repository's reports/, or a temporary folder for --small).
+DEFAULT_OUT: Path | None = None
 
 
 def report_dir(out: Path | str | None, name: str, small: bool = False) -> Path:
@@ -249,5 +254,10 @@ def study_args(name: str, argv: Sequence[str] | None, doc: str | None) -> Any:
 def study_main(name: str, run: Any, doc: str | None, argv: Sequence[str] | None = None) -> None:
     """What every study's ``main`` does: parse --small/--out/--quiet, run, say where it wrote."""
     args = study_args(name, argv, doc)
-    path = run(args.out, small=args.small, quiet=args.quiet)
+    # resolved here, so that a study whose run() does not pass `small` on to report_dir
+    # still writes a smoke run into a temporary folder
+    out = output_folder(args.out, small=args.small)
+    if args.small and args.out is None:
+        print(f"smoke run (toy sizes): writing to {out}, not to the committed reports")
+    path = run(out, small=args.small, quiet=args.quiet)
     print(f"{name}: wrote {path}")

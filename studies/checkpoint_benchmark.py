@@ -59,7 +59,7 @@ REPEATS = 5  # timed rounds after one untimed warm-up round; medians are reporte
 SEED = 0
 # -- toy sizes for --small (seconds) -------------------------------------------------------
 SMALL = dict(PLAN_STEPS=10**4, PLAN_SLOTS=10, DP_STEPS=60, DP_BUDGET_STATES=(5, 10),
-             BATCH=2, HIDDEN=4, N_IN=3, N_OUT=2, STEPS=40, REPEATS=3)
+             BATCH=2, HIDDEN=4, N_IN=3, N_OUT=2, STEPS=1000, REPEATS=3)  # 5% fits uniform
 
 
 def _settings(small: bool) -> SimpleNamespace:

@@ -50,10 +50,7 @@ EXPECTED = {"full": (1.0, "O(T)"), "truncated": (0.0, "O(k2) = O(1)"),
             "uniform": (0.5, "O(√T)"), "binomial": (0.0, "O(slots) = O(1)"),
             "optimal": (0.0, "≤ budget = O(1)"),
             "binomial_log": (0.0, "O(log T)")}
-#: The sweep's families: every registered strategy, and binomial given slots growing with
-#: log T (LOG_SLOTS_PER_DOUBLING·⌈log2 T⌉), the O(log T)-memory, O(T log T)-time point of
-#: Griewank's trade-off.
-FAMILIES = (*bm.STRATEGIES, "binomial_log")
+
 
 # -- the scaling sweep: a tiny problem, so T = 10⁵ is a matter of per-step overhead -------
 CELLS = ("vanilla", "lstm", "gru")
@@ -83,8 +80,10 @@ OPTIMAL_FIT_MIN_T = 100
 # keeps 7·B·H = 28 672 float64 numbers (224 KiB), 6·B·H (192 KiB) once its c_prev links to
 # the step before (NOTE [linked steps] in bptt_memory/cells.py); full() at T = 600 holds 113 MiB
 TIMELINE = dict(cell="lstm", batch=32, hidden=128, n_in=8, T=600)
-# The strategies swept (online's memory is binomial's at the same slots)
-FAMILIES = ("full", "truncated", "uniform", "binomial", "optimal")
+# The strategies swept (online's memory is binomial's at the same slots), and binomial given
+# slots growing with log T (LOG_SLOTS_PER_DOUBLING·⌈log2 T⌉), the O(log T)-memory,
+# O(T log T)-time point of Griewank's trade-off
+FAMILIES = ("full", "truncated", "uniform", "binomial", "optimal", "binomial_log")
 TIMELINE_STRATEGIES = ("full", "uniform", "binomial", "truncated")
 # The sweep's own LSTM problem at its largest T, each strategy in its own process: the
 # exact peak measured (not predicted) at T = 10⁵, and the kernel's peak RSS beside it

@@ -105,6 +105,8 @@ def test_exact_peak_never_exceeds_traced(scaling):
 def test_slopes_table_matches_the_orders(report, scaling):
     s = ms._settings(small=True)
     fits = _rows(report.parent / "slopes.csv")
+    # every family swept is fitted, the O(log T) case among them
+    assert {r["family"] for r in fits} == set(ms.FAMILIES) and "binomial_log" in ms.FAMILIES
     for r in fits:  # a floor subtracted never makes a growing figure look flatter
         if r["slope_traced_minus_floor"] not in ("", "nan"):
             assert float(r["slope_traced_minus_floor"]) >= float(r["slope_traced"]) - 1e-9, r

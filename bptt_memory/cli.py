@@ -2,7 +2,9 @@
 
     bptt-memory compare [--cell lstm --steps 1000 --batch 32 --hidden 128 ...]
     bptt-memory plan --steps 100000 --budget 64MiB --cell lstm --batch 32 --hidden 256
-    bptt-memory study NAME|all [--small] [--out reports/]
+    bptt-memory study NAME|all [--small] [--out DIR]
+
+Also ``python -m bptt_memory ...``.
 """
 
 from __future__ import annotations
@@ -13,27 +15,36 @@ import json
 import sys
 from dataclasses import asdict
 from pathlib import Path
-from typing import Sequence
+from types import ModuleType
+from typing import Any, Sequence
 
 import numpy as np
 
-from . import STRATEGIES
-from .cells import gru, lstm, vanilla
-from .compare import (compare, default_strategies, format_bytes, parse_bytes, parse_count,
-                      plan)
+from . import STRATEGIES, __version__
+from .cell import Cell
+from .cells import CELLS, Gated
+from .compare import (
+    NotEnoughMemory,
+    check_memory,
+    compare,
+    default_strategies,
+    format_bytes,
+    parse_bytes,
+    parse_count,
+    plan,
+)
 from .model import Model
 from .tasks import random_problem
+from .timing import DEFAULT_THREADS, blas_threads_line
 
 __all__ = ["main"]
-
-_CELLS = {"vanilla": vanilla, "lstm": lstm, "gru": gru}
 
 #: compare names the strategies that took this many page faults per run (1 MiB of 4 KiB pages)
 _FAULTS_WORTH_NOTING = 256
 
 
-def _cell(args: argparse.Namespace):
-    return _CELLS[args.cell](args.inputs, args.hidden)
+def _cell(args: argparse.Namespace) -> Cell:
+    return CELLS[args.cell](args.inputs, args.hidden)
 
 
 def _positive(text: str) -> int:
@@ -50,13 +61,24 @@ def _budget(text: str) -> int:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def studies() -> ModuleType:
+    """The studies package: `bptt_memory.studies` once installed (the repository's
+    studies/ folder, installed inside the library's namespace); the repository's own
+    `studies` when running from a source checkout that was not installed."""
+    try:
+        return importlib.import_module("bptt_memory.studies")
+    except ModuleNotFoundError:
+        return importlib.import_module("studies")
+
+
 def _problem_args(p: argparse.ArgumentParser, steps: int, batch: int, hidden: int) -> None:
-    p.add_argument("--cell", choices=sorted(_CELLS), default="lstm")
+    p.add_argument("--cell", choices=sorted(CELLS), default="lstm", help="(default lstm)")
     p.add_argument("--steps", type=_positive, default=steps, help=f"T (default {steps})")
     p.add_argument("--batch", type=_positive, default=batch, help=f"B (default {batch})")
     p.add_argument("--hidden", type=_positive, default=hidden, help=f"H (default {hidden})")
     p.add_argument("--inputs", type=_positive, default=32, help="n_in (default 32)")
-    p.add_argument("--dtype", choices=["float32", "float64"], default="float64")
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float64",
+                   help="(default float64)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -64,63 +86,95 @@ def _parser() -> argparse.ArgumentParser:
         prog="bptt-memory",
         description="What must be kept to backpropagate through time, and what keeping less costs.",
     )
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
-    c = sub.add_parser("compare", help="run every strategy on one random problem; print a table")
+    c = sub.add_parser("compare", help="run every strategy on one random problem; print a table",
+                       description="Run every strategy on one random problem and print a "
+                       "table: exact and traced peak bytes, forward steps, time against full() "
+                       "(interleaved rounds, medians, on pinned BLAS threads), gradient error. "
+                       "Refuses before running when full(), the baseline, cannot fit in memory.")
     _problem_args(c, steps=1000, batch=32, hidden=128)
     c.add_argument("--outputs", type=_positive, default=10, help="n_out (default 10)")
     c.add_argument("--strategies", nargs="+", choices=sorted(STRATEGIES), default=list(STRATEGIES),
-                   metavar="NAME", help=f"subset of {', '.join(STRATEGIES)}")
-    c.add_argument("--repeats", type=_positive, default=5, help="timed rounds (median)")
-    c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--json", action="store_true", help="machine-readable output")
-    c.add_argument("--quiet", action="store_true", help="no progress bar")
+                   metavar="NAME", help=f"subset of {', '.join(STRATEGIES)} (default: all)")
+    c.add_argument("--repeats", type=_positive, default=5, help="timed rounds (median; default 5)")
+    c.add_argument("--threads", type=_positive, default=DEFAULT_THREADS,
+                   help=f"BLAS threads for the timings (default {DEFAULT_THREADS})")
+    c.add_argument("--seed", type=int, default=0, help="(default 0)")
+    c.add_argument("--json", action="store_true", help="machine-readable output (default: a table)")
+    c.add_argument("--quiet", action="store_true",
+                   help="no progress bar (default: a bar on stderr when it is a terminal)")
 
     pl = sub.add_parser("plan", help="which strategy fits a memory budget, before running")
     _problem_args(pl, steps=100000, batch=32, hidden=256)
     pl.add_argument("--budget", type=_budget, required=True, help="e.g. 64MiB, 1.5GB, 1048576")
     pl.add_argument("--json", action="store_true")
 
-    s = sub.add_parser("study", help="run a study and write its report")
-    from studies import STUDIES
-
-    s.add_argument("name", choices=[*STUDIES, "all"])
-    s.add_argument("--small", action="store_true", help="toy sizes (seconds)")
-    s.add_argument("--out", type=Path, default=Path("reports"))
-    s.add_argument("--quiet", action="store_true")
+    s = sub.add_parser("study", help="run a study and write its report",
+                       description="Run a study and write its report. A full run writes the "
+                       "repository's reports/ folder (from a source checkout); --small writes a "
+                       "new temporary folder unless --out names one.")
+    s.add_argument("name", choices=[*studies().STUDIES, "all"])
+    s.add_argument("--small", action="store_true",
+                   help="toy sizes, seconds: a smoke run (default: the report's sizes)")
+    s.add_argument("--out", type=Path, default=None,
+                   help="folder to write NAME/report.md into (default: the repository's "
+                   "reports/ for a full run, a new temporary folder with --small)")
+    s.add_argument("--quiet", action="store_true",
+                   help="no progress bars (default: bars on stderr when it is a terminal)")
     return p
 
 
-def _compare(args: argparse.Namespace) -> int:
+def _progress(quiet: bool) -> Any:
+    """A tqdm bar factory, or None: bars only on a terminal, and not when told to be quiet."""
+    if quiet or not sys.stderr.isatty():
+        return None
     from tqdm import tqdm
 
+    return lambda total: tqdm(total=total, file=sys.stderr, leave=False, desc="runs")
+
+
+def _compare(args: argparse.Namespace) -> int:
     dtype = np.dtype(args.dtype)
     cell = _cell(args)
+    try:
+        check_memory(cell, args.steps, args.batch, args.inputs, args.outputs, dtype)
+    except NotEnoughMemory as e:
+        print(f"bptt-memory compare: error: {e}", file=sys.stderr)
+        return 1
+    # the compiled float32 kernels are the built-in gated cells' (NOTE [fused float32 LSTM])
+    fused = isinstance(cell, Gated) and cell.uses_fused(dtype)
     model = Model(cell, n_out=args.outputs, loss="mse")
     rng = np.random.default_rng(args.seed)
     params = model.init(rng, dtype)
     xs, ys = random_problem(model, args.steps, args.batch, rng, dtype)
     chosen = default_strategies(cell, args.steps, args.batch, dtype)
     strategies = {n: chosen[n] for n in args.strategies}
-    bar = None if args.quiet or args.json else (lambda total: tqdm(total=total, file=sys.stderr,
-                                                                     leave=False, desc="runs"))
-    rows = compare(model, params, xs, ys, strategies, repeats=args.repeats, progress=bar)
+    rows = compare(model, params, xs, ys, strategies, repeats=args.repeats, threads=args.threads,
+                   progress=None if args.json else _progress(args.quiet))
     if args.json:
         print(json.dumps({"problem": {k: v for k, v in vars(args).items() if k != "func"},
-                          "fused_kernels": cell.uses_fused(dtype),
+                          "blas_threads": args.threads,
+                          "fused_kernels": fused,
                           "rows": [asdict(r) for r in rows]}, indent=2))
         return 0
-    print(f"{cell.kind} T={args.steps} B={args.batch} H={args.hidden} I={args.inputs} {args.dtype}; "
+    print(f"{args.cell} T={args.steps} B={args.batch} H={args.hidden} I={args.inputs} "
+          f"{args.dtype}; "
           f"time (wall) and cpu (user-mode CPU) are medians of {args.repeats} interleaved runs, "
-          "relative to full()")
-    head = ("strategy", "peak (exact)", "peak (traced)", "% of full", "fwd steps", "time", "cpu",
-            "grad rel err", "cosine")
+          f"relative to full(), with the range of the per-round ratios; "
+          f"{blas_threads_line(args.threads)}")
+    head = ("strategy", "peak (exact)", "peak (traced)", "% of full", "fwd steps", "time",
+            "time range", "cpu", "grad rel err", "cosine")
     table = [head]
     for r in rows:
+        spread = ("-" if r.time_ratio_low is None or r.time_ratio_high is None
+                  else f"{r.time_ratio_low:.2f}–{r.time_ratio_high:.2f}")
         table.append((r.strategy, format_bytes(r.peak_bytes),
                       "-" if r.traced_peak_bytes is None else format_bytes(r.traced_peak_bytes),
                       f"{100 * r.memory_fraction:.1f}%", f"{r.forward_factor:.2f}×T",
-                      f"{r.time_ratio:.2f}×", "-" if r.cpu_ratio is None else f"{r.cpu_ratio:.2f}×",
+                      f"{r.time_ratio:.2f}×", spread,
+                      "-" if r.cpu_ratio is None else f"{r.cpu_ratio:.2f}×",
                       f"{r.grad_rel_error:.1e}", f"{r.grad_cosine:.6f}"))
     print(_format(table))
     # NOTE [cpu time] in compare.py; a few faults per run are the interpreter's own
@@ -129,7 +183,7 @@ def _compare(args: argparse.Namespace) -> int:
     if faulted:
         print("page faults per run, the system handing out fresh memory (in time, not in cpu): "
               + "; ".join(faulted))
-    if cell.uses_fused(dtype):
+    if fused:
         print("steps ran on the compiled float32 LSTM kernels (numba; BPTT_MEMORY_FUSED=0 for "
               "numpy's)")
     return 0
@@ -165,11 +219,18 @@ def _plan(args: argparse.Namespace) -> int:
 
 
 def _study(args: argparse.Namespace) -> int:
-    from studies import STUDIES
-
-    for name in STUDIES if args.name == "all" else [args.name]:
-        module = importlib.import_module(f"studies.{name}")
-        path = module.run(args.out, small=args.small, quiet=args.quiet)
+    package = studies()
+    names = package.STUDIES if args.name == "all" else [args.name]
+    try:
+        out = package.output_folder(args.out, small=args.small)
+    except package.NoReportsFolder as e:
+        print(f"bptt-memory study: error: {e}", file=sys.stderr)
+        return 1
+    if args.small and args.out is None:
+        print(f"smoke run (toy sizes): writing to {out}, not to the committed reports")
+    for name in names:
+        module = importlib.import_module(f"{package.__name__}.{name}")
+        path = module.run(out, small=args.small, quiet=args.quiet or not sys.stderr.isatty())
         print(f"{name}: wrote {path}")
     return 0
 

@@ -10,16 +10,11 @@ strategy fits a memory budget and what it will cost.
 from __future__ import annotations
 
 import math
+import os
 import re
-import statistics
-import time
 from dataclasses import dataclass
-from typing import Sequence, TypeVar
-
-try:
-    import resource  # Unix: user CPU time and page faults of this process
-except ImportError:  # Windows
-    resource = None
+from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 
@@ -28,11 +23,11 @@ from .checkpoint import binomial, optimal
 from .model import Model, Result
 from .online import online
 from .strategies import Strategy, best_uniform, full, truncated, uniform
+from .timing import DEFAULT_THREADS, interleaved, round_orders
 
 __all__ = ["default_strategies", "compare", "round_orders", "Row", "plan", "Plan", "parse_bytes",
-           "format_bytes", "parse_count", "grad_error"]
-
-T_ = TypeVar("T_")
+           "format_bytes", "parse_count", "grad_error", "memory_needed", "memory_available",
+           "check_memory", "NotEnoughMemory"]
 
 #: optimal()'s default budget, as a fraction of full()'s peak bytes.
 OPTIMAL_FRACTION = 0.05
@@ -40,11 +35,14 @@ OPTIMAL_FRACTION = 0.05
 
 def default_strategies(cell: Cell, n_steps: int, batch: int,
                        dtype: np.dtype | type = np.float64) -> dict[str, Strategy]:
-    """One instance of every registered strategy, parametrised for this sequence.
+    """One instance of every registered strategy, parametrised for this sequence:
+    truncated and uniform at k = √T (uniform's segment named, as `uniform()` would choose
+    it), binomial with √T slots, optimal at 5% of full()'s bytes.
 
     >>> import bptt_memory as bm
-    >>> sorted(default_strategies(bm.lstm(4, 8), 100, 2)) == sorted(bm.STRATEGIES)
-    True
+    >>> s = default_strategies(bm.lstm(4, 8), 100, 2)
+    >>> sorted(s) == sorted(bm.STRATEGIES), s["uniform"].name
+    (True, 'uniform(every=10)')
     """
     k = max(1, round(math.sqrt(n_steps)))
     rb = cell.residual_bytes(batch, dtype)
@@ -52,17 +50,25 @@ def default_strategies(cell: Cell, n_steps: int, batch: int,
     return {
         "full": full(),
         "truncated": truncated(k, k),
-        "uniform": uniform(),
+        "uniform": uniform(every=uniform().segment(n_steps)),
         "binomial": binomial(slots=k),
         "optimal": optimal(budget_bytes=budget),
         "online": online(slots=k),
     }
 
 
-def grad_error(grads: Params, exact: Params) -> tuple[float, float]:
-    """(relative error ‖g − g*‖ / ‖g*‖, cosine similarity) over all parameters at once."""
-    g = np.concatenate([grads[k].ravel() for k in sorted(exact)]).astype(np.float64)
-    e = np.concatenate([exact[k].ravel() for k in sorted(exact)]).astype(np.float64)
+def grad_error(grads: Params, exact: Params, keys: Any = None) -> tuple[float, float]:
+    """(relative error ‖g − g*‖ / ‖g*‖, cosine similarity) over the parameters `keys`
+    (all of `exact`'s by default) taken as one vector: the one gradient-error metric of
+    `compare` and the studies.
+
+    >>> g = {"a": np.array([3.0, 4.0])}
+    >>> grad_error({"a": np.array([3.0, 0.0])}, g)
+    (0.8, 0.6)
+    """
+    names = sorted(exact) if keys is None else sorted(keys)
+    g = np.concatenate([np.asarray(grads[k]).ravel() for k in names]).astype(np.float64)
+    e = np.concatenate([np.asarray(exact[k]).ravel() for k in names]).astype(np.float64)
     ne, ng = float(np.linalg.norm(e)), float(np.linalg.norm(g))
     rel = float(np.linalg.norm(g - e)) / ne if ne > 0 else float(np.linalg.norm(g))
     cos = float(g @ e) / (ng * ne) if ng > 0 and ne > 0 else float("nan")
@@ -87,107 +93,159 @@ class Row:
     # NOTE [cpu time] Wall time also counts the system's work of handing a run fresh
     # pages, and whether a run pays it depends on the allocator's state, not on the
     # strategy: glibc keeps freed memory or gives it back depending on what the process
-    # allocated before. full(), which holds the most, is the one that pays: in one
-    # process it took 18.5k page faults per timed run (≈ 8% of its time), in another
-    # none. User-mode CPU time leaves that out; `page_faults` shows whether it happened.
+    # allocated before. full(), which holds the most, is the one that pays it most often.
+    # User-mode CPU time leaves that out; `page_faults` shows whether it happened.
     # None where the platform has no `resource` module.
     cpu_seconds: float | None = None  # median user-mode CPU seconds (all threads)
     cpu_ratio: float | None = None  # cpu_seconds / full()'s
     page_faults: int | None = None  # median minor page faults per run
-
-
-def _usage() -> tuple[float, int]:
-    """(user-mode CPU seconds, minor page faults) of this process so far."""
-    if resource is None:
-        return float("nan"), 0
-    u = resource.getrusage(resource.RUSAGE_SELF)
-    return u.ru_utime, u.ru_minflt
-
-
-def round_orders(names: Sequence[T_], rounds: int) -> list[list[T_]]:
-    """The order in which each of `rounds` timed rounds runs `names`.
-
-    NOTE [round order] Timed rounds interleave the contenders so that drift and a
-    neighbour's load hit all of them alike. Round r starts with name r (mod n), so nobody
-    always runs first; and odd rounds run the next rotation backwards, so nobody always
-    runs right after the same one: a run can pay for what its predecessor left in the
-    caches and the allocator. (Rotation alone keeps every predecessor; in
-    reports/speed_vs_torch, at toy sizes, whoever followed torch's checkpointed loop took
-    about 0.3 ms more, found by swapping two contenders' places.) `compare` and the
-    timing studies all use this order.
-
-    >>> round_orders("abc", 4)
-    [['a', 'b', 'c'], ['b', 'a', 'c'], ['c', 'a', 'b'], ['a', 'c', 'b']]
-    """
-    names = list(names)
-    n = len(names)
-    if n == 0:
-        return [[] for _ in range(rounds)]
-    rotated = [names[k % n:] + names[: k % n] for k in range(rounds + 1)]
-    return [rotated[r + 1][::-1] if r % 2 else rotated[r] for r in range(rounds)]
+    # the spread of time_ratio: the lowest and highest of the per-round ratios (each
+    # round's time over full()'s in the same round)
+    time_ratio_low: float | None = None
+    time_ratio_high: float | None = None
 
 
 def compare(model: Model, params: Params, xs: np.ndarray, ys: np.ndarray,
             strategies: dict[str, Strategy], *, mask: np.ndarray | None = None,
-            repeats: int = 5, trace_memory: bool = True, progress=None) -> list[Row]:
+            repeats: int = 5, trace_memory: bool = True, threads: int | None = DEFAULT_THREADS,
+            progress: Callable[..., Any] | None = None) -> list[Row]:
     """Run every strategy on the same problem; time them interleaved, medians of `repeats`.
 
-    full() is always run as the baseline, even when not listed. One untimed warm-up run
-    per strategy; then `repeats` rounds, each running every strategy once in the order
-    `round_orders` gives, so machine noise hits all of them alike. Each timed run's wall
-    time, user-mode CPU time and page faults are measured (NOTE [cpu time]). With
-    trace_memory, one extra run per strategy is made under tracemalloc (not timed).
+    full() is always run as the baseline, even when not listed. Timing is
+    `bptt_memory.timing.interleaved`: one untimed warm-up run per strategy (whose result
+    is reported), then `repeats` rounds in `round_orders`' order, on `threads` BLAS threads
+    (one by default; None leaves the process's setting). With trace_memory, one extra run
+    per strategy is made under tracemalloc (not timed). `progress(total=n)` may return a
+    bar with `update()` and `close()`.
     """
     names = list(strategies)
     runs = {"full": full(), **strategies}
     T = xs.shape[0]
-    results: dict[str, Result] = {}
-    times: dict[str, list[float]] = {n: [] for n in runs}
-    cpu: dict[str, list[float]] = {n: [] for n in runs}
-    faults: dict[str, list[int]] = {n: [] for n in runs}
     total = len(runs) * (repeats + 1 + trace_memory)
     bar = progress(total=total) if progress else None
-    for name, s in runs.items():  # warm-up, and the result we report
-        results[name] = s.run(model, params, xs, ys, mask=mask)
-        bar and bar.update()
-    for order in round_orders(runs, repeats):
-        for name in order:
-            s = runs[name]
-            u0, f0 = _usage()
-            t0 = time.perf_counter()
-            s.run(model, params, xs, ys, mask=mask)
-            times[name].append(time.perf_counter() - t0)
-            u1, f1 = _usage()
-            cpu[name].append(u1 - u0)
-            faults[name].append(f1 - f0)
-            bar and bar.update()
+
+    def runner(s: Strategy) -> Callable[[], Result]:
+        return lambda: s.run(model, params, xs, ys, mask=mask)
+
+    timings = interleaved({n: runner(s) for n, s in runs.items()}, repeats, threads=threads,
+                          progress=bar.update if bar else None)
     traced: dict[str, int | None] = {n: None for n in runs}
     if trace_memory:
         for name, s in runs.items():
-            traced[name] = s.run(model, params, xs, ys, mask=mask, trace_memory=True).stats.traced_peak_bytes
-            bar and bar.update()
-    bar and bar.close()
-    exact = results["full"]
-    base_t = statistics.median(times["full"])
-    base_cpu = statistics.median(cpu["full"])
-    measured = resource is not None
+            stats = s.run(model, params, xs, ys, mask=mask, trace_memory=True).stats
+            traced[name] = stats.traced_peak_bytes
+            if bar:
+                bar.update()
+    if bar:
+        bar.close()
+    base = timings["full"]
+    exact: Result = base.value
     rows = []
     for name in names:
-        r = results[name]
+        t = timings[name]
+        r: Result = t.value
         rel, cos = grad_error(r.grads, exact.grads)
-        sec, cpu_sec = statistics.median(times[name]), statistics.median(cpu[name])
+        cpu_sec, base_cpu = t.cpu_median, base.cpu_median
+        ratios = t.ratios(base)
         rows.append(Row(
             strategy=runs[name].name, peak_bytes=r.stats.peak_bytes,
             traced_peak_bytes=traced[name],
             memory_fraction=r.stats.peak_bytes / exact.stats.peak_bytes,
             forward_steps=r.stats.forward_steps, forward_factor=r.stats.forward_steps / T,
-            seconds=sec, time_ratio=sec / base_t, grad_rel_error=rel, grad_cosine=cos,
-            loss=r.loss,
-            cpu_seconds=cpu_sec if measured else None,
-            cpu_ratio=cpu_sec / base_cpu if measured and base_cpu > 0 else None,
-            page_faults=round(statistics.median(faults[name])) if measured else None,
+            seconds=t.median, time_ratio=t.median / base.median, grad_rel_error=rel,
+            grad_cosine=cos, loss=r.loss,
+            cpu_seconds=cpu_sec,
+            cpu_ratio=cpu_sec / base_cpu if cpu_sec is not None and base_cpu else None,
+            page_faults=t.faults_median,
+            time_ratio_low=min(ratios), time_ratio_high=max(ratios),
         ))
     return rows
+
+
+# -- will it fit? -------------------------------------------------------------------------
+
+
+class NotEnoughMemory(RuntimeError):
+    """What a run needs does not fit in the memory this process may use."""
+
+
+def memory_needed(cell: Cell, n_steps: int, batch: int, n_in: int, n_out: int,
+                  dtype: np.dtype | type = np.float64) -> int:
+    """Bytes `compare` needs at least: full()'s exact peak (it is always the baseline)
+    and the problem's inputs and targets; the parameters, their gradients and one step's
+    temporaries are small beside them and left to the margin of `check_memory`.
+
+    >>> import bptt_memory as bm
+    >>> cell = bm.lstm(32, 128)
+    >>> memory_needed(cell, 1000, 32, 32, 10) - cell.recorded_bytes(1000, 32, "float64")
+    10752000
+    """
+    problem = n_steps * batch * (n_in + n_out) * np.dtype(dtype).itemsize
+    return cell.recorded_bytes(n_steps, batch, dtype) + problem
+
+
+def _cgroup_room() -> int | None:
+    """What the cgroup (v2) this process runs in may still allocate, if it is limited."""
+    base = Path("/sys/fs/cgroup")
+    try:
+        limit = (base / "memory.max").read_text().strip()
+        if limit == "max":
+            return None
+        return int(limit) - int((base / "memory.current").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def memory_available() -> tuple[int | None, str]:
+    """(bytes this process may still allocate, what limits it): the smallest of the
+    system's available memory, the address-space rlimit less what the process has
+    mapped, and its cgroup's room. (None, ...) when none of them can be read."""
+    found: list[tuple[int, str]] = []
+    try:
+        import psutil
+
+        found.append((int(psutil.virtual_memory().available), "available memory"))
+        vms = int(psutil.Process(os.getpid()).memory_info().vms)
+    except ImportError:
+        vms = 0
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+        if soft != resource.RLIM_INFINITY:
+            found.append((soft - vms, f"the address-space limit (ulimit -v, {format_bytes(soft)})"))
+    except ImportError:  # Windows
+        pass
+    room = _cgroup_room()
+    if room is not None:
+        found.append((room, "the cgroup's memory limit"))
+    if not found:
+        return None, "unknown"
+    return min(found)
+
+
+#: check_memory asks for this much more than `memory_needed`: a run also holds its
+#: gradients, the executor's chunk buffers and a step's temporaries, and the allocator
+#: rounds up (tracemalloc sees about 5% more than full()'s exact peak at the defaults)
+MEMORY_MARGIN = 1.25
+
+
+def check_memory(cell: Cell, n_steps: int, batch: int, n_in: int, n_out: int,
+                 dtype: np.dtype | type = np.float64) -> None:
+    """Raise NotEnoughMemory, saying what to change, when `compare` cannot fit."""
+    need = int(MEMORY_MARGIN * memory_needed(cell, n_steps, batch, n_in, n_out, dtype))
+    room, limit = memory_available()
+    if room is None or need <= room:
+        return
+    per_step = int(MEMORY_MARGIN * memory_needed(cell, 2, batch, n_in, n_out, dtype)
+                   - MEMORY_MARGIN * memory_needed(cell, 1, batch, n_in, n_out, dtype))
+    fits = max(1, room // per_step) if room > 0 else 0
+    raise NotEnoughMemory(
+        f"T={n_steps} needs about {format_bytes(need)}: full(), the baseline every "
+        f"strategy is compared with, stores every step; {limit} leaves "
+        f"{format_bytes(max(room, 0))}. Use --steps {fits} or fewer (or a smaller "
+        f"--batch/--hidden), or `bptt-memory plan` to price a long sequence without "
+        f"running it.")
 
 
 # --------------------------------------------------------------------------------------

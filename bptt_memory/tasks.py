@@ -24,7 +24,11 @@ def random_problem(model: Model, n_steps: int, batch: int, rng: np.random.Genera
     >>> xs.shape, ys.shape
     ((5, 2, 3), (5, 2, 2))
     """
-    xs = rng.standard_normal((n_steps, batch, model.cell.n_in)).astype(dtype)
+    n_in = model.cell.n_in
+    if n_in is None:
+        raise ValueError(f"random_problem: {model.cell.name} does not say its input size "
+                         "(n_in is None); make xs of shape (T, B, n_in) yourself")
+    xs = rng.standard_normal((n_steps, batch, n_in)).astype(dtype)
     if model.loss == "cross_entropy":
         ys = rng.integers(0, model.n_out, size=(n_steps, batch))
     else:

@@ -1,4 +1,7 @@
-"""What every study shares: atomic report files, provenance, progress bars, BLAS pinning.
+"""What every study shares: where reports go, atomic report files, provenance, progress
+bars, the strategies' palette, and verdicts that toy runs never give. Timing is
+`bptt_memory.timing` (one harness for the studies and `compare`); the gradient-error
+metric is `bptt_memory.compare.grad_error`.
 
 Every file a study writes goes through a temporary file in the same folder and
 `os.replace`, so an interrupted study leaves either the old file or the new one, never
@@ -17,7 +20,8 @@ import sys
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from types import SimpleNamespace
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import matplotlib
 
@@ -25,16 +29,17 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from threadpoolctl import threadpool_limits  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 import bptt_memory  # noqa: E402
+from bptt_memory.timing import pinned_threads  # noqa: E402
+
+from . import output_folder  # noqa: E402
 
 __all__ = ["atomic_write", "write_text", "write_json", "write_csv", "save_figure",
            "provenance", "progress", "pinned_blas", "report_dir", "fit_loglog_slope", "md_table",
-           "recomputation_ratio", "DEFAULT_OUT", "study_main"]
-
-DEFAULT_OUT = Path("reports")
+           "recomputation_ratio", "DEFAULT_OUT", "study_main", "settings", "verdict",
+           "STRATEGY_COLORS", "strategy_color"]
 
 
 @contextlib.contextmanager
@@ -91,8 +96,14 @@ def save_figure(fig: plt.Figure, path: Path) -> Path:
     return path
 
 
-def report_dir(out: Path | str, name: str) -> Path:
-    d = Path(out) / name
+#: A study's ``run(out=DEFAULT_OUT, ...)``: None, which `report_dir` resolves with
+#: `studies.output_folder` (the repository's reports/, or a temporary folder for --small).
+DEFAULT_OUT: Path | None = None
+
+
+def report_dir(out: Path | str | None, name: str, small: bool = False) -> Path:
+    """`out`/`name`, made if needed; with no `out`, `studies.output_folder`'s choice."""
+    d = output_folder(out, small=small) / name
     d.mkdir(parents=True, exist_ok=True)
     return d
 
@@ -112,7 +123,6 @@ def provenance(command: str, pinned: int | None = None) -> str:
     the report states beside the count the process has otherwise; without it, that count.
     """
     import matplotlib as mpl
-
     from threadpoolctl import threadpool_info
 
     def threads(n: int) -> str:
@@ -127,26 +137,65 @@ def provenance(command: str, pinned: int | None = None) -> str:
     return "\n".join([
         f"- Command: `{command}`",
         f"- Date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
-        f"- Machine: {_cpu_model()}, {os.cpu_count()} cores, {platform.system()} {platform.machine()}",
-        f"- Python {platform.python_version()}, numpy {np.__version__}, matplotlib {mpl.__version__}, "
+        f"- Machine: {_cpu_model()}, {os.cpu_count()} cores, {platform.system()} "
+        f"{platform.machine()}",
+        f"- Python {platform.python_version()}, numpy {np.__version__}, "
+        f"matplotlib {mpl.__version__}, "
         f"bptt_memory {bptt_memory.__version__}; BLAS: {blas}",
     ])
 
 
 def command_line(name: str, small: bool) -> str:
-    return f"python -m studies.{name}" + (" --small" if small else "")
+    return f"bptt-memory study {name}" + (" --small" if small else "")
 
 
 def progress(iterable: Iterable | None = None, *, quiet: bool = False, **kw: Any) -> tqdm:
-    """A tqdm bar on stderr, silent with quiet=True."""
-    return tqdm(iterable, disable=quiet, file=sys.stderr, leave=False, **kw)
+    """A tqdm bar on stderr, only when stderr is a terminal and not quiet."""
+    return tqdm(iterable, disable=quiet or not sys.stderr.isatty(), file=sys.stderr, leave=False,
+                **kw)
 
 
 @contextlib.contextmanager
 def pinned_blas(threads: int = 1) -> Iterator[None]:
-    """Pin BLAS threads so timings are comparable across runs and machines."""
-    with threadpool_limits(limits=threads, user_api="blas"):
+    """Pin BLAS threads so timings are comparable across runs and machines
+    (`bptt_memory.timing.pinned_threads`, which `interleaved` also uses)."""
+    with pinned_threads(threads):
         yield
+
+
+def settings(constants: Mapping[str, Any], names: Iterable[str], small: bool) -> SimpleNamespace:
+    """A study's settings: its module constants `names` (from ``globals()``), with its
+    SMALL toy sizes over them for a smoke run, and ``small`` saying which it is."""
+    s = SimpleNamespace(**{n: constants[n] for n in names})
+    if small:
+        vars(s).update(constants["SMALL"])
+    s.small = small
+    return s
+
+
+def verdict(met: bool, small: bool) -> str:
+    """"met" or "not met"; a smoke run's toy timings judge nothing."""
+    if small:
+        return "not judged (toy sizes)"
+    return "met" if met else "not met"
+
+
+#: One colour per strategy family, in every study's figures (matplotlib's tab10 order).
+STRATEGY_COLORS = {
+    "full": "tab:blue",
+    "truncated": "tab:red",
+    "uniform": "tab:green",
+    "binomial": "tab:orange",
+    "optimal": "tab:purple",
+    "online": "tab:brown",
+    "torch": "tab:gray",
+}
+
+
+def strategy_color(name: str) -> str:
+    """The palette's colour for a strategy, by family: "binomial(slots=3)" -> binomial's."""
+    family = name.split("(", 1)[0].split()[0].split("_")[0]
+    return STRATEGY_COLORS.get(family, "black")
 
 
 def fit_loglog_slope(x: Sequence[float], y: Sequence[float]) -> float:
@@ -192,14 +241,23 @@ def study_args(name: str, argv: Sequence[str] | None, doc: str | None) -> Any:
     import argparse
 
     p = argparse.ArgumentParser(prog=f"python -m studies.{name}", description=doc)
-    p.add_argument("--small", action="store_true", help="toy sizes, seconds (smoke test)")
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="reports folder (default reports/)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--small", action="store_true",
+                   help="toy sizes, seconds: a smoke run (default: the report's sizes)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="folder to write NAME/report.md into (default: the repository's "
+                   "reports/ for a full run, a new temporary folder with --small)")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress bars (default: bars on stderr when it is a terminal)")
     return p.parse_args(argv)
 
 
 def study_main(name: str, run: Any, doc: str | None, argv: Sequence[str] | None = None) -> None:
     """What every study's ``main`` does: parse --small/--out/--quiet, run, say where it wrote."""
     args = study_args(name, argv, doc)
-    path = run(args.out, small=args.small, quiet=args.quiet)
+    # resolved here, so that a study whose run() does not pass `small` on to report_dir
+    # still writes a smoke run into a temporary folder
+    out = output_folder(args.out, small=args.small)
+    if args.small and args.out is None:
+        print(f"smoke run (toy sizes): writing to {out}, not to the committed reports")
+    path = run(out, small=args.small, quiet=args.quiet)
     print(f"{name}: wrote {path}")

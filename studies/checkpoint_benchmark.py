@@ -3,8 +3,9 @@
 Two questions. (a) How long does *planning* take: binomial's closed-form split for a
 million steps (walked lazily by `simulate`, never held), and optimal's dynamic programme
 for T = 1000 at budgets up to ~100 LSTM states. (b) How much slower than `full()` is each
-checkpointing strategy on a real LSTM, and how much memory does it keep; the goal is
-``optimal`` at 5% of full's peak_bytes within 1.35x full's time.
+checkpointing strategy on a real LSTM at equal memory (uniform, binomial and optimal each
+given the same budget, 5% of full()'s peak_bytes); the goal is ``optimal`` within 1.35x
+full's time there.
 
 Timings of runs are the median of REPEATS rounds after one warm-up round, the strategies
 interleaved round by round so that drift in the machine hits them all alike, BLAS on one
@@ -14,26 +15,27 @@ memoised in-process, so an in-process first call may not be cold; see NOTE [cold
 References: Griewank & Walther 2000, "Algorithm 799: Revolve" (binomial); Gruslys et al.
 2016, "Memory-Efficient Backpropagation Through Time", NeurIPS (optimal, BPTT-MSM).
 
-Run: ``python -m studies.checkpoint_benchmark [--small] [--out DIR] [--quiet]``; prints the
+Run: ``bptt-memory study checkpoint_benchmark [--small] [--out DIR] [--quiet]``; prints the
 report as markdown, and with --out also writes DIR/checkpoint_benchmark/report.md.
 """
 
 from __future__ import annotations
 
-import os
-
 import json
+import os
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 import bptt_memory as bm
+from bptt_memory.compare import grad_error
+from bptt_memory.timing import interleaved
 
 from . import _common
 
@@ -57,16 +59,13 @@ REPEATS = 5  # timed rounds after one untimed warm-up round; medians are reporte
 SEED = 0
 # -- toy sizes for --small (seconds) -------------------------------------------------------
 SMALL = dict(PLAN_STEPS=10**4, PLAN_SLOTS=10, DP_STEPS=60, DP_BUDGET_STATES=(5, 10),
-             BATCH=2, HIDDEN=4, N_IN=3, N_OUT=2, STEPS=40, REPEATS=3)
+             BATCH=2, HIDDEN=4, N_IN=3, N_OUT=2, STEPS=1000, REPEATS=3)  # 5% fits uniform
 
 
 def _settings(small: bool) -> SimpleNamespace:
     names = ("PLAN_STEPS", "PLAN_SLOTS", "DP_STEPS", "DP_BUDGET_STATES", "BATCH", "HIDDEN",
              "N_IN", "N_OUT", "STEPS", "BUDGET_FRACTION", "GOAL_TIME_RATIO", "REPEATS", "SEED")
-    s = {n: globals()[n] for n in names}
-    if small:
-        s.update(SMALL)
-    return SimpleNamespace(**s)
+    return _common.settings(globals(), names, small)
 
 
 # -- (a) planning ------------------------------------------------------------------------
@@ -145,37 +144,37 @@ def timing(s: SimpleNamespace) -> tuple[list[dict], dict]:
 
     full_peak = model.cell.recorded_bytes(T, B, DTYPE)  # T steps, all linked but the first
     budget = int(s.BUDGET_FRACTION * full_peak)
-    strategies = [bm.full(), bm.uniform(), bm.binomial(slots=max(1, round(T ** 0.5))),
+    # every checkpointing strategy at the same memory, the budget: uniform with its best
+    # segment for it, binomial with as many slots as fit beside one step's residuals
+    sizes = model.cell.sizes(B, DTYPE)
+    u = bm.best_uniform(T, budget, **sizes)
+    slots = max(1, (budget - sizes["residual_bytes"]) // sizes["state_bytes"])
+    strategies = [bm.full(), *([u] if u is not None else []), bm.binomial(slots=slots),
                   bm.optimal(budget_bytes=budget)]
-    seconds: dict[str, list[float]] = {x.name: [] for x in strategies}
-    phases: list[tuple[float, float]] = []  # full()'s forward and backward seconds per round
-    results = {}
-    with _common.pinned_blas(1):
-        # round 0 warms up (and fills optimal's memo); the timed rounds interleave the
-        # strategies in bm.compare's order (NOTE [round order] in bptt_memory/compare.py)
-        for r, order in enumerate([strategies, *bm.compare.round_orders(strategies, s.REPEATS)]):
-            for x in order:
-                start = time.perf_counter()
-                results[x.name] = x.run(model, params, xs, ys)
-                if r:
-                    seconds[x.name].append(time.perf_counter() - start)
-                    if x.name == "full()":
-                        extra = results[x.name].stats.extra
-                        phases.append((extra["forward_seconds"], extra["backward_seconds"]))
+    phases: list[tuple[float, float]] = []  # full()'s forward and backward seconds per run
 
-    ref = results["full()"]
-    full_time = statistics.median(seconds["full()"])
-    full_phases = [statistics.median(p) for p in zip(*phases)]
+    def runner(x: bm.Strategy) -> Callable[[], bm.Result]:
+        def run() -> bm.Result:
+            res = x.run(model, params, xs, ys)
+            if x.name == "full()":
+                phases.append((res.stats.extra["forward_seconds"],
+                               res.stats.extra["backward_seconds"]))
+            return res
+        return run
+
+    # one warm-up run each (it also fills optimal's memo), then interleaved timed rounds
+    timings = interleaved({x.name: runner(x) for x in strategies}, s.REPEATS, threads=1)
+    ref = timings["full()"].value
+    full_time = timings["full()"].median
+    full_phases = [statistics.median(p) for p in zip(*phases[1:])]  # the timed rounds'
     rows = []
     for x in strategies:
-        res, t = results[x.name], statistics.median(seconds[x.name])
-        err = max(float(np.abs(res.grads[k] - g).max() / max(np.abs(g).max(), 1e-300))
-                  for k, g in ref.grads.items())
+        res, t = timings[x.name].value, timings[x.name].median
         rows.append(dict(strategy=x.name, peak_bytes=res.stats.peak_bytes,
                          memory=res.stats.peak_bytes / full_peak,
                          forward=res.stats.forward_steps, recompute=res.stats.forward_steps / T,
-                         median_s=t, spread=(min(seconds[x.name]), max(seconds[x.name])),
-                         time=t / full_time, grad_err=err,
+                         median_s=t, spread=timings[x.name].spread,
+                         time=t / full_time, grad_err=grad_error(res.grads, ref.grads)[0],
                          predicted=_common.recomputation_ratio(
                              res.stats.forward_steps, res.stats.backward_steps, T, *full_phases)))
     opt = rows[-1]
@@ -227,7 +226,8 @@ def report(s: SimpleNamespace, plan: list[dict], rows: list[dict], verdict: dict
         "| min–max s | time / full | steps alone | grad rel. err vs full |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         *[f"| {r['strategy']} | {r['peak_bytes']:,} | {r['memory']:.3f} | {r['forward']:,} | "
-          f"{r['recompute']:.2f}x | {r['median_s']:.3f} | {r['spread'][0]:.3f}–{r['spread'][1]:.3f} "
+          f"{r['recompute']:.2f}x | {r['median_s']:.3f} | "
+          f"{r['spread'][0]:.3f}–{r['spread'][1]:.3f} "
           f"| {r['time']:.2f}x | {r['predicted']:.2f}x | {r['grad_err']:.1e} |" for r in rows],
         "",
         "*steps alone*: the time over full()'s that the run's forward and backward steps "
@@ -238,7 +238,7 @@ def report(s: SimpleNamespace, plan: list[dict], rows: list[dict], verdict: dict
         "",
         f"**Goal**: optimal at {s.BUDGET_FRACTION:.0%} of full's peak_bytes (budget "
         f"{verdict['budget']:,} B, {'held' if verdict['within_budget'] else 'EXCEEDED'}) "
-        f"within {s.GOAL_TIME_RATIO}x full's time: **{'met' if verdict['met'] else 'not met'}** "
+        f"within {s.GOAL_TIME_RATIO}x full's time: **{_common.verdict(verdict['met'], s.small)}** "
         f"({verdict['time_ratio']:.3f}x; its steps alone would take {verdict['predicted']:.3f}x"
         + (f", already beyond {s.GOAL_TIME_RATIO}x before any bookkeeping"
            if not verdict["met"] and verdict["predicted"] > s.GOAL_TIME_RATIO else "") + ").",
@@ -247,15 +247,67 @@ def report(s: SimpleNamespace, plan: list[dict], rows: list[dict], verdict: dict
     return "\n".join(lines)
 
 
-def run(out: Path | str = _common.DEFAULT_OUT, *, small: bool = False, quiet: bool = False) -> Path:
-    """Plan, time, print the report (unless quiet) and write out/NAME/report.md."""
+def reconcile(s: SimpleNamespace, verdict: dict, reports: Path) -> str:
+    """A paragraph setting optimal's time ratio here beside recompute_tradeoff's headline,
+    which times the same LSTM, T and budget fraction with other contenders around it."""
+    other = reports / "recompute_tradeoff" / "data.json"
+    if not other.is_file():
+        return ("(recompute_tradeoff's data is not beside this report, so its headline "
+                "ratio is not compared here.)")
+    head = json.loads(other.read_text())["headline"]
+    theirs = json.loads(other.read_text())["settings"]
+    return (
+        f"**Against recompute_tradeoff.** There, optimal at {head['fraction']:.0%} of "
+        f"full()'s bytes measured {head['optimal_time_ratio']:.3g}× full()'s time at "
+        f"T = {head['T']}; here {verdict['time_ratio']:.3g}×. Both are medians of interleaved "
+        f"rounds in one process against full() in the same rounds, and both runs do the "
+        f"same forward steps at the same budget; what differs is around them: the readout "
+        f"(n_out = {theirs.get('N_OUT')} there, {s.N_OUT} here), the rounds "
+        f"({theirs.get('REPEATS')} there, {s.REPEATS} here) and the contenders each round "
+        f"interleaves (every timed budget of three strategies there, four strategies here), "
+        f"which leave the caches and the allocator in different states for the run that "
+        f"follows; and the two were run at different times on a shared machine. The "
+        f"steps-alone column bounds what the ratio can be with no bookkeeping at all; the "
+        f"spread of the per-round ratios below is the noise to read either figure with.")
+
+
+def plot_time_memory(rows: Sequence[dict]) -> Any:
+    """Time over full()'s against memory over full()'s, measured and steps-alone."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for r in rows:
+        c = _common.strategy_color(r["strategy"])
+        ax.plot(r["memory"], r["time"], "o", color=c, label=f"{r['strategy']} measured")
+        ax.plot(r["memory"], r["predicted"], "x", color=c, ms=8,
+                label=f"{r['strategy']} steps alone")
+    ax.set(xscale="log", xlabel="peak bytes / full()'s", ylabel="time / full()'s",
+           title="LSTM: time against memory (medians)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    return fig
+
+
+def run(out: Path | str | None = None, *, small: bool = False, quiet: bool = False) -> Path:
+    """Plan, time, print the report (unless quiet) and write out/NAME/ with its data and
+    figure."""
     s = _settings(small)
+    d = _common.report_dir(out, NAME, small)
     plan = planning(s)
     rows, verdict = timing(s)
     text = report(s, plan, rows, verdict, _common.command_line(NAME, small))
+    text += "\n" + reconcile(s, verdict, d.parent) + "\n"
+    text += ("\nData: `planning.csv`, `timing.csv` (with each strategy's min–max seconds), "
+             "`summary.json` (settings and verdict); figure: `time_memory.png`.\n\n"
+             "![time against memory](time_memory.png)\n")
+    _common.write_csv(d / "planning.csv", plan)
+    _common.write_csv(d / "timing.csv", [{**r, "spread": list(r["spread"])} for r in rows])
+    _common.write_json(d / "summary.json", {"settings": vars(s), "verdict": verdict})
+    _common.save_figure(plot_time_memory(rows), d / "time_memory.png")
     if not quiet:
         print(text)
-    return _common.write_text(_common.report_dir(out, NAME) / "report.md", text)
+    return _common.write_text(d / "report.md", text)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

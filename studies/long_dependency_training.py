@@ -12,7 +12,7 @@ does to learning.
 References: Hochreiter & Schmidhuber 1997 and Le et al. 2015 (the adding problem);
 Kingma & Ba 2015 (Adam, Algorithm 1); Pascanu et al. 2013 (clipping by global norm).
 
-Run: ``python -m studies.long_dependency_training [--small]``.
+Run: ``bptt-memory study long_dependency_training [--small] [--out DIR]``.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import os
 import time
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Sequence
+from typing import Any, Sequence
 
 import matplotlib.pyplot as plt
 import matplotlib.ticker
@@ -37,7 +37,7 @@ from bptt_memory.tasks import adding_problem
 from . import _common
 
 NAME = "long_dependency_training"
-CELL_FACTORIES = {"vanilla": bm.vanilla, "lstm": bm.lstm, "gru": bm.gru}
+CELL_FACTORIES = bm.CELLS  # every built-in cell, by name
 
 # -- the task -----------------------------------------------------------------------------
 T = 200  # steps per sequence; the first marker lies in [0, T/2), the second in [T/2, T)
@@ -47,12 +47,17 @@ TOLERANCE = 0.04  # a prediction is "correct" when |error| < TOLERANCE
 # -- the model and optimiser (the same for every strategy) --------------------------------
 CELL = "gru"  # trials: an LSTM (forget bias 1 or 3) sat at the baseline for 400 updates
 HIDDEN = 32  # H
-UPDATES = 500  # one update per sequence batch
+UPDATES = 1500  # one update per sequence batch: long enough for the runs to plateau
 LR = 1e-2  # Adam step size
 BETAS = (0.9, 0.999)  # Adam's moment decays
 EPS = 1e-8  # Adam's denominator guard
 CLIP = 1.0  # gradients are rescaled to this global norm when longer
 SEED = 0  # params; the training batches use SEED + 1 and the test set SEED + 2
+# full() and the truncated strategies are also trained from these seeds (params and batches;
+# the test set stays): the exact strategies repeat full()'s curve, so they run once
+EXTRA_SEEDS = (1, 2)
+PLATEAU = 0.25  # a run has plateaued when its median test MSE over the last quarter of the
+# updates is less than this (relative) below the median over the quarter before
 EVAL_EVERY = 25  # updates between test evaluations
 # -- strategies ----------------------------------------------------------------------------
 SHORT_K = (20, T // 4)  # truncated(k, k) with k shorter than the dependency
@@ -61,17 +66,14 @@ TIMING_REPEATS = 5  # interleaved timed runs per strategy (bm.compare), median r
 WORKERS = 2  # training runs in parallel processes; timing is done alone afterwards
 # -- toy sizes for --small (seconds) ---------------------------------------------------------
 SMALL = dict(T=16, BATCH=8, TEST_SIZE=64, HIDDEN=8, UPDATES=12, EVAL_EVERY=4, SHORT_K=(2, 4),
-             LONG_K1=4, TIMING_REPEATS=1, WORKERS=1)
+             LONG_K1=4, TIMING_REPEATS=1, WORKERS=1, EXTRA_SEEDS=(1,))
 
 
 def _settings(small: bool) -> SimpleNamespace:
-    s = SimpleNamespace(T=T, BATCH=BATCH, TEST_SIZE=TEST_SIZE, TOLERANCE=TOLERANCE, CELL=CELL,
-                        HIDDEN=HIDDEN, UPDATES=UPDATES, LR=LR, BETAS=BETAS, EPS=EPS, CLIP=CLIP,
-                        SEED=SEED, EVAL_EVERY=EVAL_EVERY, SHORT_K=SHORT_K, LONG_K1=LONG_K1,
-                        TIMING_REPEATS=TIMING_REPEATS, WORKERS=WORKERS)
-    if small:
-        vars(s).update(SMALL)
-    return s
+    names = ("T", "BATCH", "TEST_SIZE", "TOLERANCE", "CELL", "HIDDEN", "UPDATES", "LR",
+             "BETAS", "EPS", "CLIP", "SEED", "EVAL_EVERY", "SHORT_K", "LONG_K1",
+             "TIMING_REPEATS", "WORKERS", "EXTRA_SEEDS", "PLATEAU")
+    return _common.settings(globals(), names, small)
 
 
 def _model(s: SimpleNamespace) -> bm.Model:
@@ -113,7 +115,8 @@ def predict(model: bm.Model, params: dict, xs: np.ndarray) -> np.ndarray:
 
 
 def _adam(params: dict, grads: dict, m: dict, v: dict, i: int, s: SimpleNamespace) -> float:
-    """Clip grads to global norm CLIP, then one Adam step (Kingma & Ba, Alg. 1); returns the norm."""
+    """Clip grads to global norm CLIP, then one Adam step (Kingma & Ba, Alg. 1); returns
+    the norm."""
     norm = math.sqrt(sum(float((g * g).sum()) for g in grads.values()))
     scale = min(1.0, s.CLIP / norm) if norm > 0 else 1.0
     b1, b2 = s.BETAS
@@ -125,16 +128,18 @@ def _adam(params: dict, grads: dict, m: dict, v: dict, i: int, s: SimpleNamespac
     return norm
 
 
-def train(s: SimpleNamespace, label: str) -> dict:
+def train(s: SimpleNamespace, label: str, seed: int | None = None) -> dict:
     """Train from the shared init with one strategy; the curves and the final params.
 
     At every evaluation the update's gradient is also compared with full()'s on the same
-    batch at the same params, so a biased strategy shows its bias along the way.
+    batch at the same params, so a biased strategy shows its bias along the way. `seed`
+    (SEED by default) draws the params and, offset by one, the training batches.
     """
+    seed = s.SEED if seed is None else seed
     strategy = strategies(s)[label]
     model = _model(s)
-    params = model.init(np.random.default_rng(s.SEED))
-    data = np.random.default_rng(s.SEED + 1)  # the same batches for every strategy
+    params = model.init(np.random.default_rng(seed))
+    data = np.random.default_rng(seed + 1)  # the same batches for every strategy
     xt, yt, _ = adding_problem(s.T, s.TEST_SIZE, np.random.default_rng(s.SEED + 2))
     m = {k: np.zeros_like(p) for k, p in params.items()}
     v = {k: np.zeros_like(p) for k, p in params.items()}
@@ -154,7 +159,8 @@ def train(s: SimpleNamespace, label: str) -> dict:
                 evals.append(dict(update=i, test_mse=float(np.mean(err * err)),
                                   test_accuracy=float(np.mean(np.abs(err) < s.TOLERANCE)),
                                   grad_rel_error=rel, grad_cosine=cos))
-    return dict(label=label, losses=losses, grad_norms=norms, evals=evals, params=params,
+    return dict(label=label, seed=seed, losses=losses, grad_norms=norms, evals=evals,
+                params=params,
                 peak_bytes=r.stats.peak_bytes, forward_steps=r.stats.forward_steps,
                 backward_steps=r.stats.backward_steps,
                 error_by_distance=error_by_distance(s, model, params))
@@ -190,27 +196,86 @@ def _mse_where(rows: Sequence[dict], marker: str, lo: int, hi: int) -> float:
     return sum(r["test_mse"] * r["n"] for r in sel) / sum(r["n"] for r in sel)
 
 
-def train_all(s: SimpleNamespace, quiet: bool) -> dict[str, dict]:
+def train_all(s: SimpleNamespace, quiet: bool) -> tuple[dict[str, dict], list[dict]]:
+    """Every strategy from SEED (by label), and full() and the truncated strategies from
+    each of EXTRA_SEEDS too (a list of runs, SEED's included)."""
     labels = list(strategies(s))
-    bar = _common.progress(total=len(labels), quiet=quiet, desc=f"{NAME}: training")
-    runs = {}
+    strats = strategies(s)
+    jobs = [(label, s.SEED) for label in labels] + [
+        (label, seed) for seed in s.EXTRA_SEEDS for label in labels
+        if label == "full" or not is_exact(strats[label], s.T)]
+    bar = _common.progress(total=len(jobs), quiet=quiet, desc=f"{NAME}: training")
+    done: dict[tuple[str, int], dict] = {}
     if s.WORKERS > 1:
         # NOTE [parallel training] Each run is deterministic and independent, so runs go to
         # separate processes (spawned: nothing inherited); times per update are measured
         # afterwards, alone, by `compare`.
         ctx = multiprocessing.get_context("spawn")
         with concurrent.futures.ProcessPoolExecutor(s.WORKERS, mp_context=ctx) as pool:
-            futures = [pool.submit(train, s, label) for label in labels]
+            futures = [pool.submit(train, s, label, seed) for label, seed in jobs]
             for f in concurrent.futures.as_completed(futures):
                 r = f.result()
-                runs[r["label"]] = r
+                done[r["label"], r["seed"]] = r
                 bar.update()
     else:
-        for label in labels:
-            runs[label] = train(s, label)
+        for label, seed in jobs:
+            done[label, seed] = train(s, label, seed)
             bar.update()
     bar.close()
-    return {label: runs[label] for label in labels}
+    first = {label: done[label, s.SEED] for label in labels}
+    seeded = [r for r in done.values() if r["label"] == "full" or not is_exact(
+        strats[r["label"]], s.T)]
+    return first, seeded
+
+
+def over_seeds(s: SimpleNamespace, seeded: Sequence[dict], threshold: float) -> list[dict]:
+    """Per strategy trained from several seeds: its final test MSE's median and range,
+    when it first got below `threshold` (median over seeds that did), and whether every
+    run plateaued (test MSE moving less than PLATEAU over its last quarter of updates)."""
+    out = []
+    for label in dict.fromkeys(r["label"] for r in seeded):
+        rs = [r for r in seeded if r["label"] == label]
+        finals = [r["evals"][-1]["test_mse"] for r in rs]
+        firsts = [f for r in rs if (f := first_below(r["evals"], threshold)) is not None]
+
+        def moved(r: dict) -> float:
+            """How much the median test MSE still fell from the third quarter of the
+            updates to the last, relative to the last (0 when it rose: no progress)."""
+            ev = r["evals"]
+            third = [e["test_mse"] for e in ev if 0.5 * s.UPDATES < e["update"] <= 0.75 * s.UPDATES]
+            last = [e["test_mse"] for e in ev if e["update"] > 0.75 * s.UPDATES]
+            if not third or not last:
+                return float("inf")
+            m3, m4 = float(np.median(third)), float(np.median(last))
+            return max(0.0, (m3 - m4) / max(m4, 1e-300))
+
+        out.append(dict(strategy=label, seeds=len(rs),
+                        final_test_mse_median=float(np.median(finals)),
+                        final_test_mse_min=min(finals), final_test_mse_max=max(finals),
+                        reached_threshold=f"{len(firsts)} of {len(rs)}",
+                        first_below_median=float(np.median(firsts)) if firsts else None,
+                        plateaued=all(moved(r) < s.PLATEAU for r in rs),
+                        largest_late_change=max(moved(r) for r in rs)))
+    return out
+
+
+def worse_or_slower(rows: Sequence[dict]) -> list[str]:
+    """For each truncated strategy against full() over the same seeds: "worse" when its
+    best final MSE is above full()'s worst, "only slower" when the ranges overlap."""
+    by = {r["strategy"]: r for r in rows}
+    full = by["full"]
+    out = []
+    for label, r in by.items():
+        if label == "full":
+            continue
+        if r["final_test_mse_min"] > full["final_test_mse_max"]:
+            verdict = "worse: its best seed ends above full()'s worst"
+        else:
+            verdict = "only slower or level: its final MSE overlaps full()'s over the seeds"
+        if not (r["plateaued"] and full["plateaued"]):
+            verdict += " (not every run had plateaued, so this is provisional)"
+        out.append(f"`{label}` is {verdict}")
+    return out
 
 
 # -- analysis -------------------------------------------------------------------------------
@@ -244,7 +309,9 @@ def time_strategies(s: SimpleNamespace, quiet: bool) -> list:
     xs, ys, mask = adding_problem(s.T, s.BATCH, np.random.default_rng(s.SEED + 3))
     strats = strategies(s)
     with _common.pinned_blas(1):
-        bar = lambda total: _common.progress(total=total, quiet=quiet, desc=f"{NAME}: timing")
+        def bar(total: int) -> Any:
+            return _common.progress(total=total, quiet=quiet, desc=f"{NAME}: timing")
+
         return compare(model, params, xs, ys, strats, mask=mask, repeats=s.TIMING_REPEATS,
                        trace_memory=True, progress=bar)
 
@@ -263,7 +330,8 @@ def _styles(s: SimpleNamespace, labels: Sequence[str]) -> dict[str, dict]:
             out[label] = dict(color=exact_colors[e % 5], lw=2.6 - 0.4 * e, dashes=dashes[e % 5])
             e += 1
         else:
-            out[label] = dict(color=short_colors[t % len(short_colors)], lw=1.6, dashes=(None, None))
+            out[label] = dict(color=short_colors[t % len(short_colors)], lw=1.6,
+                              dashes=(None, None))
             t += 1
     return out
 
@@ -344,12 +412,12 @@ def plot_cost(rows: Sequence[dict]) -> plt.Figure:
 # -- report ---------------------------------------------------------------------------------
 
 
-def run(out: Path | str = _common.DEFAULT_OUT, *, small: bool = False, quiet: bool = False) -> Path:
+def run(out: Path | str | None = None, *, small: bool = False, quiet: bool = False) -> Path:
     """Train, time, plot and write reports/long_dependency_training/report.md; return its path."""
     s = _settings(small)
-    d = _common.report_dir(out, NAME)
+    d = _common.report_dir(out, NAME, small)
     t0 = time.perf_counter()
-    runs = train_all(s, quiet)
+    runs, seeded = train_all(s, quiet)
     train_wall = time.perf_counter() - t0
     load = os.getloadavg()[0]  # the timings below are only as quiet as the machine
     timing = {row.strategy: row for row in time_strategies(s, quiet)}
@@ -380,6 +448,8 @@ def run(out: Path | str = _common.DEFAULT_OUT, *, small: bool = False, quiet: bo
             curve_rows.append(dict(strategy=label, update=i, train_mse=loss, grad_norm=norm))
     evals = [dict(strategy=label, **e) for label, r in runs.items() for e in r["evals"]]
     diffs = curve_differences(s, runs)
+    seeds_table = over_seeds(s, seeded, threshold)
+    _common.write_csv(d / "seeds.csv", seeds_table)
 
     _common.write_csv(d / "curves.csv", curve_rows)
     _common.write_csv(d / "test_curves.csv", evals)
@@ -395,7 +465,7 @@ def run(out: Path | str = _common.DEFAULT_OUT, *, small: bool = False, quiet: bo
     _common.save_figure(plot_curves(s, runs, baseline_mse), d / "learning_curves.png")
     _common.save_figure(plot_cost(table), d / "memory_time.png")
     return write_report(d, s, runs, table, diffs, baseline_mse, baseline_acc, threshold,
-                        train_wall, load, _common.command_line(NAME, small))
+                        train_wall, load, _common.command_line(NAME, small), seeds_table)
 
 
 GRU_NOTE = ("(A GRU was chosen after trial runs outside this script: with the same settings, "
@@ -409,7 +479,8 @@ def _fmt_bytes(n: int | None) -> str:
 
 def write_report(d: Path, s: SimpleNamespace, runs: dict[str, dict], table: Sequence[dict],
                  diffs: Sequence[dict], baseline_mse: float, baseline_acc: float,
-                 threshold: float, train_wall: float, load: float, command: str) -> Path:
+                 threshold: float, train_wall: float, load: float, command: str,
+                 seeds_table: Sequence[dict] = ()) -> Path:
     strats = strategies(s)
     rows = [{
         "strategy": f"`{strats[r['strategy']].name}`",
@@ -572,6 +643,17 @@ initial params. Test MSE and accuracy are after the last update.
 
 ![memory and time per update](memory_time.png)
 
+## Over seeds: is truncation worse, or only slower?
+
+full() and each truncated strategy trained again from seeds {list(s.EXTRA_SEEDS)} (params
+and batches; the same test set): the final test MSE's median and range over
+{1 + len(s.EXTRA_SEEDS)} seeds, how many runs got below {threshold:.4f} and when (median
+update), and whether every run had plateaued (its median test MSE over the last quarter
+of the updates less than {s.PLATEAU:.0%} below the median over the quarter before).
+{"; ".join(worse_or_slower(seeds_table)) if seeds_table else ""}.
+
+{_common.md_table(seeds_table) if seeds_table else "(not run)"}
+
 ## Where the error is: test MSE by how far back each marker lies
 
 d is the number of steps from a marker to the last step (d <= k2: inside truncated(k,
@@ -592,6 +674,7 @@ k2)'s last window). The second marker is 1–{s.T // 2} steps back, the first
 - `summary.csv`, `summary.json`: the table above, settings, baselines.
 - `exact_curve_differences.csv`: the table just above.
 - `error_by_distance.csv`: the by-distance table.
+- `seeds.csv`: the table over seeds.
 
 Training ran in {s.WORKERS} process{'es' if s.WORKERS > 1 else ''} and took {train_wall:.0f} s of
 wall time; the times per update above were measured afterwards, alone.

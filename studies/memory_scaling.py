@@ -16,7 +16,7 @@ Sublinear Memory Cost" (√T checkpoints); Griewank & Walther 2000, "Algorithm 7
 Revolve" (binomial); Gruslys et al. 2016, "Memory-Efficient Backpropagation Through
 Time" (BPTT-MSM, optimal).
 
-Run: ``python -m studies.memory_scaling [--small]``.
+Run: ``bptt-memory study memory_scaling [--small] [--out DIR]``.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Sequence
+from typing import Callable, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -44,12 +44,13 @@ from bptt_memory.tasks import random_problem
 from . import _common
 
 NAME = "memory_scaling"
-COLORS = {"full": "k", "truncated": "tab:orange", "uniform": "tab:green",
-          "binomial": "tab:blue", "optimal": "tab:red"}
+COLORS = _common.STRATEGY_COLORS  # one palette for the strategies in every study
 #: The order each family's peak should grow in, as a log-log slope, and how to say it.
 EXPECTED = {"full": (1.0, "O(T)"), "truncated": (0.0, "O(k2) = O(1)"),
             "uniform": (0.5, "O(√T)"), "binomial": (0.0, "O(slots) = O(1)"),
-            "optimal": (0.0, "≤ budget = O(1)")}
+            "optimal": (0.0, "≤ budget = O(1)"),
+            "binomial_log": (0.0, "O(log T)")}
+
 
 # -- the scaling sweep: a tiny problem, so T = 10⁵ is a matter of per-step overhead -------
 CELLS = ("vanilla", "lstm", "gru")
@@ -63,6 +64,7 @@ STEPS = (10, 30, 100, 300, 1_000, 3_000, 10_000, 30_000, 100_000)  # T, half-dec
 K_TRUNCATED = 32  # truncated(k1=32, k2=32): a ring of 32 recorded steps, whatever T
 SLOTS = 16  # binomial(slots=16)
 OPTIMAL_BUDGET_STEPS = 32  # optimal's budget: 32 steps' residuals, truncated's bytes but exact
+LOG_SLOTS_PER_DOUBLING = 1  # binomial_log: slots = this × ⌈log2 T⌉
 # Run for real, under tracemalloc, up to this T; above it the peak is predicted by
 # `simulate` (tracemalloc makes a step 2-5x slower; binomial(16) at T = 10⁵ does 7·T steps)
 RUN_MAX_T = 10_000
@@ -78,8 +80,10 @@ OPTIMAL_FIT_MIN_T = 100
 # keeps 7·B·H = 28 672 float64 numbers (224 KiB), 6·B·H (192 KiB) once its c_prev links to
 # the step before (NOTE [linked steps] in bptt_memory/cells.py); full() at T = 600 holds 113 MiB
 TIMELINE = dict(cell="lstm", batch=32, hidden=128, n_in=8, T=600)
-# The strategies swept (online's memory is binomial's at the same slots)
-FAMILIES = ("full", "truncated", "uniform", "binomial", "optimal")
+# The strategies swept (online's memory is binomial's at the same slots), and binomial given
+# slots growing with log T (LOG_SLOTS_PER_DOUBLING·⌈log2 T⌉), the O(log T)-memory,
+# O(T log T)-time point of Griewank's trade-off
+FAMILIES = ("full", "truncated", "uniform", "binomial", "optimal", "binomial_log")
 TIMELINE_STRATEGIES = ("full", "uniform", "binomial", "truncated")
 # The sweep's own LSTM problem at its largest T, each strategy in its own process: the
 # exact peak measured (not predicted) at T = 10⁵, and the kernel's peak RSS beside it
@@ -104,24 +108,33 @@ SMALL = dict(STEPS=(10, 30, 100, 300), K_TRUNCATED=8, SLOTS=4, OPTIMAL_BUDGET_ST
 
 def _settings(small: bool) -> SimpleNamespace:
     names = ("CELLS", "BATCH", "HIDDEN", "N_IN", "N_OUT", "SEED", "STEPS", "K_TRUNCATED",
-             "SLOTS", "OPTIMAL_BUDGET_STEPS", "RUN_MAX_T", "OPTIMAL_MAX_T", "FIT_MIN_T",
+             "SLOTS", "OPTIMAL_BUDGET_STEPS", "LOG_SLOTS_PER_DOUBLING", "RUN_MAX_T",
+             "OPTIMAL_MAX_T", "FIT_MIN_T",
              "OPTIMAL_FIT_MIN_T", "TIMELINE", "TIMELINE_STRATEGIES", "LONG", "LONG_STRATEGIES",
              "SAMPLE_INTERVAL", "MALLOC_MMAP_THRESHOLD")
-    s = SimpleNamespace(**{k: globals()[k] for k in names})
-    if small:
-        vars(s).update(SMALL)
+    s = _common.settings(globals(), names, small)
     return s
 
 
 def _cell(kind: str, n_in: int, hidden: int) -> bm.Cell:
-    return {"vanilla": bm.vanilla, "lstm": bm.lstm, "gru": bm.gru}[kind](n_in, hidden)
+    return bm.CELLS[kind](n_in, hidden)
 
 
-def _kwargs(s: SimpleNamespace, family: str, residual_bytes: int) -> dict:
-    """Each family's parameters: fixed in T, so the slope shows the strategy's own order."""
+def _log_slots(s: SimpleNamespace, T: int) -> int:
+    return max(1, s.LOG_SLOTS_PER_DOUBLING * math.ceil(math.log2(max(T, 2))))
+
+
+def _kwargs(s: SimpleNamespace, family: str, residual_bytes: int, T: int = 1) -> dict:
+    """Each family's parameters: fixed in T, so the slope shows the strategy's own order,
+    except binomial_log's, whose slots grow with log T."""
     return {"full": {}, "truncated": dict(k1=s.K_TRUNCATED, k2=s.K_TRUNCATED), "uniform": {},
             "binomial": dict(slots=s.SLOTS), "online": dict(slots=s.SLOTS),
-            "optimal": dict(budget_bytes=s.OPTIMAL_BUDGET_STEPS * residual_bytes)}[family]
+            "optimal": dict(budget_bytes=s.OPTIMAL_BUDGET_STEPS * residual_bytes),
+            "binomial_log": dict(slots=_log_slots(s, T))}[family]
+
+
+def _factory(family: str) -> Callable[..., bm.Strategy]:
+    return bm.STRATEGIES[family.split("_")[0]]
 
 
 def _optimal_knee(s: SimpleNamespace, kind: str) -> int:
@@ -137,7 +150,8 @@ def _label(s: SimpleNamespace, family: str) -> str:
     return {"full": "full()", "truncated": f"truncated(k1={s.K_TRUNCATED}, k2={s.K_TRUNCATED})",
             "uniform": "uniform(), every round(√T)", "binomial": f"binomial(slots={s.SLOTS})",
             "online": f"online(slots={s.SLOTS})",
-            "optimal": f"optimal({s.OPTIMAL_BUDGET_STEPS} steps' residual bytes)"}[family]
+            "optimal": f"optimal({s.OPTIMAL_BUDGET_STEPS} steps' residual bytes)",
+            "binomial_log": f"binomial(slots={s.LOG_SLOTS_PER_DOUBLING}·⌈log2 T⌉)"}[family]
 
 
 def _predicted_peak(strategy: bm.Strategy, T: int, sizes: dict[str, int]) -> int:
@@ -171,7 +185,7 @@ def sweep(s: SimpleNamespace, quiet: bool) -> list[dict]:
             cell = _cell(kind, s.N_IN, s.HIDDEN)
             model = bm.Model(cell, n_out=s.N_OUT)
             sizes = cell.sizes(s.BATCH, DTYPE)
-            strategy = bm.STRATEGIES[family](**_kwargs(s, family, sizes["residual_bytes"]))
+            strategy = _factory(family)(**_kwargs(s, family, sizes["residual_bytes"], T))
             row = dict(cell=kind, family=family, strategy=strategy.name, T=T, source="predicted",
                        peak_bytes=None, traced_peak_bytes=None, traced_allowance=None,
                        predicted_peak_bytes=_predicted_peak(strategy, T, sizes),
@@ -214,12 +228,25 @@ def slopes(s: SimpleNamespace, rows: Sequence[dict]) -> list[dict]:
                 expected=_expected_slope(s, kind, family, [r["T"] for r in meas or rs]),
                 slope_measured=_slope([r["T"] for r in meas], [r["peak_bytes"] for r in meas]),
                 slope_traced=_slope([r["T"] for r in meas], [r["traced_peak_bytes"] for r in meas]),
+                slope_traced_minus_floor=_slope(
+                    [r["T"] for r in meas], _minus_floor([r["traced_peak_bytes"] for r in meas],
+                                                         [r["peak_bytes"] for r in meas])),
                 measured_T=_span(meas),
                 slope_with_predicted=_slope([r["T"] for r in rs],
                                             [r["predicted_peak_bytes"] for r in rs]),
                 all_T=_span(rs),
             ))
     return out
+
+
+def _minus_floor(traced: Sequence[int], exact: Sequence[int]) -> list[float]:
+    """tracemalloc's peaks less its fixed floor, the smallest excess over the exact peak
+    over the points (grads, chunk buffers, interpreter objects: whatever does not grow
+    with T), so that a growing O(1) or O(log T) figure is not hidden under a flat one."""
+    if not traced:
+        return []
+    floor = min(a - b for a, b in zip(traced, exact))
+    return [max(a - floor, 1.0) for a in traced]
 
 
 def _expected_slope(s: SimpleNamespace, kind: str, family: str, Ts: Sequence[int]) -> float:
@@ -230,9 +257,12 @@ def _expected_slope(s: SimpleNamespace, kind: str, family: str, Ts: Sequence[int
     bptt_memory/cells.py), so its slope is 1 only as T grows; that of the exact formula over
     the same T is expected. The others, their order's slope.
     """
-    if family != "full" or len(Ts) < 2:
+    if family not in ("full", "binomial_log") or len(Ts) < 2:
         return EXPECTED[family][0]
     cell = _cell(kind, s.N_IN, s.HIDDEN)
+    if family == "binomial_log":  # slots states and one step's residuals
+        sb, rb = cell.state_bytes(s.BATCH, DTYPE), cell.residual_bytes(s.BATCH, DTYPE)
+        return _slope(Ts, [min(_log_slots(s, T), T) * sb + rb for T in Ts])
     return _slope(Ts, [cell.recorded_bytes(T, s.BATCH, DTYPE) for T in Ts])
 
 
@@ -264,7 +294,7 @@ import bptt_memory as bm
 from bptt_memory.tasks import random_problem
 
 a = json.loads(sys.argv[1])
-cell = {"vanilla": bm.vanilla, "lstm": bm.lstm, "gru": bm.gru}[a["cell"]](a["n_in"], a["hidden"])
+cell = bm.CELLS[a["cell"]](a["n_in"], a["hidden"])
 model = bm.Model(cell, n_out=a["n_out"])
 rng = np.random.default_rng(a["seed"])
 params = model.init(rng)
@@ -366,11 +396,12 @@ def plot_scaling(s: SimpleNamespace, rows: Sequence[dict], rss: Sequence[dict]) 
             rs = [r for r in rows if r["cell"] == kind and r["family"] == family]
             if not rs:
                 continue
-            c = COLORS[family]
+            c = COLORS[family.split("_")[0]]
             meas = [r for r in rs if r["source"] == "measured"]
             pred = [r for r in rs if r["source"] == "predicted"]
-            ax.plot([r["T"] for r in meas], [r["peak_bytes"] for r in meas], "o-", color=c,
-                    ms=4, label=_label(s, family))
+            ax.plot([r["T"] for r in meas], [r["peak_bytes"] for r in meas],
+                    "s-" if family == "binomial_log" else "o-", color=c, ms=4,
+                    label=_label(s, family))
             ax.plot([r["T"] for r in meas], [r["traced_peak_bytes"] for r in meas], "x:",
                     color=c, ms=4, lw=1)
             if pred:  # dashed from the last measured point on
@@ -525,16 +556,23 @@ def write_report(d: Path, s: SimpleNamespace, rows: Sequence[dict], fits: Sequen
     findings = []
     for f in FAMILIES:
         fs = [r for r in fits if r["family"] == f]
-        expected = (f"{EXPECTED[f][0]:g} expected" if f != "full" else
-                    f"{_range([r['expected'] for r in fs])} expected at the measured T, that "
-                    "of its exact peak rb + (T − 1)·(rb − lb), rb being a recorded step's "
-                    "bytes and lb what a step shares with the one before it")
+        if f == "binomial_log":
+            expected = (f"{_range([r['expected'] for r in fs])} expected at the measured T, "
+                        "that of its peak, ⌈log2 T⌉ states and one step: 1/ln T, so O(log T) "
+                        "shows as a slope near 0.1 here and never as 0")
+        elif f == "full":
+            expected = (f"{_range([r['expected'] for r in fs])} expected at the measured T, "
+                        "that of its exact peak rb + (T − 1)·(rb − lb), rb being a recorded "
+                        "step's bytes and lb what a step shares with the one before it")
+        else:
+            expected = f"{EXPECTED[f][0]:g} expected"
         findings.append(
             f"- **{f}** ({EXPECTED[f][1]}; slope {expected}): fitted slope of "
             f"the exact peak {_range([r['slope_measured'] for r in fs])} on measured points, "
             f"{_range([r['slope_with_predicted'] for r in fs])} with the predicted ones; "
-            f"tracemalloc's peak {_range([r['slope_traced'] for r in fs])} (range over "
-            f"{', '.join(s.CELLS)}).")
+            f"tracemalloc's peak {_range([r['slope_traced'] for r in fs])}, and "
+            f"{_range([r['slope_traced_minus_floor'] for r in fs])} with its fixed floor "
+            f"subtracted (range over {', '.join(s.CELLS)}).")
 
     long_rows = [r for r in rss if r["part"] == "long"]
     long_checks = []
@@ -593,7 +631,15 @@ def write_report(d: Path, s: SimpleNamespace, rows: Sequence[dict], fits: Sequen
         findings.append(
             f"- At T = {top} ({lt['cell']}) full() holds {format_bytes(fb)}, "
             f"binomial(slots={s.SLOTS}) {format_bytes(bb)}: {fb / bb:,.0f} times less for the "
-            "same exact gradient.")
+            "same exact gradient (exact bytes).")
+        by_rss = {r["family"]: r for r in long_rows}
+        if "full" in by_rss and "binomial" in by_rss and by_rss["binomial"]["rss_rise"] > 0:
+            fr, br = by_rss["full"], by_rss["binomial"]
+            findings[-1] += (
+                f" By the kernel's peak RSS in fresh processes at T = {fr['T']} "
+                f"({lt['cell']}): {fr['rss_rise'] / br['rss_rise']:,.0f} times "
+                f"({format_bytes(fr['rss_rise'])} against {format_bytes(br['rss_rise'])}), "
+                "the interpreter's and the allocator's own growth included.")
 
     timeline = [r for r in rss if r["part"] == "timeline"]
     t_full = next((r for r in timeline if r["family"] == "full"), None)
@@ -757,11 +803,11 @@ def check(rows: Sequence[dict]) -> dict:
     )
 
 
-def run(out: Path | str = _common.DEFAULT_OUT, *, small: bool = False, quiet: bool = False) -> Path:
+def run(out: Path | str | None = None, *, small: bool = False, quiet: bool = False) -> Path:
     """Sweep T, run the fresh processes, write reports/memory_scaling/; return report.md."""
     start = time.perf_counter()
     s = _settings(small)
-    d = _common.report_dir(out, NAME)
+    d = _common.report_dir(out, NAME, small)
     rows = sweep(s, quiet)
     fits = slopes(s, rows)
     checks = check(rows)

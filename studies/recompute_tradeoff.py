@@ -18,7 +18,7 @@ References: Chen et al. 2016, "Training Deep Nets with Sublinear Memory Cost" (u
 Griewank & Walther 2000, "Algorithm 799: Revolve", eq. 2 (binomial); Gruslys et al. 2016,
 "Memory-Efficient Backpropagation Through Time", NeurIPS, abstract and Sec. 3.4 (optimal).
 
-Run: ``python -m studies.recompute_tradeoff [--small]``.
+Run: ``bptt-memory study recompute_tradeoff [--small] [--out DIR]``.
 """
 
 from __future__ import annotations
@@ -27,11 +27,10 @@ import concurrent.futures
 import math
 import multiprocessing
 import os
-import statistics
 import time
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Sequence
+from typing import Callable, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -39,12 +38,13 @@ import numpy as np
 import bptt_memory as bm
 from bptt_memory.compare import format_bytes, grad_error
 from bptt_memory.tasks import random_problem
+from bptt_memory.timing import interleaved
 
 from . import _common
 
 NAME = "recompute_tradeoff"
 STRATEGIES = ("uniform", "binomial", "optimal")
-COLORS = {"full": "k", "uniform": "tab:green", "binomial": "tab:blue", "optimal": "tab:red"}
+COLORS = _common.STRATEGY_COLORS  # one palette for the strategies in every study
 
 # -- the model ------------------------------------------------------------------------
 BATCH = 32  # B
@@ -83,9 +83,7 @@ def _settings(small: bool) -> SimpleNamespace:
     names = ("BATCH", "N_IN", "HIDDEN", "N_OUT", "STEPS", "FRACTIONS", "TINY_FRACTIONS",
              "OPTIMAL_MAX_WORK", "TIMED_STEPS", "TIMED_FRACTIONS", "REPEATS", "SEED",
              "HEADLINE_FRACTION", "HEADLINE_TIME_RATIO", "HEADLINE_SLACK")
-    s = SimpleNamespace(**{k: globals()[k] for k in names})
-    if small:
-        vars(s).update(SMALL)
+    s = _common.settings(globals(), names, small)
     if s.TIMED_STEPS not in s.STEPS:
         raise ValueError(f"TIMED_STEPS={s.TIMED_STEPS} must be one of STEPS={s.STEPS}")
     return s
@@ -127,7 +125,8 @@ def _predicted_steps(strategy: bm.ScheduledStrategy, T: int, sb: int, rb: int, l
 
 
 def frontier(s: SimpleNamespace, T: int, quiet: bool) -> tuple[list[dict], list[float]]:
-    """One row per (strategy, budget) that fits, exact from `simulate`; and optimal's skipped budgets.
+    """One row per (strategy, budget) that fits, exact from `simulate`; and optimal's
+    skipped budgets.
 
     NOTE [optimal's memo] `optimal` keeps one cost table per item sizes in units and
     grows it to answer the largest T and the largest budget asked so far, together. After
@@ -208,7 +207,8 @@ def check_frontier(rows: Sequence[dict]) -> list[str]:
         for a, b in zip(pts, pts[1:]):
             if b["forward_steps"] > a["forward_steps"]:
                 bad.append(f"T={T} {name}: {b['forward_steps']} forward steps at "
-                           f"{b['budget_fraction']:g} > {a['forward_steps']} at {a['budget_fraction']:g}")
+                           f"{b['budget_fraction']:g} > {a['forward_steps']} at "
+                           f"{a['budget_fraction']:g}")
         for r in pts:
             if r["forward_steps"] != r["predicted_forward_steps"]:
                 bad.append(f"T={T} {name} {r['parameter']}={r['value']}: simulate counts "
@@ -250,35 +250,34 @@ def timing(s: SimpleNamespace, quiet: bool) -> tuple[list[dict], dict]:
                 runs[f"{name}@{f:g}"] = (name, chosen[1], chosen[2], f, chosen[0])
     keys = list(runs)
     load_before = os.getloadavg()
-    results, times = {}, {k: [] for k in keys}
     bar = _common.progress(total=len(keys) * (1 + s.REPEATS), quiet=quiet, desc=f"{NAME} timing")
-    with _common.pinned_blas(1):
-        for k in keys:  # warm-up: builds optimal's tables, and the result we check
-            results[k] = runs[k][4].run(model, params, xs, ys)
-            bar.update()
-        # interleaved rounds in bm.compare's order: rotating, and reversed every other
-        # round, so no strategy always runs first or after the same one (NOTE [round
-        # order] in bptt_memory/compare.py)
-        for order in bm.compare.round_orders(keys, s.REPEATS):
-            for k in order:
-                t0 = time.perf_counter()
-                runs[k][4].run(model, params, xs, ys)
-                times[k].append(time.perf_counter() - t0)
-                bar.update()
+
+    def runner(strategy: bm.Strategy) -> Callable[[], bm.Result]:
+        return lambda: strategy.run(model, params, xs, ys)
+
+    # one warm-up run each (it builds optimal's tables, and gives the result we check),
+    # then interleaved rounds on one BLAS thread (NOTE [round order] in bptt_memory/timing.py)
+    timings = interleaved({k: runner(runs[k][4]) for k in keys}, s.REPEATS, threads=1,
+                          progress=bar.update)
     bar.close()
+    times = {k: list(t.wall) for k, t in timings.items()}
+    results = {k: t.value for k, t in timings.items()}
     load_after = os.getloadavg()
-    base = statistics.median(times["full"])
+    base = timings["full"].median
     exact = results["full"]
     rows = []
     for k in keys:
         name, parameter, value, f, strategy = runs[k]
         st = results[k].stats
-        med = statistics.median(times[k])
+        med = timings[k].median
         rows.append(dict(strategy=name, parameter=parameter, value=value, budget_fraction=f,
                          peak_bytes=st.peak_bytes, memory_fraction=st.peak_bytes / full_bytes,
                          forward_steps=st.forward_steps, recompute_factor=st.forward_steps / T,
                          seconds_median=med, seconds_min=min(times[k]), seconds_max=max(times[k]),
-                         time_ratio=med / base, time_ratio_of_minima=min(times[k]) / min(times["full"]),
+                         time_ratio=med / base,
+                         time_ratio_low=min(timings[k].ratios(timings["full"])),
+                         time_ratio_high=max(timings[k].ratios(timings["full"])),
+                         time_ratio_of_minima=min(times[k]) / min(times["full"]),
                          actions=bm.simulate(strategy.iter_schedule(T, **sizes), n_steps=T).actions,
                          grad_rel_error=grad_error(results[k].grads, exact.grads)[0]))
     meta = dict(T=T, raw_seconds=times, load_average_before=load_before,
@@ -333,7 +332,8 @@ def plot_frontier(s: SimpleNamespace, rows: Sequence[dict], curve: Sequence[dict
         ax.set_ylabel("forward steps / T (recompute factor)")
         title = f"LSTM, T = {T}"
         if skipped.get(T):
-            title += f"\n(optimal only up to {_pct(_max_optimal_fraction(rows, T))} of full: O(T²·m))"
+            title += (f"\n(optimal only up to {_pct(_max_optimal_fraction(rows, T))} of full: "
+                      "O(T²·m))")
         ax.set_title(title, fontsize=10)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
@@ -372,7 +372,8 @@ def plot_time(s: SimpleNamespace, rows: Sequence[dict], alpha: float) -> plt.Fig
     a.set_xscale("log")
     a.set_xlabel("peak memory / full()'s peak bytes")
     a.set_ylabel("ratio to full()")
-    a.set_title(f"Measured at T = {s.TIMED_STEPS} (medians of {s.REPEATS}, interleaved)", fontsize=10)
+    a.set_title(f"Measured at T = {s.TIMED_STEPS} (medians of {s.REPEATS}, interleaved)",
+                fontsize=10)
     a.grid(True, which="both", alpha=0.3)
     a.legend(fontsize=7)
     fs = np.linspace(1, max([r["recompute_factor"] for r in rows] + [2.0]), 50)
@@ -394,7 +395,8 @@ def plot_time(s: SimpleNamespace, rows: Sequence[dict], alpha: float) -> plt.Fig
 
 def _at(rows: Sequence[dict], fraction: float, **match: object) -> dict | None:
     for r in rows:
-        if math.isclose(r["budget_fraction"], fraction) and all(r[k] == v for k, v in match.items()):
+        if (math.isclose(r["budget_fraction"], fraction)
+                and all(r[k] == v for k, v in match.items())):
             return r
     return None
 
@@ -422,7 +424,8 @@ def _frontier_table(rows: Sequence[dict], T: int, fractions: Sequence[float]) ->
     return _common.md_table(table)
 
 
-def _headline(s: SimpleNamespace, rows: Sequence[dict], timed: Sequence[dict]) -> tuple[list[dict], dict]:
+def _headline(s: SimpleNamespace, rows: Sequence[dict],
+              timed: Sequence[dict]) -> tuple[list[dict], dict]:
     T, f = s.TIMED_STEPS, s.HEADLINE_FRACTION
     table = []
     for name in STRATEGIES:
@@ -494,17 +497,19 @@ def write_report(d: Path, s: SimpleNamespace, rows: list[dict], timed: list[dict
         if with_b:
             vs_uniform.append(
                 f"at T = {T} uniform needs fewer forward steps than binomial at {len(wins)} of "
-                f"{len(with_b)} budgets where both fit (F {min(u['recompute_factor'] for u in with_b):.3g}"
+                f"{len(with_b)} budgets where both fit "
+                f"(F {min(u['recompute_factor'] for u in with_b):.3g}"
                 f"–{max(u['recompute_factor'] for u in with_b):.3g}: it keeps whole segments' "
                 "residuals, which binomial never does)"
                 + (f", and up to {max(ratio):.2f}× the forward steps of optimal" if ratio else ""))
     opt_t = _at(timed, f, strategy="optimal")
     verdict_text = (
-        f"**{'Met' if verdict['met'] else 'Not met'}.** At T = {T0} and a budget of "
+        f"**{_common.verdict(verdict['met'], s.small).capitalize()}.** At T = {T0} and a budget of "
         f"{_pct(f)} of full()'s bytes, `optimal` holds {_pct(verdict['optimal_memory_fraction'])}, "
         f"does {verdict['optimal_recompute_factor']:.3g}× the forward steps of full() and measures "
         f"{verdict['optimal_time_ratio']:.4g}× its wall time (median; "
-        + (f"{opt_t['time_ratio_of_minima']:.3g}× between the fastest runs" if opt_t else "not timed")
+        + (f"{opt_t['time_ratio_of_minima']:.3g}× between the fastest runs" if opt_t
+           else "not timed")
         + f"), against Gruslys et al.'s ≈ {s.HEADLINE_TIME_RATIO:.3g}× (criterion: median ≤ "
         f"{s.HEADLINE_TIME_RATIO * (1 + s.HEADLINE_SLACK):.3g}×)."
     )
@@ -572,7 +577,8 @@ def write_report(d: Path, s: SimpleNamespace, rows: list[dict], timed: list[dict
         f"full ({len(v)} larger budgets skipped)" for T, v in skipped.items() if v) or "none"
     load0, load1 = meta["load_average_before"], meta["load_average_after"]
     planning = ", ".join(
-        f"{name} {sum(r['plan_seconds'] for r in rows if r['T'] == T and r['strategy'] == name):.1f} s"
+        f"{name} "
+        f"{sum(r['plan_seconds'] for r in rows if r['T'] == T and r['strategy'] == name):.1f} s"
         f" at T = {T}" for T in s.STEPS for name in STRATEGIES)
     timed_table = [{"strategy": r["strategy"], "parameter": r["parameter"], "value": r["value"],
                     "budget": _pct(r["budget_fraction"]), "peak": _pct(r["memory_fraction"]),
@@ -717,11 +723,12 @@ def _in_fresh_process(fn, *args):  # type: ignore[no-untyped-def]
         return pool.submit(fn, *args).result()
 
 
-def run(out: Path | str = _common.DEFAULT_OUT, *, small: bool = False, quiet: bool = False) -> Path:
-    """Compute the frontier, time the subset, write reports/recompute_tradeoff/; return report.md."""
+def run(out: Path | str | None = None, *, small: bool = False, quiet: bool = False) -> Path:
+    """Compute the frontier, time the subset, write reports/recompute_tradeoff/; return
+    report.md."""
     start = time.perf_counter()
     s = _settings(small)
-    d = _common.report_dir(out, NAME)
+    d = _common.report_dir(out, NAME, small)
     rows, curve, skipped = [], [], {}
     timed, meta = [], {}
     for T in s.STEPS:

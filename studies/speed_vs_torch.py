@@ -24,9 +24,10 @@ user gets it.
 NOTE [fair timing] Everything runs in one process. For each configuration every
 contender first runs once untimed, to warm up and to measure its memory, then REPEATS
 timed rounds (TARGET_1_REPEATS where target 1 is judged: NOTE [target 1 rounds]) follow
-in which every contender runs once, in `bm.compare.round_orders`' order: rotating from round to round so drift and neighbours' load hit all of them alike,
+in which every contender runs once, in `bptt_memory.timing.round_orders`' order: rotating
+from round to round so drift and neighbours' load hit all of them alike,
 and reversed every other round so no contender always runs right after the same one
-(NOTE [round order] in `bptt_memory/compare.py`: at toy sizes, whoever followed torch's
+(NOTE [round order] in `bptt_memory/timing.py`: at toy sizes, whoever followed torch's
 checkpointed loop took about 0.3 ms more in every round). Medians are reported, with
 CPU time (`time.process_time`) beside wall time because the machine may be shared. numpy's
 BLAS is pinned to THREADS threads with threadpoolctl and torch to the same count with
@@ -57,13 +58,11 @@ peak_bytes ≤ its memory (3b: the same for optimal at the loop's bytes); (4) fo
 and optimal, time / full()'s time ≤ 1.05× the ratio predicted from the simulator's step
 counts, (F·f + T·b) / (T·(f + b)), with f and b full()'s measured seconds per forward and
 per backward step. Where a time target is missed, one run of the contender is profiled
-with cProfile and summarised, and a further run is split into the time inside matrix
-products and the rest (NOTE [product time]); each target-3 miss carries the ratio the
-recomputation alone would give at full()'s step costs (NOTE [recomputation bound]), and
-the ratio its matrix products alone would give, each at the fastest it runs with its
-operands in cache (NOTE [product bound]).
+with cProfile and summarised; each target-3 miss carries the ratio the recomputation
+alone would give at full()'s step costs (NOTE [recomputation bound]). (The split of a run
+into matrix products and the rest waits for a profiling hook: NOTE [product time].)
 
-Run: ``python -m studies.speed_vs_torch [--small] [--out DIR] [--quiet]`` (the full grid
+Run: ``bptt-memory study speed_vs_torch [--small] [--out DIR] [--quiet]`` (the full grid
 takes about 25 minutes here); writes DIR/speed_vs_torch/report.md, time.png,
 memory.png, ratios.png, results.csv, targets.csv and results.json.
 """
@@ -71,16 +70,13 @@ memory.png, ratios.png, results.csv, targets.csv and results.json.
 from __future__ import annotations
 
 import cProfile
-import collections
-import contextlib
-import gc
 import importlib.metadata
 import io
 import math
 import os
 import pstats
-import resource
 import statistics
+import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -89,6 +85,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 import bptt_memory as bm
+from bptt_memory.timing import interleaved, round_orders
 
 from . import _common
 from ._common import plt
@@ -110,8 +107,6 @@ THREADS = 1  # BLAS threads for numpy (threadpoolctl) and torch (set_num_threads
 REPEATS = 5  # timed rounds per configuration, every one of them; medians are reported
 TARGET_1_REPEATS = 15  # timed rounds where target 1 is judged (NOTE [target 1 rounds])
 MAX_PROFILES = 5  # cProfile summaries of missed time targets, one per target first
-PRODUCT_REPEATS = 20  # timed calls of each distinct product for a product bound (the fastest)
-SQUARE_N = 1024  # the square product that shows the best rate of this BLAS on this machine
 PROFILE_LINES = 14  # functions per summary, by own time
 SEED = 0
 # -- the targets -------------------------------------------------------------------------
@@ -124,8 +119,7 @@ TARGET_OPTIMAL_VS_CHECKPOINT_TIME = 0.7  # (3)
 TARGET_PREDICTION_SLACK = 1.05  # (4)
 # -- toy sizes for --small (seconds; torch contenders still run when torch is installed) --
 SMALL = dict(BATCH=4, N_IN=3, HIDDEN=(8,), STEPS=(12,), N_OUT=2, REPEATS=5, TARGET_1_REPEATS=7,
-             TARGET_1_HIDDEN=8, TARGET_1_STEPS=12, MAX_PROFILES=2, PRODUCT_REPEATS=3,
-             SQUARE_N=64)
+             TARGET_1_HIDDEN=8, TARGET_1_STEPS=12, MAX_PROFILES=2)
 
 OURS = ("full", "binomial", "optimal")
 NUMPY_KERNELS = ("full_numpy",)  # full() on numpy's kernels where the cell has fused ones
@@ -136,22 +130,21 @@ LABELS = {"full": "full()", "full_numpy": "full(), numpy kernels", "binomial": "
           "optimal": "optimal(5%)",
           "optimal_matched": "optimal(ckpt bytes)", "torch_fused": "torch fused",
           "torch_loop": "torch cell loop", "torch_checkpoint": "torch loop + checkpoint(√T)"}
-COLORS = {"full": "#1f77b4", "full_numpy": "#17becf", "binomial": "#2ca02c", "optimal": "#9467bd",
-          "optimal_matched": "#e377c2", "torch_fused": "#d62728", "torch_loop": "#ff7f0e",
+# our strategies in the studies' one palette; their variants and torch's contenders in
+# colours of their own, none of them the palette's
+COLORS = {**{n: _common.STRATEGY_COLORS[n] for n in OURS}, "full_numpy": "#17becf",
+          "optimal_matched": "#e377c2", "torch_fused": "0.2", "torch_loop": "0.6",
           "torch_checkpoint": "#8c564b"}
 PARAM_NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_out", "bias_out")
 
 
 def _settings(small: bool) -> SimpleNamespace:
     names = ("CELLS", "BATCH", "N_IN", "HIDDEN", "STEPS", "DTYPES", "N_OUT", "OPTIMAL_FRACTION",
-             "THREADS", "REPEATS", "TARGET_1_REPEATS", "MAX_PROFILES", "PRODUCT_REPEATS",
-             "SQUARE_N", "PROFILE_LINES", "SEED", "TARGET_FULL_VS_FUSED_TIME", "TARGET_1_CELLS",
+             "THREADS", "REPEATS", "TARGET_1_REPEATS", "MAX_PROFILES",
+             "PROFILE_LINES", "SEED", "TARGET_FULL_VS_FUSED_TIME", "TARGET_1_CELLS",
              "TARGET_1_HIDDEN", "TARGET_1_STEPS", "TARGET_FULL_VS_FUSED_MEMORY",
              "TARGET_OPTIMAL_VS_CHECKPOINT_TIME", "TARGET_PREDICTION_SLACK")
-    s = {n: globals()[n] for n in names}
-    if small:
-        s.update(SMALL)
-    return SimpleNamespace(**s)
+    return _common.settings(globals(), names, small)
 
 
 def _load_torch() -> Any:
@@ -167,7 +160,7 @@ def _load_torch() -> Any:
 
 
 def _problem(s: SimpleNamespace, kind: str, H: int, T: int, dtype: str):  # type: ignore[no-untyped-def]
-    cell = getattr(bm, kind)(s.N_IN, H)
+    cell = bm.CELLS[kind](s.N_IN, H)
     model = bm.Model(cell, s.N_OUT, loss="mse")
     rng = np.random.default_rng([s.SEED, H, T, len(kind)])
     params = model.init(rng, dtype)
@@ -208,7 +201,8 @@ class _Torch:
         self.h0 = torch.zeros(B, H, dtype=tdt)
         self.segment = max(1, round(math.sqrt(T)))
         r = self.readout
-        self.fused_params = [getattr(self.fused, f"{n}_l0") for n in PARAM_NAMES[:4]] + [r.weight, r.bias]
+        self.fused_params = ([getattr(self.fused, f"{n}_l0") for n in PARAM_NAMES[:4]]
+                             + [r.weight, r.bias])
         self.cell_params = [getattr(self.cell, n) for n in PARAM_NAMES[:4]] + [r.weight, r.bias]
         self.inputs = [self.x, self.y]
 
@@ -364,15 +358,18 @@ def measure_config(s: SimpleNamespace, torch: Any, kind: str, H: int, T: int,
     for name, st in strategies.items():
         r = st.run(models[name], params, xs, ys, trace_memory=True)
         grads[name] = r.grads
-        info[name].update(memory_bytes=r.stats.peak_bytes, traced_peak_bytes=r.stats.traced_peak_bytes,
-                          forward_steps=r.stats.forward_steps, backward_steps=r.stats.backward_steps,
+        info[name].update(memory_bytes=r.stats.peak_bytes,
+                          traced_peak_bytes=r.stats.traced_peak_bytes,
+                          forward_steps=r.stats.forward_steps,
+                          backward_steps=r.stats.backward_steps,
                           loss=r.loss, grad_rel_error=None)
     for name in THEIRS if tc is not None else ():
         held, loss, grads[name] = tc.saved_bytes(name)
         info[name].update(memory_bytes=held, traced_peak_bytes=None, forward_steps=None,
                           backward_steps=None, loss=loss, grad_rel_error=None)
     if tc is not None:  # optimal at the checkpointed loop's bytes: NOTE [matched memory]
-        budget = max(model.cell.residual_bytes(s.BATCH, dtype), info["torch_checkpoint"]["memory_bytes"])
+        budget = max(model.cell.residual_bytes(s.BATCH, dtype),
+                     info["torch_checkpoint"]["memory_bytes"])
         st = strategies["optimal_matched"] = bm.optimal(budget_bytes=budget)
         runs["optimal_matched"] = lambda st=st: st.run(model, params, xs, ys)
         runs = {n: runs[n] for n in CONTENDERS if n in runs}
@@ -385,36 +382,27 @@ def measure_config(s: SimpleNamespace, torch: Any, kind: str, H: int, T: int,
             info[name]["grad_rel_error"] = _grad_rel_error(grads[name], grads["torch_fused"])
     del grads
 
-    # timed rounds, interleaved: rotating, and reversed every other round (NOTE [fair timing])
+    # timed rounds, interleaved: rotating, and reversed every other round, the garbage
+    # collector off inside each run as in timeit (NOTE [fair timing]; the one harness,
+    # bptt_memory.timing); the runs above were the warm-up
     names = list(runs)
-    orders = bm.compare.round_orders(names, repeats)
-    wall: dict[str, list[float]] = {n: [] for n in names}
-    cpu: dict[str, list[float]] = {n: [] for n in names}
-    faults: dict[str, list[int]] = {n: [] for n in names}
-    user: dict[str, list[float]] = {n: [] for n in names}  # CPU time in user mode ...
-    system: dict[str, list[float]] = {n: [] for n in names}  # ... and in the kernel
+    orders = round_orders(names, repeats)
     phases: dict[str, list[tuple[float, float]]] = {n: [] for n in strategies}
-    gc.collect()
-    for order in orders:
-        for name in order:
-            gc.disable()  # like timeit: neither library makes reference cycles
-            try:
-                u0 = resource.getrusage(resource.RUSAGE_SELF)
-                w0, c0 = time.perf_counter(), time.process_time()
-                out = runs[name]()
-                c1, w1 = time.process_time(), time.perf_counter()
-                u1 = resource.getrusage(resource.RUSAGE_SELF)
-            finally:
-                gc.enable()
-            wall[name].append(w1 - w0)
-            cpu[name].append(c1 - c0)
-            faults[name].append(u1.ru_minflt - u0.ru_minflt)
-            user[name].append(u1.ru_utime - u0.ru_utime)
-            system[name].append(u1.ru_stime - u0.ru_stime)
+
+    def timed(name: str) -> Callable[[], None]:
+        def run() -> None:
+            out = runs[name]()
             if name in strategies:
                 phases[name].append((out.stats.extra["forward_seconds"],
                                      out.stats.extra["backward_seconds"]))
-            del out
+        return run
+
+    timings = interleaved({n: timed(n) for n in names}, repeats, warmup=False, threads=None)
+    wall = {n: list(t.wall) for n, t in timings.items()}
+    user = {n: list(t.cpu or ()) for n, t in timings.items()}  # CPU time in user mode ...
+    system = {n: list(t.system or ()) for n, t in timings.items()}  # ... and in the kernel
+    cpu = {n: [u + k for u, k in zip(user[n], system[n])] for n in names}
+    faults = {n: list(t.faults or ()) for n, t in timings.items()}
 
     rows = []
     for name in names:
@@ -444,7 +432,8 @@ def measure_config(s: SimpleNamespace, torch: Any, kind: str, H: int, T: int,
         r["ratio_to_full"] = r["wall_median"] / base["full"]["wall_median"]
     meta = dict(load_before=load_before, load_after=os.getloadavg()[0],
                 probe_before=probe_before, probe_after=machine_probe(), repeats=repeats,
-                raw_wall=wall, raw_cpu=cpu, raw_page_faults=faults, raw_phases=phases, orders=orders,
+                raw_wall=wall, raw_cpu=cpu, raw_page_faults=faults, raw_phases=phases,
+                orders=orders,
                 strategies={n: st.name for n, st in strategies.items()},
                 **model.cell.sizes(s.BATCH, dtype))
     return rows, meta
@@ -479,8 +468,7 @@ def evaluate_targets(s: SimpleNamespace, rows: Sequence[dict]) -> list[dict]:
                         budget_bytes=c.get("budget_bytes"), bound=bound,
                         fused_user_seconds=fused_user_seconds, fastest=fastest,
                         own_forward=own_forward, own_backward=own_backward,
-                        outside_share=outside_share, product_bound=None, product_rate=None,
-                        square_bound=None))
+                        outside_share=outside_share))
 
     for key, c in by.items():
         full = c["full"]
@@ -496,7 +484,8 @@ def evaluate_targets(s: SimpleNamespace, rows: Sequence[dict]) -> list[dict]:
             if (key[0] in s.TARGET_1_CELLS and key[1] == s.TARGET_1_HIDDEN
                     and key[2] == s.TARGET_1_STEPS):
                 ratio = full["wall_median"] / fused["wall_median"]
-                user_ratio = full["user_median"] / fused["user_median"] if fused["user_median"] else None
+                user_ratio = (full["user_median"] / fused["user_median"] if fused["user_median"]
+                              else None)
                 # NOTE [target 1 in both times]: met only within the limit in wall time and in
                 # user-mode CPU time; a run where torch faults in fresh pages and full() does
                 # not (or the reverse) decides nothing about the two kernels
@@ -504,12 +493,14 @@ def evaluate_targets(s: SimpleNamespace, rows: Sequence[dict]) -> list[dict]:
                 numpy_ = c.get("full_numpy")  # NOTE [numpy kernels]
                 add("1", full, "full() time / torch fused time", ratio,
                     s.TARGET_FULL_VS_FUSED_TIME, met, "full",
-                    f"user-mode CPU time ratio {_ratio(full['user_median'], fused['user_median'])}; "
+                    "user-mode CPU time ratio "
+                    f"{_ratio(full['user_median'], fused['user_median'])}; "
                     f"page faults per run: full() {full['page_faults_median']:.0f}, torch "
                     f"{fused['page_faults_median']:.0f}"
                     + ("" if numpy_ is None else
-                       f"; full() on numpy's kernels: {_ratio(numpy_['wall_median'], fused['wall_median'])}"
-                       f" wall, {_ratio(numpy_['user_median'], fused['user_median'])} user-mode CPU"),
+                       "; full() on numpy's kernels: "
+                       f"{_ratio(numpy_['wall_median'], fused['wall_median'])} wall, "
+                       f"{_ratio(numpy_['user_median'], fused['user_median'])} user-mode CPU"),
                     user_ratio=user_ratio, fused_user_seconds=fused["user_median"])
             ratio = full["memory_bytes"] / fused["memory_bytes"]
             add("2", full, "full() peak_bytes / torch fused saved bytes", ratio,
@@ -566,142 +557,16 @@ def _own_steps(st: dict, f: float, b: float) -> tuple[dict, str]:
 # -- where the time goes -----------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def timed_products() -> Any:
-    """Yield a one-item list that ends up holding the seconds spent inside `np.matmul`
-    while the block ran, timed call by call.
-
-    NOTE [product time] The executor and the cell kernels make every matrix product with
-    `np.matmul` (never `@` or `np.dot`), so this splits a run into its matrix products,
-    which run at what BLAS can do, and everything else: elementwise passes, copies and
-    Python. `np.matmul` is swapped for a timing wrapper only inside the block.
-    """
-    real, inside = np.matmul, [0.0]
-
-    def timed(*args: Any, **kwargs: Any) -> Any:
-        t0 = time.perf_counter()
-        try:
-            return real(*args, **kwargs)
-        finally:
-            inside[0] += time.perf_counter() - t0
-
-    with _matmul_replaced(timed):
-        yield inside
-
-
-@contextlib.contextmanager
-def _matmul_replaced(wrapper: Callable[..., Any]) -> Any:
-    """`np.matmul` is ``wrapper`` inside the block, and the real one again after it,
-    however the block ends."""
-    real, np.matmul = np.matmul, wrapper
-    try:
-        yield
-    finally:
-        np.matmul = real
-
-
-def _layout(x: np.ndarray) -> tuple:
-    return x.shape, x.strides, x.dtype.str
-
-
-def _like(layout: tuple, rng: np.random.Generator) -> np.ndarray:
-    """Fresh random numbers with ``layout``'s shape, strides and dtype (`_layout`): a
-    product reads a transposed or sliced operand differently from a contiguous one."""
-    shape, strides, dtype = layout
-    item = np.dtype(dtype).itemsize
-    if any(st < 0 or st % item for st in strides):
-        return rng.standard_normal(shape).astype(dtype)
-    span = 1 + sum((n - 1) * (st // item) for n, st in zip(shape, strides)) if all(shape) else 1
-    return np.lib.stride_tricks.as_strided(rng.standard_normal(span).astype(dtype), shape, strides)
-
-
-def _flops(a_shape: tuple, b_shape: tuple) -> int:
-    """Floating-point operations of np.matmul on operands of these shapes: 2·M·N·K per
-    product, over the broadcast stack."""
-    a = (1,) + a_shape if len(a_shape) == 1 else a_shape  # (K,) is a (1, K) row
-    b = b_shape + (1,) if len(b_shape) == 1 else b_shape  # (K,) is a (K, 1) column
-    return 2 * math.prod(np.broadcast_shapes(a[:-2], b[:-2])) * a[-2] * a[-1] * b[-1]
-
-
-def product_bound(run: Callable[[], Any], repeats: int) -> tuple[float, int]:
-    """(seconds, flops): what ``run`` would take if it did nothing but its matrix
-    products, each as fast as it runs alone, and the floating-point operations they do.
-
-    NOTE [product bound] One run records every `np.matmul` call's operands by shape,
-    strides and dtype (NOTE [product time]: there are no other products). Each distinct
-    call is then made again on fresh operands laid out the same, ``repeats`` times after
-    two untimed calls, and counts at its fastest, times the number of such calls in the
-    run: every operand already in cache, none of the elementwise work, copies or Python
-    between products. Where this bound is above a target's limit, an implementation
-    making the same products with this BLAS cannot meet it however little it adds
-    around them; only faster products, or fewer, can.
-    """
-    real, calls = np.matmul, collections.Counter()
-
-    def recording(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        calls[_layout(a), _layout(b), None if out is None else _layout(out)] += 1
-        return real(a, b, out=out)
-
-    with _matmul_replaced(recording):
-        run()
-    rng = np.random.default_rng(0)
-    seconds, flops = 0.0, 0
-    for (la, lb, lo), n in calls.items():
-        a, b = _like(la, rng), _like(lb, rng)
-        out = None if lo is None else _like(lo, rng)
-        times = []
-        for _ in range(2 + repeats):
-            t0 = time.perf_counter()
-            real(a, b, out=out)
-            times.append(time.perf_counter() - t0)
-        seconds += n * min(times[2:])
-        flops += n * _flops(la[0], lb[0])
-    return seconds, flops
-
-
-def square_rate(dtype: str, n: int, repeats: int = 5) -> float:
-    """Floating-point operations per second of an (n, n)·(n, n) product, the fastest of
-    ``repeats``: about the best this BLAS does on this machine, to set a product bound's
-    rate against."""
-    rng = np.random.default_rng(0)
-    a, b = (rng.standard_normal((n, n)).astype(dtype) for _ in range(2))
-    out, best = np.empty_like(a), math.inf
-    for _ in range(1 + repeats):
-        t0 = time.perf_counter()
-        np.matmul(a, b, out=out)
-        best = min(best, time.perf_counter() - t0)
-    return 2 * n**3 / best
-
+# NOTE [product time] Earlier runs split a run's time into its matrix products and the
+# rest, and bounded what any implementation making the same products could reach, by
+# swapping `np.matmul` for a timing wrapper. A study does not patch the library: this
+# measurement waits for an explicit, off-by-default profiling hook in the executor (every
+# matrix product of a run passed through a caller's function), and the report says so.
 
 def _contender(s: SimpleNamespace, t: dict, model: bm.Model, dtype: str) -> bm.Strategy:
     """The strategy a target row judged: a standard contender, or optimal at the row's budget."""
     return (_strategies(s, model, t["T"], dtype).get(t["contender"])
             or bm.optimal(budget_bytes=t["budget_bytes"]))
-
-
-def product_bounds(s: SimpleNamespace, rows: Sequence[dict],
-                   targets: Sequence[dict]) -> dict[str, float]:
-    """Give each missed target-3 and 3b row its ``product_bound`` (NOTE [product bound]:
-    the seconds over the checkpointed loop's median), ``product_rate`` (its products'
-    operations per second there) and ``square_bound`` (the bound were every product as
-    fast per operation as `square_rate`'s); return `square_rate` for each dtype with
-    such a row."""
-    loops = {_config(r): r["wall_median"] for r in rows if r["contender"] == "torch_checkpoint"}
-    rates: dict[str, float] = {}
-    for t in targets:
-        if t["target"] not in ("3", "3b") or t["met"]:
-            continue
-        model, params, xs, ys = _problem(s, t["cell"], t["H"], t["T"], t["dtype"])
-        strategy = _contender(s, t, model, t["dtype"])
-        seconds, flops = product_bound(lambda: strategy.run(model, params, xs, ys),
-                                       s.PRODUCT_REPEATS)
-        if t["dtype"] not in rates:
-            rates[t["dtype"]] = square_rate(t["dtype"], s.SQUARE_N)
-        t["product_bound"] = seconds / loops[t["config"]]
-        t["product_rate"] = flops / seconds
-        # the same products, all at the rate of the square one
-        t["square_bound"] = flops / rates[t["dtype"]] / loops[t["config"]]
-    return rates
 
 
 def profile_misses(s: SimpleNamespace, targets: Sequence[dict]) -> list[dict]:
@@ -729,11 +594,8 @@ def profile_misses(s: SimpleNamespace, targets: Sequence[dict]) -> list[dict]:
             r = strategy.run(model, params, xs, ys)
             prof.disable()
             # per step, against full()'s: which kind of step costs more than in full()
-            ref = bm.full().run(model, params, xs, ys).stats if t["contender"] != "full" else r.stats
-            with timed_products() as inside:  # NOTE [product time]
-                t0 = time.perf_counter()
-                strategy.run(model, params, xs, ys)
-                product_run = time.perf_counter() - t0
+            ref = (bm.full().run(model, params, xs, ys).stats if t["contender"] != "full"
+                   else r.stats)
         T = t["T"]
         per_step = dict(forward_us=r.stats.extra["forward_seconds"] / r.stats.forward_steps * 1e6,
                         backward_us=r.stats.extra["backward_seconds"] / T * 1e6,
@@ -746,10 +608,10 @@ def profile_misses(s: SimpleNamespace, targets: Sequence[dict]) -> list[dict]:
         at = text.find("ncalls")
         text = text[text.rfind("\n", 0, at) + 1:] if at >= 0 else text
         out.append(dict(target=t["target"], config=t["config"], T=T, contender=t["contender"],
-                        ratio=t["ratio"], user_ratio=t.get("user_ratio"), forward_seconds=r.stats.extra["forward_seconds"],
+                        ratio=t["ratio"], user_ratio=t.get("user_ratio"),
+                        forward_seconds=r.stats.extra["forward_seconds"],
                         backward_seconds=r.stats.extra["backward_seconds"],
                         seconds=r.stats.seconds, profile=text.rstrip(),
-                        product_run_seconds=product_run, product_seconds=inside[0],
                         fused_user_seconds=t.get("fused_user_seconds"), **per_step))
     return out
 
@@ -761,7 +623,8 @@ def _panels(s: SimpleNamespace, rows: Sequence[dict], value: Callable[[dict], fl
             ylabel: str, title: str, log: bool = True, hline: float | None = None,
             markers: Callable[[dict], float | None] | None = None) -> plt.Figure:
     dtypes = [d for d in s.DTYPES if any(r["dtype"] == d for r in rows)]
-    fig, axes = plt.subplots(len(dtypes), len(s.CELLS), figsize=(5.2 * len(s.CELLS), 3.8 * len(dtypes)),
+    fig, axes = plt.subplots(len(dtypes), len(s.CELLS),
+                             figsize=(5.2 * len(s.CELLS), 3.8 * len(dtypes)),
                              squeeze=False)
     contenders = [c for c in CONTENDERS if any(r["contender"] == c for r in rows)]
     configs = [(H, T) for H in s.HIDDEN for T in s.STEPS]
@@ -772,7 +635,8 @@ def _panels(s: SimpleNamespace, rows: Sequence[dict], value: Callable[[dict], fl
             for k, c in enumerate(contenders):
                 xs_, ys_, ms_ = [], [], []
                 for n, (H, T) in enumerate(configs):
-                    r = next((r for r in rows if (r["cell"], r["dtype"], r["H"], r["T"], r["contender"])
+                    r = next((r for r in rows
+                              if (r["cell"], r["dtype"], r["H"], r["T"], r["contender"])
                               == (kind, dt, H, T, c)), None)
                     v = value(r) if r else None
                     if v is not None:
@@ -792,15 +656,23 @@ def _panels(s: SimpleNamespace, rows: Sequence[dict], value: Callable[[dict], fl
             ax.set_title(f"{kind}, {dt}", fontsize=10)
             ax.set_ylabel(ylabel, fontsize=9)
             ax.grid(True, axis="y", which="both", alpha=0.3)
-    axes[0][0].legend(fontsize=7)
+    # one legend for the figure, from every panel: a contender that runs in some panels
+    # only (full() on numpy's kernels, the float32 LSTM's) is named too
+    handles: dict[str, Any] = {}
+    for ax in axes.flat:
+        for h, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, h)
+    fig.legend(list(handles.values()), list(handles), loc="lower center",
+               ncol=min(len(handles), 5), fontsize=8, frameon=False)
     fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     return fig
 
 
 def plot_time(s: SimpleNamespace, rows: Sequence[dict]) -> plt.Figure:
     return _panels(s, rows, lambda r: r["wall_median"], "seconds (median wall)",
-                   "Forward + backward wall time, B=%d, I=%d, %d BLAS thread(s)" % (s.BATCH, s.N_IN, s.THREADS))
+                   f"Forward + backward wall time, B={s.BATCH}, I={s.N_IN}, "
+                   f"{s.THREADS} BLAS thread(s)")
 
 
 def plot_memory(s: SimpleNamespace, rows: Sequence[dict]) -> plt.Figure:
@@ -833,16 +705,18 @@ def _binding(t: dict) -> float:
     return max(t["ratio"], t.get("user_ratio") or 0.0)
 
 
-def _summary(targets: Sequence[dict]) -> list[dict]:
+def _summary(targets: Sequence[dict], small: bool = False) -> list[dict]:
     groups: dict[tuple, list[dict]] = {}
     for t in targets:
-        sub = t["cell"] if t["target"] in ("2", "3", "3b") else (t["contender"] if t["target"] == "4" else "")
+        sub = (t["cell"] if t["target"] in ("2", "3", "3b")
+               else (t["contender"] if t["target"] == "4" else ""))
         groups.setdefault((t["target"], sub), []).append(t)
     out = []
     for (target, sub), ts in sorted(groups.items()):
         worst = max(ts, key=lambda t: _binding(t) / t["limit"])
         out.append({"target": target, "group": sub or "—", "limit": f"≤ {ts[0]['limit']:g}",
-                    "met": f"{sum(t['met'] for t in ts)} / {len(ts)}",
+                    "met": (_common.verdict(True, small) if small
+                            else f"{sum(t['met'] for t in ts)} / {len(ts)}"),
                     "worst ratio": _binding(worst), "worst at": worst["config"],
                     "best ratio": min(_binding(t) for t in ts)})
     return out
@@ -879,7 +753,8 @@ def _fused_note(s: SimpleNamespace, rows: Sequence[dict]) -> str:
         if r["contender"] in ("full", "torch_fused") and r["T"] == max(s.STEPS) and \
                 r["H"] == min(s.HIDDEN) and r["cell"] in s.TARGET_1_CELLS:
             faults.append(f"{LABELS[r['contender']]} {r['cell']} {r['dtype']}: "
-                          f"{r['page_faults_median']:.0f} page faults, {1e3 * r['system_median']:.0f} ms "
+                          f"{r['page_faults_median']:.0f} page faults, "
+                          f"{1e3 * r['system_median']:.0f} ms "
                           f"of system time in {1e3 * r['wall_median']:.0f} ms")
     return ("torch's fused LSTM keeps " + kept + ": in float32 it runs oneDNN's fused kernel "
             "(its own workspace layout), in float64 the native one. Whether a run pays page "
@@ -892,16 +767,12 @@ def _fused_note(s: SimpleNamespace, rows: Sequence[dict]) -> str:
 
 
 def _product_note(p: dict) -> str:
-    """Where a profiled run's time went: matrix products or the rest (NOTE [product time])."""
-    T = p["T"]
-    prod, run = p["product_seconds"], p["product_run_seconds"]
-    text = (f"In a further run of {run:.3g} s, {prod:.3g} s ({prod / run:.0%}) was spent inside "
-            f"matrix products (`np.matmul`, timed call by call: NOTE [product time]), "
-            f"{(run - prod) / T * 1e6:.3g} µs per time step outside them.")
+    """Where a profiled run's time went beyond its phases (NOTE [product time])."""
+    text = ("Its time inside matrix products is not measured: that needs the executor's "
+            "profiling hook (NOTE [product time]).")
     if p.get("fused_user_seconds"):
-        text += (f" torch fused took {p['fused_user_seconds'] / T * 1e6:.3g} µs of user-mode CPU "
-                 f"time per time step, all in; this run's matrix products alone took "
-                 f"{prod / T * 1e6:.3g}.")
+        text += (f" torch fused took {p['fused_user_seconds'] / p['T'] * 1e6:.3g} µs of "
+                 "user-mode CPU time per time step, all in.")
     return text
 
 
@@ -920,7 +791,7 @@ def _memory_note(s: SimpleNamespace, rows: Sequence[dict], targets: Sequence[dic
         T, H = max(r["T"] for r in rs), max(r["H"] for r in rs)
         at = {r["contender"]: r for r in rs if (r["T"], r["H"]) == (T, H)}
         per_step[kind] = (_per_step(s, at["full"]), _per_step(s, at["torch_fused"]))
-        cell, dt = getattr(bm, kind)(s.N_IN, H), at["full"]["dtype"]
+        cell, dt = bm.CELLS[kind](s.N_IN, H), at["full"]["dtype"]
         bh = s.BATCH * H * np.dtype(dt).itemsize  # bytes of one (B, H) array
         rb, lb = cell.residual_bytes(s.BATCH, dt), cell.link_bytes(s.BATCH, dt)
         layout[kind] = (rb / bh, (rb - lb) / bh)  # a step on its own, a linked step
@@ -953,10 +824,43 @@ def _memory_note(s: SimpleNamespace, rows: Sequence[dict], targets: Sequence[dic
             f"the last step of a piece; NOTE [readout rows] in `bptt_memory/engine.py`).{why}")
 
 
+# NOTE [runs over time] One run's ratios are one sample of a shared machine's state: torch
+# took 3.76 s in one run and 2.48 s in later ones at the same configuration. Every full-size
+# run appends its targets' ratios to `history.csv` beside the report, and the report gives
+# each ratio with its range over every run recorded there, made at different times. Smoke
+# runs neither read nor write it.
+HISTORY = "history.csv"
+
+
+def record_history(d: Path, targets: Sequence[dict], stamp: str) -> list[dict]:
+    """Append this run's target ratios to d/history.csv; return every recorded run's."""
+    import csv
+
+    path = d / HISTORY
+    old: list[dict] = []
+    if path.is_file():
+        with open(path) as f:
+            old = list(csv.DictReader(f))
+    new = [dict(run=stamp, target=t["target"], config=t["config"], contender=t["contender"],
+                ratio=t["ratio"], user_ratio=t.get("user_ratio") or "") for t in targets]
+    rows = old + new
+    _common.write_csv(path, rows)
+    return rows
+
+
+def over_runs(history: Sequence[dict], t: dict) -> str:
+    """A target's ratio as "lo–hi over n runs" from the history (this run included)."""
+    rs = [float(h["ratio"]) for h in history if (h["target"], h["config"], h["contender"])
+          == (t["target"], t["config"], t["contender"])]
+    if len(rs) < 2:
+        return "one run so far"
+    return f"{min(rs):.3f}–{max(rs):.3f} over {len(rs)} runs"
+
+
 def write_report(d: Path, s: SimpleNamespace, rows: list[dict], targets: list[dict],
-                 profiles: list[dict], meta: dict, square_rates: dict[str, float],
+                 profiles: list[dict], meta: dict,
                  seconds: float, command: str,
-                 torch_version: str | None) -> Path:
+                 torch_version: str | None, history: Sequence[dict] = ()) -> Path:
     by: dict[tuple, dict[str, dict]] = {}
     for r in rows:
         by.setdefault((r["cell"], r["H"], r["T"], r["dtype"]), {})[r["contender"]] = r
@@ -968,16 +872,14 @@ def write_report(d: Path, s: SimpleNamespace, rows: list[dict], targets: list[di
                                               (f" ({c[n]['ratio_to_torch_fused']:.2f}×)"
                                                if c[n].get("ratio_to_torch_fused") else "")
                                               for n in contenders if n in c}})
-        mem_table.append({"config": cfg, **{LABELS[n]: _mib(c[n]["memory_bytes"]) for n in contenders
-                                            if n in c and n not in NUMPY_KERNELS},
+        mem_table.append({"config": cfg,
+                          **{LABELS[n]: _mib(c[n]["memory_bytes"]) for n in contenders
+                             if n in c and n not in NUMPY_KERNELS},
                           "full() tracemalloc": _mib(c["full"]["traced_peak_bytes"]),
                           "optimal tracemalloc": _mib(c["optimal"]["traced_peak_bytes"])})
     t1 = [t for t in targets if t["target"] == "1"]
     t3 = [dict(target=t["target"], config=t["config"], ratio=round(t["ratio"], 3),
-               limit=t["limit"], bound=round(t["bound"], 3),
-               **{"product bound": round(t["product_bound"], 3),
-                  "products' GFLOP/s": f"{t['product_rate'] / 1e9:.3g}",
-                  "at the square's rate": round(t["square_bound"], 3)})
+               limit=t["limit"], bound=round(t["bound"], 3))
           for t in targets if t["target"] in ("3", "3b") and not t["met"]]
     t4 = [{"config": t["config"], "strategy": LABELS[t["contender"]],
            "ratio": round(t["ratio"], 3), "fastest": round(t["fastest"], 3),
@@ -997,20 +899,14 @@ def write_report(d: Path, s: SimpleNamespace, rows: list[dict], targets: list[di
                "action's own bookkeeping (its gradient window, the readout rows), which "
                "binomial pays for every step and full() once per 16 steps."
                "\n\n" + _common.md_table(t4)) if t4 else ""
-    square = " and ".join(f"{rate / 1e9:.3g} GFLOP/s in {dt}" for dt, rate in square_rates.items())
-    t3_text = ("Target 3 and 3b misses, each with two bounds. The recomputation bound is the "
+    t3_text = ("Target 3 and 3b misses, each with its recomputation bound: the "
                "ratio optimal would reach if its run cost nothing but its forward and backward "
                "steps, each at what it costs inside full() (the target-4 prediction, times "
                "full()'s time over the loop's; NOTE [recomputation bound] in the study): where "
                "it is above the limit, no change to the executor can meet the target, only "
-               "faster steps can. The product bound is the ratio its run would reach if it were "
-               "nothing but its matrix products, each timed alone with its operands in cache, "
-               "at its fastest (NOTE [product bound]): where it is above the limit, no "
-               "implementation making these products with this BLAS can meet the target, "
-               "only faster products can. Beside it, the rate those products ran at there: "
-               f"this BLAS multiplies two {s.SQUARE_N}×{s.SQUARE_N} matrices at {square} "
-               "on this machine, and the last column is the product bound were every product "
-               "that fast.\n\n" + _common.md_table(t3)) if t3 else ""
+               "faster steps can. (A bound from the run's matrix products alone waits for "
+               "the executor's profiling hook: NOTE [product time].)"
+               "\n\n" + _common.md_table(t3)) if t3 else ""
     errors = {dt: [r["grad_rel_error"] for r in rows if r["dtype"] == dt
                    and r["contender"] != "torch_fused" and r.get("grad_rel_error") is not None]
               for dt in s.DTYPES}
@@ -1041,7 +937,9 @@ def write_report(d: Path, s: SimpleNamespace, rows: list[dict], targets: list[di
                       "calls are counted inside the kernel that makes them):\n\n"
                       f"```\n{p['profile']}\n```\n")
     if not prof_text:
-        prof_text = "\nEvery time target was met; nothing to profile.\n"
+        prof_text = ("\nNothing profiled: no time target was missed at toy sizes, which "
+                     "judge nothing.\n" if s.small else
+                     "\nEvery time target was met; nothing to profile.\n")
 
     text = f"""# Speed against PyTorch on the CPU
 
@@ -1057,7 +955,8 @@ weights and data; every contender's gradient agrees with torch fused's to a rela
 
 ## Targets
 
-{_common.md_table(_summary(targets)) if targets else "(no targets: torch is not installed)"}
+{_common.md_table(_summary(targets, s.small)) if targets
+ else "(no targets: torch is not installed)"}
 Target 1 in detail. The ratio is of wall times; the note gives the ratio of user-mode CPU
 times, which leaves out the operating system's work of faulting fresh pages in (see below).
 A configuration meets target 1 only if both ratios are within the limit, and the summary
@@ -1065,21 +964,25 @@ above gives the larger of the two: whether torch or full() faults its memory in 
 what the allocator kept from earlier runs, not on its kernels, and can move the wall-time
 ratio by tens of percent (NOTE [target 1 in both times] in the study):
 
-{_common.md_table([{k: t[k] for k in ("config", "ratio", "limit", "met", "note")} for t in t1]) if t1 else "(not measured)"}
+{_common.md_table([{"config": t["config"], "ratio": t["ratio"],
+                   "over runs (NOTE [runs over time])": over_runs(history, t),
+                   "limit": t["limit"], "met": _common.verdict(t["met"], s.small),
+                   "note": t["note"]} for t in t1])
+ if t1 else "(not measured)"}
 Targets: (1) full() ≤ {s.TARGET_FULL_VS_FUSED_TIME}× torch fused's time for
 {"/".join(s.TARGET_1_CELLS)} at H={s.TARGET_1_HIDDEN}, T={s.TARGET_1_STEPS}; (2) full()'s
-peak_bytes ≤ {s.TARGET_FULL_VS_FUSED_MEMORY}× the bytes torch fused saves for backward;
-(3) optimal(5%) ≤ {s.TARGET_OPTIMAL_VS_CHECKPOINT_TIME}× the checkpointed loop's time while holding no more
-than it, and (3b) the same for optimal given exactly the loop's bytes, which is the
-comparison at equal memory (5% of full()'s bytes can be more than the loop keeps, or far
-less: NOTE [matched memory]); (4) binomial's and optimal's time / full()'s ≤ {s.TARGET_PREDICTION_SLACK}× the
-ratio predicted from their simulated step counts, (F·f + T·b) / (T·(f + b)), with f and b
-the seconds per forward and per backward step measured inside full()'s own runs (the ratio
-column of target 4 is measured / predicted; the prediction leaves out copying stored
-states and the per-action work of the executor, which is what small-T misses are made of;
-planning is not in the timed rounds: a strategy plans a sequence shape once, in its warm-up
-run, NOTE [plan memo] in `bptt_memory/strategies.py`). Every row, every configuration:
-`targets.csv`.
+peak_bytes ≤ {s.TARGET_FULL_VS_FUSED_MEMORY}× the bytes torch fused saves for backward; (3)
+optimal(5%) ≤ {s.TARGET_OPTIMAL_VS_CHECKPOINT_TIME}× the checkpointed loop's time while
+holding no more than it, and (3b) the same for optimal given exactly the loop's bytes, which
+is the comparison at equal memory (5% of full()'s bytes can be more than the loop keeps, or
+far less: NOTE [matched memory]); (4) binomial's and optimal's time / full()'s ≤
+{s.TARGET_PREDICTION_SLACK}× the ratio predicted from their simulated step counts, (F·f +
+T·b) / (T·(f + b)), with f and b the seconds per forward and per backward step measured
+inside full()'s own runs (the ratio column of target 4 is measured / predicted; the
+prediction leaves out copying stored states and the per-action work of the executor, which
+is what small-T misses are made of; planning is not in the timed rounds: a strategy plans a
+sequence shape once, in its warm-up run, NOTE [plan memo] in `bptt_memory/strategies.py`).
+Every row, every configuration: `targets.csv`.
 
 {t3_text}
 {t4_text}
@@ -1141,12 +1044,15 @@ counts grads, transposed weight copies and the chunk buffers (NOTE [chunked prod
 # -- run -----------------------------------------------------------------------------------------
 
 
-def run(out: Path | str = _common.DEFAULT_OUT, *, small: bool = False, quiet: bool = False) -> Path:
+def run(out: Path | str | None = None, *, small: bool = False, quiet: bool = False) -> Path:
     """Measure the grid, write reports/speed_vs_torch/; return the report's path."""
     start = time.perf_counter()
     s = _settings(small)
-    d = _common.report_dir(out, NAME)
+    d = _common.report_dir(out, NAME, small)
     torch = _load_torch()
+    if torch is None:
+        print(f"{NAME}: torch is not installed: skipped the torch contenders and targets 1-3 "
+              "(pip install torch==2.13.0, or the `compare` extra)", file=sys.stderr)
     configs = [(kind, H, T, dt) for dt in s.DTYPES for H in s.HIDDEN for T in s.STEPS
                for kind in s.CELLS]
     rows: list[dict] = []
@@ -1164,8 +1070,6 @@ def run(out: Path | str = _common.DEFAULT_OUT, *, small: bool = False, quiet: bo
         if torch is not None:
             torch.set_num_threads(threads)
     targets = evaluate_targets(s, rows)
-    with _common.pinned_blas(s.THREADS):
-        square_rates = product_bounds(s, rows, targets)
     profiles = profile_misses(s, targets)
     seconds = time.perf_counter() - start
     _common.write_csv(d / "results.csv", rows)
@@ -1173,15 +1077,17 @@ def run(out: Path | str = _common.DEFAULT_OUT, *, small: bool = False, quiet: bo
     _common.write_json(d / "results.json", {
         "settings": vars(s), "torch": None if torch is None else torch.__version__,
         "rows": rows, "targets": targets, "profiles": profiles, "configs": meta,
-        "square_rates": square_rates, "seconds": seconds})
+        "seconds": seconds})
     _common.save_figure(plot_time(s, rows), d / "time.png")
     _common.save_figure(plot_memory(s, rows), d / "memory.png")
     if torch is not None:
         _common.save_figure(plot_ratios(s, rows), d / "ratios.png")
+    history = ([] if small else
+               record_history(d, targets, time.strftime("%Y-%m-%d %H:%M", time.gmtime())))
     with _common.pinned_blas(s.THREADS):  # so the provenance shows the pinned BLAS
-        return write_report(d, s, rows, targets, profiles, meta, square_rates, seconds,
+        return write_report(d, s, rows, targets, profiles, meta, seconds,
                             _common.command_line(NAME, small),
-                            None if torch is None else torch.__version__)
+                            None if torch is None else torch.__version__, history)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -11,7 +11,7 @@ References: Williams & Peng 1990 (TBPTT(k1, k2)); Pascanu, Mikolov & Bengio 2013
 "On the difficulty of training recurrent neural networks" (ρ(W_hh) < 1 is sufficient for
 vanishing gradients in a tanh RNN, ρ > 1 necessary for exploding ones).
 
-Run: ``python -m studies.truncation_bias [--small]``.
+Run: ``bptt-memory study truncation_bias [--small] [--out DIR]``.
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ from bptt_memory.tasks import random_problem
 from . import _common
 
 NAME = "truncation_bias"
-CELL_FACTORIES = {"vanilla": bm.vanilla, "lstm": bm.lstm, "gru": bm.gru}
 
 # -- the experiment -------------------------------------------------------------------
 T = 200  # steps per sequence; a loss at every step (standard-normal targets, mse)
@@ -39,9 +38,10 @@ BATCH = 16  # sequences per batch
 N_IN = 8  # input features, standard normal
 HIDDEN = 32  # H
 N_OUT = 4  # outputs read out at every step
-CELLS = ("vanilla", "lstm")  # vanilla is tanh
+CELLS = ("vanilla", "lstm", "gru")  # vanilla is tanh
 RADII = (0.5, 0.9, 1.0, 1.5)  # spectral radius of W_hh (of each gate block for the LSTM)
-SEEDS = (0, 1, 2)  # params and data; errors are averaged over seeds
+SEEDS = (0, 1, 2, 3, 4)  # params and data; errors are summarised over seeds by their
+# geometric mean (they span decades) with the min-max band
 K2S = (1, 2, 5, 10, 20, 50, 100, 200)  # k2 values; T itself is always added
 GRID_RADIUS = 1.0  # the full (k1, k2) grid is run at this radius; others get k1 = 1 and k1 = k2
 FLOOR = 1e-16  # errors below this are drawn at this value on log axes
@@ -50,10 +50,8 @@ SMALL = dict(T=16, BATCH=4, HIDDEN=8, RADII=(0.5, 1.0, 1.5), SEEDS=(0, 1), K2S=(
 
 
 def _settings(small: bool) -> SimpleNamespace:
-    s = SimpleNamespace(T=T, BATCH=BATCH, N_IN=N_IN, HIDDEN=HIDDEN, N_OUT=N_OUT, CELLS=CELLS,
-                        RADII=RADII, SEEDS=SEEDS, K2S=K2S, GRID_RADIUS=GRID_RADIUS)
-    if small:
-        vars(s).update(SMALL)
+    s = _common.settings(globals(), ("T", "BATCH", "N_IN", "HIDDEN", "N_OUT", "CELLS", "RADII",
+                                     "SEEDS", "K2S", "GRID_RADIUS"), small)
     s.K2S = tuple(sorted({k for k in s.K2S if k < s.T} | {s.T}))
     return s
 
@@ -104,7 +102,8 @@ def measure(s: SimpleNamespace, quiet: bool) -> tuple[list[dict], list[dict]]:
     bar = _common.progress(total=n_runs, quiet=quiet, desc=NAME)
     for kind, radius, seed in jobs:
         rng = np.random.default_rng(seed)
-        cell = CELL_FACTORIES[kind](s.N_IN, s.HIDDEN)
+        cell = bm.CELLS[kind](s.N_IN, s.HIDDEN)
+        recurrent = list(cell.param_shapes())  # the cell's own: not the readout's
         model = bm.Model(cell, s.N_OUT)
         params = model.init(rng)
         set_spectral_radius(cell, params, radius)
@@ -116,17 +115,35 @@ def measure(s: SimpleNamespace, quiet: bool) -> tuple[list[dict], list[dict]]:
                              mean_forget_gate=_mean_forget_gate(model, params, xs)))
         for k1, k2 in _pairs(s, radius):
             r = bm.truncated(k1, k2).run(model, params, xs, ys)
-            rel, cos = grad_error(r.grads, exact.grads)
+            # NOTE [recurrent error] the readout's gradient is exact under truncation (it
+            # needs only each step's h), and it is about half of the whole gradient's norm
+            # here, so an error over every parameter dilutes what truncation does: the
+            # error is measured over the cell's parameters, the whole one kept beside it
+            rel, cos = grad_error(r.grads, exact.grads, keys=recurrent)
+            rel_all, _ = grad_error(r.grads, exact.grads)
             rows.append(dict(cell=kind, radius=radius, seed=seed, k1=k1, k2=k2,
-                             rel_error=rel, cosine=cos, backward_steps=r.stats.backward_steps,
+                             rel_error=rel, cosine=cos, rel_error_all_params=rel_all,
+                             backward_steps=r.stats.backward_steps,
                              peak_bytes=r.stats.peak_bytes))
             bar.update()
     bar.close()
     return rows, problems
 
 
+def geometric_mean(values: Sequence[float]) -> float:
+    """exp(mean(log x)): the summary of errors spanning decades; 0 when any is exactly 0
+    (truncation that cuts nothing).
+
+    >>> round(geometric_mean([1e-2, 1e-4, 1e-6]), 12)
+    0.0001
+    """
+    x = np.asarray(values, float)
+    return 0.0 if (x <= 0).any() else float(np.exp(np.log(x).mean()))
+
+
 def summarise(rows: Sequence[dict]) -> list[dict]:
-    """Mean, min and max over seeds of each (cell, radius, k1, k2)."""
+    """Over seeds, for each (cell, radius, k1, k2): the geometric mean of the errors, their
+    median, min and max; the median cosine and its min."""
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault((r["cell"], r["radius"], r["k1"], r["k2"]), []).append(r)
@@ -135,8 +152,11 @@ def summarise(rows: Sequence[dict]) -> list[dict]:
         err = np.array([r["rel_error"] for r in g])
         cos = np.array([r["cosine"] for r in g])
         out.append(dict(cell=kind, radius=radius, k1=k1, k2=k2, seeds=len(g),
-                        rel_error=float(err.mean()), rel_error_min=float(err.min()),
-                        rel_error_max=float(err.max()), cosine=float(cos.mean()),
+                        rel_error=geometric_mean(err), rel_error_median=float(np.median(err)),
+                        rel_error_min=float(err.min()), rel_error_max=float(err.max()),
+                        rel_error_all_params=geometric_mean(
+                            [r["rel_error_all_params"] for r in g]),
+                        cosine=float(np.median(cos)),
                         cosine_min=float(cos.min()), backward_steps=g[0]["backward_steps"],
                         peak_bytes=g[0]["peak_bytes"]))
     return out
@@ -157,8 +177,9 @@ def decay_rates(summary: Sequence[dict], kind: str, radius: float,
     it misses is the tail beyond k of each loss's backward signal: its error falls like
     exp(−k/τ) when the recurrence contracts. TBPTT(k, k) backpropagates the j-th loss of
     a window (j = 1 right after the previous update) through only k − j + 1 steps, so a
-    fraction ~ τ/k of the losses is always cut short: its error falls only like 1/k. The first is fitted to
-    ln(error) against k over the k < T whose error is above rounding (1e-13); the second
+    fraction ~ τ/k of the losses is always cut short: its error falls only like 1/k. The
+    first is fitted to ln(error) against k over the k < T whose error is above rounding
+    (1e-13); the second
     to ln(error) against ln(k) over the k < T with k >= 10 (k >= 2 at toy sizes).
     """
     ks = np.array([k for k in K2S if k < T], float)
@@ -180,7 +201,58 @@ def _k2_for(summary: Sequence[dict], kind: str, radius: float, same: bool, targe
     return K2S[-1]
 
 
+def frontier(s: SimpleNamespace, summary: Sequence[dict]) -> list[dict]:
+    """Every truncating (k1, k2) at GRID_RADIUS (k2 < T: with k2 = T, TBPTT(T, T) is
+    full BPTT, exact at one backward step per step, and holds T steps) with its cost,
+    backward steps per step of the sequence, and whether it is on the cost-versus-accuracy
+    frontier: no other pair has both no more backward work and a smaller error (so (1, k)
+    and (k1, k2) compare at equal cost, not only at equal k2)."""
+    out = []
+    for kind in s.CELLS:
+        pts = [r for r in summary if r["cell"] == kind and r["radius"] == s.GRID_RADIUS
+               and r["k2"] < s.T]
+        for r in pts:
+            cost = r["backward_steps"] / s.T
+            dominated = any(q["backward_steps"] <= r["backward_steps"]
+                            and q["rel_error"] < r["rel_error"] for q in pts)
+            out.append(dict(cell=kind, radius=s.GRID_RADIUS, k1=r["k1"], k2=r["k2"],
+                            backward_per_step=cost, rel_error=r["rel_error"],
+                            on_frontier=not dominated))
+    return sorted(out, key=lambda r: (r["cell"], r["backward_per_step"], r["rel_error"]))
+
+
 # -- figures ----------------------------------------------------------------------------
+
+
+def plot_frontier(s: SimpleNamespace, points: Sequence[dict]) -> plt.Figure:
+    fig, axes = plt.subplots(1, len(s.CELLS), figsize=(5.2 * len(s.CELLS), 4.2), squeeze=False)
+    for j, kind in enumerate(s.CELLS):
+        ax = axes[0, j]
+        pts = [p for p in points if p["cell"] == kind]
+        for label, pick, style in (("k1 = 1", lambda p: p["k1"] == 1, "o"),
+                                   ("k1 = k2", lambda p: p["k1"] == p["k2"] > 1, "s"),
+                                   ("other k1", lambda p: 1 < p["k1"] < p["k2"], "^")):
+            sel = [p for p in pts if pick(p)]
+            ax.plot([p["backward_per_step"] for p in sel],
+                    [max(p["rel_error"], FLOOR) for p in sel], style, ms=4, alpha=0.7,
+                    label=label)
+        front = [p for p in pts if p["on_frontier"]]
+        ax.plot([p["backward_per_step"] for p in front],
+                [max(p["rel_error"], FLOOR) for p in front], "-", color="black", lw=1,
+                label="frontier")
+        for p in front:
+            ax.annotate(f"({p['k1']},{p['k2']})", (p["backward_per_step"],
+                                                   max(p["rel_error"], FLOOR)),
+                        fontsize=6, xytext=(3, 3), textcoords="offset points")
+        ax.set(xscale="log", yscale="log", xlabel="backward steps per step of the sequence",
+               ylabel="relative error (recurrent params)",
+               title=f"{kind}, ρ={s.GRID_RADIUS:g}, T={s.T}")
+        ax.grid(True, alpha=0.3)
+    axes[0, 0].legend(fontsize=7)
+    fig.suptitle("Cost against accuracy: every (k1, k2), geometric mean over seeds",
+                 fontsize=10)
+    fig.tight_layout()
+    return fig
 
 
 def plot_error_vs_k2(s: SimpleNamespace, summary: Sequence[dict]) -> plt.Figure:
@@ -208,8 +280,9 @@ def plot_error_vs_k2(s: SimpleNamespace, summary: Sequence[dict]) -> plt.Figure:
             ax.axvline(s.T, color="grey", lw=0.8, ls=":")
             ax.grid(True, which="major", alpha=0.3)
     axes[0, -1].legend(fontsize=7, ncol=2, loc="lower left")
-    fig.suptitle(f"Truncated vs exact gradient, mean of {len(s.SEEDS)} seeds (band: min–max); "
-                 f"errors below {FLOOR:g} drawn at {FLOOR:g}", fontsize=10)
+    fig.suptitle(f"Truncated vs exact gradient of the recurrent parameters, geometric mean of "
+                 f"{len(s.SEEDS)} seeds (band: min–max); errors below {FLOOR:g} drawn at "
+                 f"{FLOOR:g}", fontsize=10)
     fig.tight_layout()
     return fig
 
@@ -248,7 +321,7 @@ def _fmt(x: float) -> str:
 
 
 def write_report(d: Path, s: SimpleNamespace, summary: Sequence[dict], problems: Sequence[dict],
-                 command: str) -> Path:
+                 fronts: Sequence[dict], command: str) -> Path:
     K2S, T = s.K2S, s.T
     mid = [k for k in K2S if k < T]
     k_lo, k_hi = mid[min(3, len(mid) - 1)], mid[-1]  # e.g. 10 and 100 at full size
@@ -267,7 +340,8 @@ def write_report(d: Path, s: SimpleNamespace, summary: Sequence[dict], problems:
             for k in (k_lo, k_hi):
                 row[f"err (1,{k})"] = _fmt(_lookup(summary, kind, radius, 1, k)["rel_error"])
                 row[f"err ({k},{k})"] = _fmt(_lookup(summary, kind, radius, k, k)["rel_error"])
-            row[f"cos ({k_lo},{k_lo})"] = f"{_lookup(summary, kind, radius, k_lo, k_lo)['cosine']:.3f}"
+            cos = _lookup(summary, kind, radius, k_lo, k_lo)["cosine"]
+            row[f"cos ({k_lo},{k_lo})"] = f"{cos:.3f}"
             tau, slope = decay_rates(summary, kind, radius, K2S, T)
             row["τ of (1,k)"] = f"{tau:.3g}"
             row["slope of (k,k)"] = f"{slope:.2f}"
@@ -281,7 +355,8 @@ def write_report(d: Path, s: SimpleNamespace, summary: Sequence[dict], problems:
     better = sum(_lookup(summary, r["cell"], r["radius"], 1, r["k2"])["rel_error"]
                  <= _lookup(summary, r["cell"], r["radius"], r["k2"], r["k2"])["rel_error"]
                  for r in below)
-    ratios = [_lookup(summary, r["cell"], r["radius"], r["k2"], r["k2"])["rel_error"] / r["rel_error"]
+    ratios = [_lookup(summary, r["cell"], r["radius"], r["k2"], r["k2"])["rel_error"]
+              / r["rel_error"]
               for r in below if r["rel_error"] > 1e-8]  # above rounding
 
     # Backward work: TBPTT(1, k) does about k·T steps, TBPTT(k, k) T.
@@ -299,7 +374,8 @@ def write_report(d: Path, s: SimpleNamespace, summary: Sequence[dict], problems:
         findings.append(
             f"- **{kind}**: at k2 = {k_lo} the TBPTT(1, k2) error is {_fmt(e_lo)} at ρ = {lo_r:g} "
             f"and {_fmt(e_hi)} at ρ = {hi_r:g}; an error below 1% needs k2 = "
-            + ", ".join(f"{_k2_for(summary, kind, r, False, 0.01, K2S)} (ρ = {r:g})" for r in s.RADII)
+            + ", ".join(f"{_k2_for(summary, kind, r, False, 0.01, K2S)} (ρ = {r:g})"
+                        for r in s.RADII)
             + " with k1 = 1, and k2 = "
             + ", ".join(f"{_k2_for(summary, kind, r, True, 0.01, K2S)}" for r in s.RADII)
             + " with k1 = k2 (a k2 of T means no tested truncation reached 1%).")
@@ -342,6 +418,14 @@ def write_report(d: Path, s: SimpleNamespace, summary: Sequence[dict], problems:
         + "; ".join(f"{kind}: " + ", ".join(
             f"k1 = {k1} → {_fmt(_lookup(summary, kind, s.GRID_RADIUS, k1, kg)['rel_error'])}"
             for k1 in sorted({1, k1_half, kg})) for kind in s.CELLS) + ".")
+    for kind in s.CELLS:
+        front = [p for p in fronts if p["cell"] == kind and p["on_frontier"]]
+        findings.append(
+            f"- **Cost against accuracy, {kind}** (ρ = {s.GRID_RADIUS:g}, ![](frontier.png)): "
+            "the pairs no other beats at no more backward work are "
+            + ", ".join(f"({p['k1']}, {p['k2']}) at {p['backward_per_step']:.3g} backward "
+                        f"steps per step, error {_fmt(p['rel_error'])}" for p in front)
+            + ".")
     findings.append(
         f"- **k2 >= T is exact**: for every k1, the largest relative error with k2 = T is "
         f"{worst_exact:.2g} (floating-point rounding).")
@@ -354,13 +438,19 @@ k2 and how fast the recurrence forgets (the spectral radius ρ of W_hh)?
 **Setup.** {', '.join(s.CELLS)} cells (vanilla = tanh), H = {s.HIDDEN}, {s.N_IN} standard-normal
 inputs, {s.N_OUT} outputs read out at every step with an mse loss against standard-normal
 targets (`bm.tasks.random_problem`), T = {T}, B = {s.BATCH}, float64, PyTorch's default
-init U(±1/√H) and then W_hh rescaled to spectral radius ρ ∈ {{{', '.join(f'{r:g}' for r in s.RADII)}}}.
+init U(±1/√H) and then W_hh rescaled to spectral radius
+ρ ∈ {{{', '.join(f'{r:g}' for r in s.RADII)}}}.
 For the LSTM each of the four (H, H) gate blocks of W_hh is rescaled to ρ: the (4H, H)
 matrix has no eigenvalues, and per block keeps the gates' relative roles (see
-`set_spectral_radius`, NOTE [LSTM radius]). Seeds {list(s.SEEDS)}; numbers are means over
-seeds. The exact gradient g* is `bm.full()`'s; g is `bm.truncated(k1, k2).run`'s (the sum
-of its updates, all at the same params); errors come from `bm.compare.grad_error`
-(relative error ‖g − g*‖/‖g*‖ and cosine over all parameters at once). TBPTT(1, k) and
+`set_spectral_radius`, NOTE [LSTM radius]; the GRU's three blocks likewise). Seeds
+{list(s.SEEDS)}; errors are summarised over seeds by their geometric mean (they span
+decades, where an arithmetic mean is the worst seed's), with the min–max band, cosines by
+their median. The exact gradient g* is `bm.full()`'s; g is `bm.truncated(k1, k2).run`'s
+(the sum of its updates, all at the same params); errors come from
+`bm.compare.grad_error` (relative error ‖g − g*‖/‖g*‖ and cosine) over the **cell's
+parameters** (weight_ih, weight_hh and biases): the readout's gradient is exact under
+truncation and would dilute the error (NOTE [recurrent error]; the error over every
+parameter is in `summary.csv` as `rel_error_all_params`). TBPTT(1, k) and
 TBPTT(k, k) are run for every k2 ∈ {list(K2S)} at every ρ; the whole k1 ≤ k2 grid at
 ρ = {s.GRID_RADIUS:g}.
 
@@ -370,9 +460,9 @@ TBPTT(k, k) are run for every k2 ∈ {list(K2S)} at every ρ; the whole k1 ≤ k
 
 ## Errors by cell and spectral radius
 
-"err (k1,k2)" is the mean relative error; "k2 for 1%" the smallest k2 on the grid whose
-mean error is below 1% (T when none short of T is). ‖g*‖ is the exact gradient's norm,
-"mean f" the LSTM's mean forget gate over the run.
+"err (k1,k2)" is the geometric mean relative error over seeds; "k2 for 1%" the smallest k2
+on the grid whose geometric mean error is below 1% (T when none short of T is). ‖g*‖ is
+the exact gradient's norm, "mean f" the LSTM's mean forget gate over the run.
 
 {_common.md_table(table)}
 
@@ -383,13 +473,14 @@ mean error is below 1% (T when none short of T is). ‖g*‖ is the exact gradie
 **Reading the figures.** Solid lines are TBPTT(1, k2), dashed TBPTT(k2, k2); the band
 spans the seeds. The dotted vertical line is k2 = T, where truncation cuts nothing and
 the error drops to rounding (drawn at {FLOOR:g}). In the grid, rows are k1 and columns k2;
-cells show log10 of the mean relative error at ρ = {s.GRID_RADIUS:g}.
+cells show log10 of the geometric mean relative error at ρ = {s.GRID_RADIUS:g}.
 
 ## Files
 
 - `errors.csv`: one row per (cell, ρ, seed, k1, k2): relative error, cosine, backward
   steps and peak bytes of the truncated run.
-- `summary.csv`: the same averaged over seeds (with min/max).
+- `summary.csv`: the same over seeds: geometric mean, median, min and max.
+- `frontier.csv`: the cost-versus-accuracy frontier at ρ = {s.GRID_RADIUS:g}.
 - `problems.csv`: per (cell, ρ, seed): the exact loss, ‖g*‖ and the LSTM's mean forget gate.
 - `summary.json`: the settings and the summary.
 
@@ -400,21 +491,24 @@ cells show log10 of the mean relative error at ρ = {s.GRID_RADIUS:g}.
     return _common.write_text(d / "report.md", text)
 
 
-def run(out: Path | str = _common.DEFAULT_OUT, *, small: bool = False, quiet: bool = False) -> Path:
+def run(out: Path | str | None = None, *, small: bool = False, quiet: bool = False) -> Path:
     """Measure, plot and write reports/truncation_bias/report.md; return its path."""
     s = _settings(small)
-    d = _common.report_dir(out, NAME)
+    d = _common.report_dir(out, NAME, small)
     with _common.pinned_blas(1):
         rows, problems = measure(s, quiet)
     summary = summarise(rows)
+    fronts = frontier(s, summary)
     _common.write_csv(d / "errors.csv", rows)
+    _common.write_csv(d / "frontier.csv", fronts)
     _common.write_csv(d / "summary.csv", summary)
     _common.write_csv(d / "problems.csv", problems)
     _common.write_json(d / "summary.json", {"settings": vars(s), "summary": summary,
                                             "problems": problems})
     _common.save_figure(plot_error_vs_k2(s, summary), d / "error_vs_k2.png")
     _common.save_figure(plot_grid(s, summary), d / "grid_k1_k2.png")
-    return write_report(d, s, summary, problems, _common.command_line(NAME, small))
+    _common.save_figure(plot_frontier(s, fronts), d / "frontier.png")
+    return write_report(d, s, summary, problems, fronts, _common.command_line(NAME, small))
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -39,12 +39,12 @@ def _cells(I: int, H: int) -> dict[str, bm.Cell]:
     return {"vanilla (tanh)": bm.vanilla(I, H), "lstm": bm.lstm(I, H), "gru": bm.gru(I, H)}
 
 
-def run(out: Path | str = C.DEFAULT_OUT, *, small: bool = False, quiet: bool = False) -> Path:
+def run(out: Path | str | None = None, *, small: bool = False, quiet: bool = False) -> Path:
     cfg = {k: globals()[k] for k in ("BATCH", "INPUTS", "HIDDEN", "STEPS", "STRATEGY_STEPS")}
     if small:
         cfg.update(SMALL)
     B, I, H = cfg["BATCH"], cfg["INPUTS"], cfg["HIDDEN"]
-    d = C.report_dir(out, NAME)
+    d = C.report_dir(out, NAME, small)
     item = np.dtype(DTYPE).itemsize
 
     # 1. the arrays a recorded step keeps, per cell, and those it shares with the step
@@ -109,7 +109,8 @@ def run(out: Path | str = C.DEFAULT_OUT, *, small: bool = False, quiet: bool = F
                                    "config": {**cfg, "dtype": np.dtype(DTYPE).name}})
     _figure(per_cell, growth, d / "bytes_per_step.png")
 
-    lines = ["# What must be kept to backpropagate through time?\n", C.provenance(C.command_line(NAME, small)), ""]
+    lines = ["# What must be kept to backpropagate through time?\n",
+             C.provenance(C.command_line(NAME, small)), ""]
     lines += [
         "**The activations and states, not the weights.** The weights are needed by the",
         "backward pass, but they are the same at every step and are kept once whatever T is;",

@@ -33,3 +33,20 @@ def test_recomputation_ratio_prices_steps_at_full_costs():
 def test_recomputation_ratio_rejects_what_cannot_price_a_step(args):
     with pytest.raises(ValueError, match="recomputation_ratio"):
         _common.recomputation_ratio(*args)
+
+
+def test_study_main_sends_a_smoke_run_to_a_temporary_folder(tmp_path, monkeypatch, capsys):
+    """Whatever a study's run() does with `small`, `python -m studies.NAME --small` hands
+    it a temporary folder, never the committed reports."""
+    import studies
+
+    monkeypatch.chdir(tmp_path)
+    got = []
+    _common.study_main("toy", lambda out, small, quiet: got.append(out) or out / "r.md", None,
+                       ["--small", "--quiet"])
+    (out,) = got
+    assert out != studies.REPORTS and studies.REPORTS not in out.parents
+    assert str(out) in capsys.readouterr().out and not (tmp_path / "reports").exists()
+    _common.study_main("toy", lambda out, small, quiet: got.append(out) or out, None,
+                       ["--out", str(tmp_path / "mine")])
+    assert got[-1] == tmp_path / "mine"

@@ -23,7 +23,8 @@ def test_optimal_budget_is_a_fraction_of_fulls_bytes(cell):
 def test_small_run_writes_a_consistent_report(tmp_path):
     path = ldt.run(tmp_path, small=True, quiet=True)
     d = tmp_path / "long_dependency_training"
-    assert path == d / "report.md" and path.read_text().startswith("# Training on a long dependency")
+    assert path == d / "report.md"
+    assert path.read_text().startswith("# Training on a long dependency")
     for png in ("learning_curves.png", "memory_time.png"):
         data = (d / png).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000
@@ -56,3 +57,31 @@ def test_small_run_writes_a_consistent_report(tmp_path):
             assert r["grad_rel_error_at_init"] > 1e-6
     assert table["binomial"]["peak_bytes"] < table["full"]["peak_bytes"]
     assert table["optimal"]["peak_bytes"] <= 0.1 * table["full"]["peak_bytes"]
+
+    # over seeds: full() and the truncated ones, each from SEED and every extra seed
+    with open(d / "seeds.csv") as f:
+        seeds = {r["strategy"]: r for r in csv.DictReader(f)}
+    assert set(seeds) == {"full"} | {k for k, r in table.items() if not r["exact"]}
+    for r in seeds.values():
+        assert int(r["seeds"]) == 1 + len(s["EXTRA_SEEDS"])
+        lo, mid, hi = (float(r[k]) for k in ("final_test_mse_min", "final_test_mse_median",
+                                             "final_test_mse_max"))
+        assert lo <= mid <= hi
+    # SEED's run is the one in the main table
+    assert float(seeds["full"]["final_test_mse_min"]) <= table["full"]["final_test_mse"] <= float(
+        seeds["full"]["final_test_mse_max"])
+    text = path.read_text()
+    assert "## Over seeds" in text and ("is worse" in text or "is only slower" in text)
+
+
+def test_worse_or_slower_compares_ranges_over_seeds():
+    full = dict(strategy="full", final_test_mse_min=0.01, final_test_mse_max=0.02,
+                plateaued=True)
+    worse = dict(strategy="truncated(20, 20)", final_test_mse_min=0.03,
+                 final_test_mse_max=0.05, plateaued=True)
+    level = dict(strategy="truncated(50, 50)", final_test_mse_min=0.015,
+                 final_test_mse_max=0.04, plateaued=False)
+    said = ldt.worse_or_slower([full, worse, level])
+    assert said[0].startswith("`truncated(20, 20)` is worse")
+    assert said[1].startswith("`truncated(50, 50)` is only slower")
+    assert "provisional" in said[1] and "provisional" not in said[0]

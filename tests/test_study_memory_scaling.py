@@ -41,7 +41,7 @@ def test_writes_report_figures_and_data(report):
     assert report.name == "report.md" and d.name == "memory_scaling"
     text = report.read_text()
     assert text.startswith("# Memory against sequence length")
-    assert "python -m studies.memory_scaling --small" in text and "Machine:" in text
+    assert "bptt-memory study memory_scaling --small" in text and "Machine:" in text
     for name in FIGURES:
         data = (d / name).read_bytes()
         assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 1000, name
@@ -105,6 +105,11 @@ def test_exact_peak_never_exceeds_traced(scaling):
 def test_slopes_table_matches_the_orders(report, scaling):
     s = ms._settings(small=True)
     fits = _rows(report.parent / "slopes.csv")
+    # every family swept is fitted, the O(log T) case among them
+    assert {r["family"] for r in fits} == set(ms.FAMILIES) and "binomial_log" in ms.FAMILIES
+    for r in fits:  # a floor subtracted never makes a growing figure look flatter
+        if r["slope_traced_minus_floor"] not in ("", "nan"):
+            assert float(r["slope_traced_minus_floor"]) >= float(r["slope_traced"]) - 1e-9, r
     for r in fits:
         expected, measured = float(r["expected"]), float(r["slope_measured"])
         if r["family"] == "full":  # the slope of rb + (T − 1)(rb − lb) over the same T
@@ -112,6 +117,15 @@ def test_slopes_table_matches_the_orders(report, scaling):
             exact = _common.fit_loglog_slope(Ts, [_full_peak(s, r["cell"], T) for T in Ts])
             assert expected == pytest.approx(exact, rel=1e-12), r
             assert measured == pytest.approx(expected, rel=1e-9), r
+        elif r["family"] == "binomial_log":  # ⌈log2 T⌉ states and one step, measured exactly
+            cell = ms._cell(r["cell"], s.N_IN, s.HIDDEN)
+            sb, rb = cell.state_bytes(s.BATCH, np.float64), cell.residual_bytes(s.BATCH,
+                                                                                np.float64)
+            points = [(T, p) for T, p, _ in _measured(scaling, r["cell"], "binomial_log")
+                      if T >= s.FIT_MIN_T]
+            assert points and all(p == min(math.ceil(math.log2(T)), T) * sb + rb
+                                  for T, p in points), r
+            assert 0 < measured == pytest.approx(expected, rel=1e-9), r  # grows, unlike O(1)
         elif r["family"] == "uniform":  # round(√T) segments: 0.5 only asymptotically
             assert 0.4 <= measured <= 0.65, r
         elif r["family"] == "optimal":  # past its knee, its plans fill the budget to within
@@ -192,3 +206,9 @@ def test_main_parses_the_study_command_line(monkeypatch, tmp_path):
                         or tmp_path / "report.md")
     ms.main(["--small", "--quiet", "--out", str(tmp_path)])
     assert calls == [(tmp_path, True, True)]
+
+
+def test_minus_floor_takes_off_what_does_not_grow():
+    traced, exact = [150, 250, 1100], [100, 200, 1000]  # a floor of 50, then 100
+    assert ms._minus_floor(traced, exact) == [100, 200, 1050]
+    assert ms._minus_floor([], []) == []

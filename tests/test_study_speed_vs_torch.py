@@ -60,10 +60,11 @@ def _check_common(d, contenders):
             assert 0 <= float(r["outside_median"]) < float(r["wall_max"])
         if r["contender"].startswith("optimal"):
             assert int(r["memory_bytes"]) <= int(r["budget_bytes"])
-        cell = getattr(bm, r["cell"])(s.N_IN, int(r["H"]))
+        cell = bm.CELLS[r["cell"]](s.N_IN, int(r["H"]))
         T, dt = int(r["T"]), r["dtype"]
         full_bytes = cell.recorded_bytes(T, s.BATCH, dt)
-        if r["contender"] in ("full", "full_numpy"):  # the exact formula: T steps recorded in one run
+        # the exact formula: T steps recorded in one run
+        if r["contender"] in ("full", "full_numpy"):
             alone, linked = ITEMS_PER_STEP[r["cell"]]
             BH = s.BATCH * int(r["H"]) * np.dtype(dt).itemsize
             assert int(r["memory_bytes"]) == full_bytes == (alone + linked * (T - 1)) * BH
@@ -103,7 +104,7 @@ def test_small_run_writes_a_report_figures_and_data(tmp_path):
     assert path == d / "report.md"
     text = path.read_text()
     assert text.startswith("# Speed against PyTorch on the CPU")
-    assert "python -m studies.speed_vs_torch --small" in text and "## Targets" in text
+    assert "bptt-memory study speed_vs_torch --small" in text and "## Targets" in text
     assert "A fixed probe of work like one LSTM step's" in text
     fused = _fused("lstm", "float32")
     assert ("full(), numpy kernels" in text) == fused
@@ -128,7 +129,7 @@ def test_small_run_writes_a_report_figures_and_data(tmp_path):
             if r["contender"] == "optimal_matched":
                 ckpt = next(x for x in rows if x["contender"] == "torch_checkpoint"
                             and all(x[k] == r[k] for k in ("cell", "H", "T", "dtype")))
-                rb = getattr(bm, r["cell"])(s.N_IN, int(r["H"])).residual_bytes(s.BATCH, r["dtype"])
+                rb = bm.CELLS[r["cell"]](s.N_IN, int(r["H"])).residual_bytes(s.BATCH, r["dtype"])
                 assert int(r["budget_bytes"]) == max(rb, int(ckpt["memory_bytes"]))
         for r in rows:  # the same problem: every gradient agrees with torch fused's
             tol = 1e-10 if r["dtype"] == "float64" else 1e-4
@@ -141,9 +142,10 @@ def test_small_run_writes_a_report_figures_and_data(tmp_path):
         assert all(t["config"] in text for t in missed)
 
 
-def test_small_run_without_torch_skips_its_contenders(tmp_path, monkeypatch):
+def test_small_run_without_torch_skips_its_contenders(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(study, "_load_torch", lambda: None)
     path = study.run(tmp_path, small=True, quiet=True)
+    assert "torch is not installed: skipped the torch contenders" in capsys.readouterr().err
     d = tmp_path / "speed_vs_torch"
     text = path.read_text()
     assert "torch is not installed" in text
@@ -189,25 +191,6 @@ def test_memory_note_gives_a_reason_only_where_target_2_is_missed():
         assert ("Missed at 1 of 1" in note) != met and (t2["config"] in note) != met
 
 
-def test_timed_products_times_every_matmul_of_a_run_and_restores_it():
-    """NOTE [product time]: the seconds inside np.matmul, a part of the run's own."""
-    real = np.matmul
-    model = bm.Model(bm.lstm(3, 8), 2)
-    params = model.init(np.random.default_rng(0))
-    xs, ys = bm.tasks.random_problem(model, 20, 4, np.random.default_rng(1))
-    with study.timed_products() as inside:
-        assert np.matmul is not real
-        res = bm.full().run(model, params, xs, ys)
-    assert np.matmul is real
-    assert 0 < inside[0] < res.stats.seconds
-    try:
-        with study.timed_products():
-            raise RuntimeError("a run that fails")
-    except RuntimeError:
-        pass
-    assert np.matmul is real
-
-
 def test_target_3_bound_is_the_recomputation_alone_at_full_step_costs():
     """NOTE [recomputation bound]: optimal's predicted time / full()'s, times full()'s over
     the loop's time."""
@@ -225,80 +208,20 @@ def test_target_3_bound_is_the_recomputation_alone_at_full_step_costs():
     assert not t3["met"] and f"recomputation bound {t3['bound']:.3f}" in t3["note"]
 
 
-def test_a_profiled_miss_says_how_much_of_it_is_matrix_products():
+def test_a_profiled_miss_says_the_product_split_waits_for_a_hook():
+    """NOTE [product time]: the study no longer swaps np.matmul; the profile says what it
+    measured (per-step costs beside full()'s) and that the product split needs a hook."""
     s = study._settings(small=True)
     miss = dict(target="1", config="lstm H=8 T=12 float32", cell="lstm", H=8, T=12,
                 dtype="float32", contender="full", ratio=1.2, limit=1.0, user_ratio=1.2,
                 fused_user_seconds=0.01, budget_bytes=None)
+    real = np.matmul
     (p,) = study.profile_misses(s, [miss])
-    assert 0 < p["product_seconds"] < p["product_run_seconds"]
-    note = study._product_note(p)
-    assert f"{p['product_seconds'] / p['product_run_seconds']:.0%}" in note
-    assert "torch fused took 833 µs" in note  # 0.01 s over T = 12 steps
-
-
-def test_product_bound_remakes_each_distinct_product_and_counts_it_per_call(monkeypatch):
-    """NOTE [product bound]: every product of the run, remade with its operands' layouts
-    (a transposed view stays transposed), counted as often as the run made it, at its
-    fastest time; and the operations they do."""
-    rng = np.random.default_rng(0)
-    a, b = rng.standard_normal((3, 5)), rng.standard_normal((5, 7))
-    w, out = rng.standard_normal((2, 5, 4)), np.empty((2, 3, 4))
-
-    def run():
-        for _ in range(3):
-            np.matmul(a, b)
-        np.matmul(a, w, out=out)
-        np.matmul(np.ones(5), w)  # a row of ones: (5,)·(2, 5, 4)
-        np.matmul(b.T, a.T)
-
-    made = []
-    real = np.matmul
-
-    def spy(x, y, out=None):
-        made.append(tuple(study._layout(v) for v in (x, y) + (() if out is None else (out,))))
-        return real(x, y, out=out)
-
-    # a clock whose every call lasts 1 ms, but the first timed call of each product 3 ms:
-    # 6 calls a product, 2 readings a call, the first timed call's end is reading 5
-    steps = [3e-3 if i % 12 == 5 else 1e-3 if i % 2 else 0.0 for i in range(1, 48)]
-    ticks = iter(np.cumsum([0.0] + steps))
-    monkeypatch.setattr(np, "matmul", spy)
-    monkeypatch.setattr(study.time, "perf_counter", lambda: next(ticks))
-    seconds, flops = study.product_bound(run, repeats=4)
-    assert np.matmul is spy  # the recording wrapper is gone
-    in_run, remade = made[:6], made[6:]
-    assert len(remade) == 4 * 6 and set(remade) == set(in_run)  # 2 untimed + 4 timed each
-    assert all(remade.count(k) == 6 for k in set(in_run))
-    # b.T and a.T stay transposed views, and out a (2, 3, 4) array
-    assert (study._layout(b.T), study._layout(a.T)) in remade
-    assert (study._layout(a), study._layout(w), study._layout(out)) in remade
-    assert np.isclose(seconds, 6 * 1e-3)  # the fastest call of each, 6 calls in the run
-    assert flops == 3 * (2 * 3 * 5 * 7) + 2 * 2 * 3 * 5 * 4 + 2 * 2 * 1 * 5 * 4 + 2 * 7 * 5 * 3
-
-
-def test_product_bound_restores_np_matmul_when_the_run_fails():
-    real = np.matmul
-
-    def run():
-        np.matmul(np.ones((2, 2)), np.ones((2, 2)))
-        raise RuntimeError("a run that fails")
-
-    try:
-        study.product_bound(run, repeats=1)
-    except RuntimeError:
-        pass
     assert np.matmul is real
-
-
-def test_like_gives_fresh_numbers_laid_out_as_the_original(rng):
-    rows = rng.standard_normal((20, 7)).astype(np.float32)
-    g = rng.standard_normal((3, 16, 5))
-    for x in (rows[4:10], rows.T, g.transpose(0, 2, 1), g[1], np.ones(9), rows[:, 2]):
-        y = study._like(study._layout(x), rng)
-        assert study._layout(y) == study._layout(x) and not np.shares_memory(x, y)
-        y[...] = 1.0  # usable as a product's out
-        assert np.all(y == 1.0)
+    assert p["forward_us"] > 0 and p["full_backward_us"] > 0
+    note = study._product_note(p)
+    assert "profiling hook" in note
+    assert "torch fused took 833 µs" in note  # 0.01 s over T = 12 steps
 
 
 def test_target_4_also_gives_the_ratio_of_the_fastest_rounds():
@@ -335,42 +258,16 @@ def test_target_4_splits_the_time_into_own_steps_and_bookkeeping():
 
 def test_a_report_with_every_time_target_missed_explains_each_kind(tmp_path, monkeypatch):
     """Limits no run can meet: the report then carries the target-3 bounds, the target-4
-    fastest-round ratios and step-cost split, and product-split profiles."""
+    fastest-round ratios and step-cost split, and profiles."""
     for name in ("TARGET_FULL_VS_FUSED_TIME", "TARGET_OPTIMAL_VS_CHECKPOINT_TIME",
                  "TARGET_PREDICTION_SLACK"):
         monkeypatch.setattr(study, name, 1e-3)
     text = study.run(tmp_path, small=True, quiet=True).read_text()
     assert "Target 4 misses" in text and "| fastest |" in text
     assert "| forward step / full()'s | backward step / full()'s | outside steps |" in text
-    assert "spent inside matrix products" in text
+    assert "### Target " in text and "profiling hook" in text
     if study._load_torch() is not None:
         assert "Target 3 and 3b misses" in text and "| bound |" in text
-        assert "| product bound | products' GFLOP/s | at the square's rate |" in text
-        assert "×64 matrices at" in text
-        targets = _csv(tmp_path / "speed_vs_torch" / "targets.csv")
-        data = json.loads((tmp_path / "speed_vs_torch" / "results.json").read_text())
-        rates = data["square_rates"]
-        for t in targets:  # NOTE [product bound]: every miss of target 3 or 3b has one
-            if t["target"] in ("3", "3b"):
-                assert float(t["product_bound"]) > 0 and float(t["product_rate"]) > 0
-                assert np.isclose(float(t["square_bound"]), float(t["product_bound"])
-                                  * float(t["product_rate"]) / float(rates[t["dtype"]]))
-
-
-def test_the_library_makes_every_matrix_product_with_np_matmul():
-    """NOTE [product time] holds only while no `@` product is written in the executor and
-    the cells: `timed_products` would not see it."""
-    import ast
-    import pathlib
-
-    for module in (bm.engine, bm.cells, bm.model, bm.strategies, bm.checkpoint):
-        tree = ast.parse(pathlib.Path(module.__file__).read_text())
-        products = [n.lineno for n in ast.walk(tree)
-                    if isinstance(n, (ast.BinOp, ast.AugAssign)) and isinstance(n.op, ast.MatMult)]
-        if module is bm.model:  # cross_entropy's loss: a dot of B numbers, not a step's product
-            assert len(products) == 1, products
-        else:
-            assert products == [], (module.__name__, products)
 
 
 def test_target_1_is_met_only_within_the_limit_in_wall_and_in_cpu_time():
@@ -392,3 +289,28 @@ def test_target_1_is_met_only_within_the_limit_in_wall_and_in_cpu_time():
         (summary,) = study._summary([t1])
         assert np.isclose(summary["worst ratio"], max(1 / wall, 1 / user))
     assert verdicts == {(2.0, 0.8): False, (0.8, 2.0): False, (2.0, 2.0): True, (0.8, 0.8): False}
+
+
+def test_history_gives_each_ratio_its_range_over_runs(tmp_path):
+    """NOTE [runs over time]: runs append; the report gives the range over all of them."""
+    t = dict(target="1", config="lstm H=128 T=1000 float32", contender="full", ratio=0.9,
+             user_ratio=None)
+    other = dict(t, config="gru H=128 T=1000 float32", ratio=0.5)
+    history = study.record_history(tmp_path, [t, other], "first")
+    assert study.over_runs(history, t) == "one run so far"
+    history = study.record_history(tmp_path, [dict(t, ratio=1.1)], "second")
+    assert study.over_runs(history, t) == "0.900–1.100 over 2 runs"
+    assert study.over_runs(history, other) == "one run so far"
+    assert [h["run"] for h in history] == ["first", "first", "second"]
+
+
+def test_figure_legend_names_every_contender_in_any_panel():
+    s = study._settings(small=True)
+    rows = [dict(cell=c, dtype=dt, H=8, T=12, contender=name, wall_median=1.0,
+                 memory_bytes=1, traced_peak_bytes=None, ratio_to_torch_fused=1.0)
+            for c in s.CELLS for dt in s.DTYPES for name in study.CONTENDERS
+            if name not in study.NUMPY_KERNELS or (c, dt) == ("lstm", "float32")]
+    fig = study.plot_time(s, rows)
+    (legend,) = fig.legends
+    assert {t.get_text() for t in legend.get_texts()} == {study.LABELS[n]
+                                                          for n in study.CONTENDERS}

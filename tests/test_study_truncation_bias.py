@@ -10,7 +10,7 @@ def test_small_run_writes_a_consistent_report(tmp_path):
     path = truncation_bias.run(tmp_path, small=True, quiet=True)
     d = tmp_path / "truncation_bias"
     assert path == d / "report.md" and path.read_text().startswith("# Truncation bias")
-    for png in ("error_vs_k2.png", "grid_k1_k2.png"):
+    for png in ("error_vs_k2.png", "grid_k1_k2.png", "frontier.png"):
         data = (d / png).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000
     assert not list(d.glob("*.tmp")) and not list(d.glob(".*"))
@@ -24,6 +24,10 @@ def test_small_run_writes_a_consistent_report(tmp_path):
     for r in rows:
         assert -1.0 - 1e-12 <= float(r["cosine"]) <= 1.0 + 1e-12
         assert float(r["rel_error"]) >= 0.0
+        # NOTE [recurrent error]: the readout's gradient is exact under truncation, so the
+        # same error over a smaller exact norm: never below the error over every parameter
+        if int(r["k2"]) < T:  # (at k2 = T both are rounding)
+            assert float(r["rel_error"]) >= float(r["rel_error_all_params"]) * (1 - 1e-12)
         if int(r["k2"]) >= T:  # nothing is cut: the exact gradient, to rounding
             assert float(r["rel_error"]) <= 1e-10 and float(r["cosine"]) > 1 - 1e-12
 
@@ -46,3 +50,27 @@ def test_small_run_writes_a_consistent_report(tmp_path):
     # The whole (k1, k2) grid is run at GRID_RADIUS.
     grid = {(r["k1"], r["k2"]) for r in summary if r["radius"] == s["GRID_RADIUS"]}
     assert grid == {(a, b) for a in s["K2S"] for b in s["K2S"] if a <= b}
+
+
+def test_summaries_are_geometric_means_within_the_seeds_band():
+    rows = [dict(cell="c", radius=1.0, k1=1, k2=2, rel_error=e, rel_error_all_params=e / 2,
+                 cosine=c, backward_steps=4, peak_bytes=8)
+            for e, c in ((1e-2, 0.9), (1e-4, 0.99), (1e-6, 1.0))]
+    (s,) = truncation_bias.summarise(rows)
+    assert np.isclose(s["rel_error"], 1e-4) and s["rel_error_median"] == 1e-4
+    assert (s["rel_error_min"], s["rel_error_max"], s["cosine"]) == (1e-6, 1e-2, 0.99)
+    assert truncation_bias.geometric_mean([0.0, 1.0]) == 0.0
+
+
+def test_frontier_keeps_exactly_the_undominated_pairs():
+    s = truncation_bias._settings(small=True)
+    summary = [dict(cell=c, radius=s.GRID_RADIUS, k1=k1, k2=k2, backward_steps=b, rel_error=e)
+               for c in s.CELLS
+               for k1, k2, b, e in ((1, 2, 20, 0.1), (2, 2, 10, 0.3), (1, 4, 40, 0.01),
+                                    (4, 4, 10, 0.2), (2, 4, 20, 0.15))]
+    exact = [dict(cell=c, radius=s.GRID_RADIUS, k1=s.T, k2=s.T, backward_steps=s.T,
+                  rel_error=0.0) for c in s.CELLS]  # full BPTT: not a truncation
+    points = truncation_bias.frontier(s, summary + exact)
+    on = {(p["k1"], p["k2"]) for p in points if p["on_frontier"] and p["cell"] == "lstm"}
+    assert on == {(4, 4), (1, 2), (1, 4)}  # (2, 2) and (2, 4) cost as much for more error
+    assert all(p["k2"] < s.T for p in points)

@@ -13,7 +13,7 @@ interchangeable backward strategies with one call shape,
 Every result carries `Stats` with the exact bytes the strategy held for the backward pass.
 """
 
-from . import compare, tasks  # noqa: F401  (bm.tasks.adding_problem, bm.compare.plan, ...)
+from . import compare, tasks, timing  # noqa: F401  (bm.tasks.adding_problem, bm.compare.plan, ...)
 from .cell import Cell, CellError, Kernels, PlainKernels
 from .cells import CELLS, gru, lstm, stack, vanilla
 from .checkpoint import Binomial, Optimal, binomial, binomial_forward_steps, optimal
@@ -21,10 +21,34 @@ from .engine import execute
 from .model import LOSSES, LossFn, Model, Result, Stats
 from .online import Online, OnlinePolicy, online
 from .reference import reference_gradients
-from .schedule import (Action, Advance, Cost, EndForward, Free, Record, Restore, Reverse,
-                       ScheduleError, Store, format_schedule, simulate)
-from .strategies import (Full, ScheduledStrategy, Strategy, Truncated, Uniform, Update,
-                         best_uniform, clear_plan_caches, full, plan_cache_bytes, truncated, uniform)
+from .schedule import (
+                       Action,
+                       Advance,
+                       Cost,
+                       EndForward,
+                       Free,
+                       Record,
+                       Restore,
+                       Reverse,
+                       ScheduleError,
+                       Store,
+                       format_schedule,
+                       simulate,
+)
+from .strategies import (
+                       Full,
+                       ScheduledStrategy,
+                       Strategy,
+                       Truncated,
+                       Uniform,
+                       Update,
+                       best_uniform,
+                       clear_plan_caches,
+                       full,
+                       plan_cache_bytes,
+                       truncated,
+                       uniform,
+)
 
 __version__ = "0.1.0"
 
@@ -47,5 +71,5 @@ __all__ = [
     "Action", "Advance", "Record", "Reverse", "Store", "Restore", "Free",
     "EndForward", "Cost", "ScheduleError", "simulate", "format_schedule", "execute",
     "plan_cache_bytes", "clear_plan_caches",
-    "binomial_forward_steps", "reference_gradients", "compare", "tasks",
+    "binomial_forward_steps", "reference_gradients", "compare", "tasks", "timing",
 ]

@@ -37,7 +37,8 @@ import numpy as np
 # 6·10⁻⁸ relative of tanh; evaluated in float32 it is within 7 ulp of the rounded
 # tanh at every float32 in [10⁻³⁰, 9.5] (checked exhaustively, worst 5.9; numpy's own
 # float32 tanh is within 1.4 on a grid of 2M points), it is odd, and clipped to
-# [−1, 1] (tests/test_fused.py checks all three on samples). It is not monotone: past |x| = 2.6 it wobbles within that error, by
+# [−1, 1] (tests/test_fused.py checks all three on samples). It is not monotone: past
+# |x| = 2.6 it wobbles within that error, by
 # up to 7 ulp. Q > 1 for x ≠ 0, so the division is safe.
 _P0, _P1, _P2, _P3, _P4 = (np.float32(v) for v in (
     0.9999999873552623, 0.13393024594219252, 0.003509819636287768,

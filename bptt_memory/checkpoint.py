@@ -23,8 +23,7 @@ import numpy as np
 
 from .cell import check_size as _check_size
 from .cell import run_bytes as _run_bytes
-from .schedule import Action, Advance, Free, Record, Restore, Reverse, Store
-from .schedule import Cost, simulate
+from .schedule import Action, Advance, Cost, Free, Record, Restore, Reverse, Store, simulate
 from .strategies import ScheduledStrategy, _check_materialise, _check_sizes, _check_steps
 
 __all__ = ["binomial", "optimal", "Binomial", "Optimal", "binomial_forward_steps"]
@@ -94,7 +93,8 @@ class Binomial(ScheduledStrategy):
             raise TypeError(f"binomial(slots={self.slots!r}): slots must be an int")
         if self.slots < 1:
             raise ValueError(
-                f"binomial(slots={self.slots}): needs at least 1 slot; use full() to store everything"
+                f"binomial(slots={self.slots}): needs at least 1 slot; use full() to store "
+                "everything"
             )
         object.__setattr__(self, "slots", int(self.slots))
 

@@ -200,7 +200,7 @@ def _plan(args: argparse.Namespace) -> int:
                           "options": [asdict(o) for o in options]}, indent=2, allow_nan=False))
         return 0
     full_bytes = cell.recorded_bytes(args.steps, args.batch, dtype)
-    print(f"{cell.kind} T={args.steps} B={args.batch} H={args.hidden} {args.dtype}: "
+    print(f"{args.cell} T={args.steps} B={args.batch} H={args.hidden} {args.dtype}: "
           f"budget {format_bytes(args.budget)}; full() would hold {format_bytes(full_bytes)}")
     best = next((o for o in options if o.fits and o.exact), None)
     if best is None:

@@ -338,7 +338,8 @@ def plan(cell: Cell, n_steps: int, batch: int, budget_bytes: int,
         offers.append((optimal(budget_bytes), True, "mixes stored states and residuals"))
         k2 = min(T, budget_bytes // rb)
         offers.append((truncated(k2, k2), k2 >= T,
-                       "exact" if k2 >= T else f"biased: cuts every dependency longer than {k2} steps"))
+                       "exact" if k2 >= T
+                       else f"biased: cuts every dependency longer than {k2} steps"))
     out = []
     for strategy, exact, note in offers:
         c = strategy.cost(T, **sizes)

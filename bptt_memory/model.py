@@ -81,7 +81,8 @@ class Model:
                              "or a function f(o, y) -> (per_example_loss, dloss_do)")
         clash = {"weight_out", "bias_out"} & set(self.cell.param_shapes())
         if clash:
-            raise ValueError(f"Model(cell=...): {self.cell.name} names a parameter {sorted(clash)}, "
+            raise ValueError(f"Model(cell=...): {self.cell.name} names a parameter "
+                             f"{sorted(clash)}, "
                              "which the readout uses; rename it")
 
     @property
@@ -133,7 +134,8 @@ class Model:
         grads["weight_out"] += np.matmul(do.T, h)
         grads["bias_out"] += np.matmul(ones, do)
 
-    def step_loss(self, o: np.ndarray, y: np.ndarray, scale: np.ndarray) -> tuple[float, np.ndarray]:
+    def step_loss(self, o: np.ndarray, y: np.ndarray, scale: np.ndarray
+                  ) -> tuple[float, np.ndarray]:
         """This step's loss term and its gradient w.r.t. o.
 
         ``scale`` (B,) is mask[t]/B. Returns (Σ_b scale_b·ℓ_b, dL/do of shape (B, O)).
@@ -187,7 +189,8 @@ class Model:
         wrong gradient.
         """
         if not isinstance(params, dict):
-            raise TypeError(f"params: expected a dict from model.init(...), got {type(params).__name__}")
+            raise TypeError("params: expected a dict from model.init(...), got "
+                            f"{type(params).__name__}")
         shapes = self.param_shapes()
         missing, extra = sorted(set(shapes) - set(params)), sorted(set(params) - set(shapes))
         if missing or extra:
@@ -229,7 +232,8 @@ class Model:
             raise ValueError(f"xs: last dim is {n_in}, the cell has n_in={self.cell.n_in}")
         if xs.dtype != dtype:
             raise TypeError(
-                f"xs: dtype {xs.dtype} differs from params' {dtype}; convert with xs.astype(np.{dtype})"
+                f"xs: dtype {xs.dtype} differs from params' {dtype}; convert with "
+                f"xs.astype(np.{dtype})"
             )
         if not np.isfinite(xs).all():
             raise ValueError("xs: contains NaN or inf")
@@ -245,19 +249,24 @@ class Model:
                 raise ValueError("ys: contains NaN or inf")
         elif self.loss == "mse":
             if ys.shape != (T, B, self.n_out):
-                raise ValueError(f"ys: shape {ys.shape}, mse needs (T, B, n_out) = {(T, B, self.n_out)}")
+                raise ValueError(f"ys: shape {ys.shape}, mse needs (T, B, n_out) = "
+                                 f"{(T, B, self.n_out)}")
             if ys.dtype != dtype:
-                raise TypeError(f"ys: dtype {ys.dtype} differs from params' {dtype}; convert with ys.astype")
+                raise TypeError(f"ys: dtype {ys.dtype} differs from params' {dtype}; "
+                                "convert with ys.astype")
             if not np.isfinite(ys).all():
                 raise ValueError("ys: contains NaN or inf")
         else:
             if ys.shape != (T, B):
-                raise ValueError(f"ys: shape {ys.shape}, cross_entropy needs integer labels (T, B) = {(T, B)}")
+                raise ValueError(f"ys: shape {ys.shape}, cross_entropy needs integer labels "
+                                 f"(T, B) = {(T, B)}")
             if not np.issubdtype(ys.dtype, np.integer):
-                raise TypeError(f"ys: cross_entropy needs integer class labels, got dtype {ys.dtype}")
+                raise TypeError("ys: cross_entropy needs integer class labels, got dtype "
+                                f"{ys.dtype}")
             if ys.min() < 0 or ys.max() >= self.n_out:
                 raise ValueError(
-                    f"ys: labels must lie in [0, n_out={self.n_out}), got range [{ys.min()}, {ys.max()}]"
+                    f"ys: labels must lie in [0, n_out={self.n_out}), got range "
+                    f"[{ys.min()}, {ys.max()}]"
                 )
 
         if mask is None:
@@ -307,7 +316,8 @@ def _float_dtype(where: str, dtype: object) -> np.dtype:
     try:
         dt = np.dtype(dtype)  # type: ignore[call-overload]
     except TypeError:
-        raise TypeError(f"{where}: {dtype!r} is not a dtype; use np.float32 or np.float64") from None
+        raise TypeError(f"{where}: {dtype!r} is not a dtype; use np.float32 or "
+                        "np.float64") from None
     if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
         raise TypeError(f"{where}: dtype {dt} is not supported; use np.float32 or np.float64")
     return dt
@@ -328,7 +338,8 @@ class Stats:
         peak_states, peak_residuals: peak counts of stored states and recorded steps.
         state_bytes, residual_bytes: bytes of one stored state / one recorded step.
         link_bytes: what a step recorded while the step before it is held shares with
-            it, so keeps less (NOTE [linked steps] in bptt_memory/cells/_gated.py; 0 for truncated's ring).
+            it, so keeps less (NOTE [linked steps] in bptt_memory/cells/_gated.py; 0 for
+            truncated's ring).
         traced_peak_bytes: tracemalloc's peak over the run when run with
             ``trace_memory=True`` (else None). It also sees the grads and transient
             temporaries, so peak_bytes ≤ traced_peak_bytes ≤ peak_bytes + `traced_allowance`.

@@ -27,10 +27,26 @@ from .cell import Params, PlainKernels, State
 from .checkpoint import _binomial_actions, _coalesce, _shift, _t
 from .engine import _execute
 from .model import Model, Result, check_model
-from .schedule import (Action, Advance, Cost, EndForward, Free, Record, Restore, Reverse, Store,
-                       simulate)
-from .strategies import (ScheduledStrategy, _check_materialise, _check_sizes, _check_steps,
-                         _check_stream_step, plan_cache_bytes)
+from .schedule import (
+    Action,
+    Advance,
+    Cost,
+    EndForward,
+    Free,
+    Record,
+    Restore,
+    Reverse,
+    Store,
+    simulate,
+)
+from .strategies import (
+    ScheduledStrategy,
+    _check_materialise,
+    _check_sizes,
+    _check_steps,
+    _check_stream_step,
+    plan_cache_bytes,
+)
 
 __all__ = ["online", "Online", "OnlinePolicy"]
 

@@ -174,7 +174,8 @@ class Cost:
     ``peak_bytes`` is the peak of states·state_bytes + residuals·residual_bytes −
     linked·link_bytes taken at every moment (not the sum of separate peaks), where
     `linked` counts the recorded steps that were recorded while the step before them was
-    held (NOTE [linked steps] in bptt_memory/cells/_gated.py); None when the byte sizes were not given.
+    held (NOTE [linked steps] in bptt_memory/cells/_gated.py); None when the byte sizes
+    were not given.
     """
 
     n_steps: int
@@ -265,7 +266,8 @@ def simulate(schedule: Iterable[Action], *, n_steps: int | None = None,
             if a.n1 > T:
                 raise fail(i, a, f"runs past the last boundary T={T}")
             if a.n0 != pos:
-                raise fail(i, a, f"the working state is at {pos}, not {a.n0}; Restore({a.n0}) first")
+                raise fail(i, a, f"the working state is at {pos}, not {a.n0}; "
+                                 f"Restore({a.n0}) first")
             if isinstance(a, Record):
                 again = recorded.intersection(range(a.n0, a.n1))
                 if again:
@@ -277,7 +279,8 @@ def simulate(schedule: Iterable[Action], *, n_steps: int | None = None,
             forward += a.n1 - a.n0
         elif isinstance(a, Reverse):
             if a.n1 != adjoint:
-                raise fail(i, a, f"the adjoint is at {adjoint}: reverse steps in order, from {adjoint} down")
+                raise fail(i, a, f"the adjoint is at {adjoint}: reverse steps in order, "
+                                 f"from {adjoint} down")
             missing = set(range(a.n0, a.n1)) - recorded
             if missing:
                 raise fail(i, a, f"step {max(missing)} has no residuals; Record it first")
@@ -305,13 +308,15 @@ def simulate(schedule: Iterable[Action], *, n_steps: int | None = None,
                 raise fail(i, a, f"no state is stored at {a.n}")
             stored.discard(a.n)
         held = len(stored) * sb + len(recorded) * rb - len(linked) * lb
-        peak_s, peak_r, peak_b = max(peak_s, len(stored)), max(peak_r, len(recorded)), max(peak_b, held)
+        peak_s, peak_r = max(peak_s, len(stored)), max(peak_r, len(recorded))
+        peak_b = max(peak_b, held)
         if budget_bytes is not None and held > budget_bytes:
             raise fail(i, a, f"holds {held} bytes, over budget_bytes={budget_bytes}")
         if max_states is not None and len(stored) > max_states:
             raise fail(i, a, f"holds {len(stored)} states, over the limit of {max_states}")
         if max_residuals is not None and len(recorded) > max_residuals:
-            raise fail(i, a, f"holds {len(recorded)} recorded steps, over the limit of {max_residuals}")
+            raise fail(i, a, f"holds {len(recorded)} recorded steps, over the limit of "
+                             f"{max_residuals}")
     if adjoint != 0:
         raise ScheduleError(f"schedule: ends with steps [0, {adjoint}) not reversed")
     if stored:
@@ -320,5 +325,6 @@ def simulate(schedule: Iterable[Action], *, n_steps: int | None = None,
         raise ScheduleError(f"schedule: ends with recorded steps {sorted(recorded)} never reversed")
     return Cost(
         n_steps=T, forward_steps=forward, backward_steps=backward, peak_states=peak_s,
-        peak_residuals=peak_r, peak_bytes=peak_b if state_bytes is not None else None, actions=count,
+        peak_residuals=peak_r, peak_bytes=peak_b if state_bytes is not None else None,
+        actions=count,
     )

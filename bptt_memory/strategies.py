@@ -29,8 +29,8 @@ from .cell import check_size as _check_size
 from .cell import run_bytes as _run_bytes
 from .engine import _execute, measure
 from .model import Model, Result, Stats, check_model
-from .walk import Ledger
 from .schedule import Action, Advance, Cost, Free, Record, Restore, Reverse, Store, simulate
+from .walk import Ledger
 
 __all__ = ["Strategy", "ScheduledStrategy", "full", "truncated", "uniform", "best_uniform", "Full",
            "Truncated", "Uniform", "Update", "MAX_SCHEDULE_STEPS", "plan_cache_bytes",
@@ -367,7 +367,8 @@ def best_uniform(n_steps: int, budget_bytes: int, state_bytes: int, residual_byt
     """The uniform(every=k) with the fewest forward steps (then the least memory) whose
     peak fits budget_bytes, or None when none does; from the closed forms, no schedule.
 
-    >>> best_uniform(100, budget_bytes=20 * 8, state_bytes=8, residual_bytes=8)  # 8 states + 10 steps
+    >>> # 8 states + 10 steps:
+    >>> best_uniform(100, budget_bytes=20 * 8, state_bytes=8, residual_bytes=8)
     Uniform(every=10)
     """
     T = _check_steps("best_uniform", n_steps)
@@ -490,7 +491,8 @@ class Truncated(Strategy):
         try:
             first = next(it)
         except StopIteration:
-            raise ValueError("truncated().stream(steps=...): the stream is empty; pass at least one step") from None
+            raise ValueError("truncated().stream(steps=...): the stream is empty; pass at "
+                             "least one step") from None
         first = _check_stream_step(model, params, first, 0)
         B, dtype = first[0].shape[0], first[0].dtype
         h0_ = model.check_h0(h0, B, dtype)
@@ -500,7 +502,8 @@ class Truncated(Strategy):
             for i, s in enumerate(it, start=1):
                 x, y, m = _check_stream_step(model, params, s, i)
                 if x.shape[0] != B:
-                    raise ValueError(f"steps[{i}]: batch {x.shape[0]} differs from the first step's {B}")
+                    raise ValueError(f"steps[{i}]: batch {x.shape[0]} differs from the first "
+                                     f"step's {B}")
                 yield x, y, m
 
         yield from self._updates(model, params, checked(), h0_, B, Ledger(), n_steps=None)

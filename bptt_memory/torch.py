@@ -28,8 +28,8 @@ import torch
 from torch import Tensor, nn
 
 from .model import Stats
-from .schedule import Action, Cost, Reverse, simulate
-from .strategies import Full, ScheduledStrategy, Strategy, Truncated
+from .schedule import Action, Cost, Reverse
+from .strategies import Full, Strategy, Truncated
 from .walk import Executor, Ledger, walk
 
 __all__ = ["scan", "cost", "measure_step", "StepSizes"]
@@ -322,15 +322,7 @@ def cost(step: Step, xs: Tensor, h0: Any, *, loss_fn: LossFn, ys: Tensor | None 
     p = _Problem("cost", step, xs, h0, ys, loss_fn, strategy or Full(), params)
     sizes = _trace(p)
     _check_budget(p, sizes)
-    s = p.strategy
-    if isinstance(s, Truncated):
-        k2, T = min(s.k2, p.T), p.T
-        ends = sorted({*range(s.k1, T + 1, s.k1), T})
-        return Cost(n_steps=T, forward_steps=T, backward_steps=sum(min(s.k2, t) for t in ends),
-                    peak_states=0, peak_residuals=k2, peak_bytes=k2 * sizes.residual_bytes,
-                    actions=0)
-    assert isinstance(s, ScheduledStrategy)
-    return simulate(s.iter_schedule(p.T, **sizes.sizes()), n_steps=p.T, **sizes.sizes())
+    return p.strategy.cost(p.T, **sizes.sizes())  # every strategy prices itself
 
 
 # --- the executor -------------------------------------------------------------------------
@@ -400,6 +392,7 @@ class _TorchExecutor(Executor):
                 inp = s_in
             else:
                 s_in, inp = None, chained
+            assert inp is not None  # a state where the graph is cut, the chained one else
             with torch.enable_grad(), (self.counter.hooks() if self.counter else nullcontext()):
                 out = p.call(x, inp, check)
                 loss = p.loss(out, t)
@@ -502,7 +495,7 @@ class _Run:
         ctx.run = self
         p, ex = self.p, self.ex
         self.h0 = _Working(self.h0.state, _rng_get(p.devices))
-        plan = tuple(p.strategy.schedule(p.T, **self.sizes.sizes()))  # type: ignore[union-attr]
+        plan = tuple(p.strategy.schedule(p.T, **self.sizes.sizes()))  # type: ignore[attr-defined]
         ex.cuts = {a.n0 for a in plan if isinstance(a, Reverse)}
         first = next(i for i, a in enumerate(plan) if isinstance(a, Reverse))
         self.rest = iter(plan[first:])

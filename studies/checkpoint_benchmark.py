@@ -207,7 +207,7 @@ def report(s: SimpleNamespace, plan: list[dict], rows: list[dict], verdict: dict
         f"Plans are walked lazily by `simulate`, which checks them. optimal's budgets are in "
         f"LSTM states at B={s.BATCH}, H={s.HIDDEN}, {dt} ({sb:,} B a state, {rb:,} B a step's "
         f"residuals on its own, {rb - lb:,} B when the step before it is still held: NOTE "
-        "[linked steps] in `bptt_memory/cells.py`); cold = a fresh interpreter, warm = "
+        "[linked steps] in `bptt_memory/cells/_gated.py`); cold = a fresh interpreter, warm = "
         "repeated in-process with its tables memoised.",
         "",
         "| policy | T | cold s | warm s | forward steps | binomial at that budget | peak held |",

@@ -120,7 +120,8 @@ def long_plans(s: SimpleNamespace, quiet: bool) -> list[dict]:
             total = [p + w for p, w in zip(plan_s, walk_s)]
             rows.append({
                 "T": T, "fraction": fraction, "budget_bytes": budget,
-                "plan_seconds": statistics.median(plan_s), "walk_seconds": statistics.median(walk_s),
+                "plan_seconds": statistics.median(plan_s),
+                "walk_seconds": statistics.median(walk_s),
                 "total_seconds": statistics.median(total), "total_min": min(total),
                 "total_max": max(total), "planner_bytes": planner_bytes,
                 "forward_steps": walked.forward_steps, "priced_forward_steps": cost.forward_steps,
@@ -189,7 +190,8 @@ def online_steps(s: SimpleNamespace, quiet: bool) -> tuple[list[dict], list[dict
                 rows.append({"slots": slots, "T": T, "online": online, "binomial": offline,
                              "ratio": online / offline})
         summary.append({"slots": slots, "(s+1)(s+2)/2": bound,
-                        "equal_up_to": equal_up_to if equal_up_to is not None else s.ONLINE_MAX_STEPS,
+                        "equal_up_to": (equal_up_to if equal_up_to is not None
+                                        else s.ONLINE_MAX_STEPS),
                         "worst_ratio_seen": worst})
     return rows, summary
 
@@ -237,7 +239,8 @@ def run_times(s: SimpleNamespace) -> dict:
                     / np.abs(results["full"].grads[k]).max()) for k in grads)
     return {"T": s.RUN_STEPS, "budget_bytes": budget, "full": _spread(times["full"]),
             "optimal": _spread(times["optimal"]),
-            "ratio_of_medians": statistics.median(times["optimal"]) / statistics.median(times["full"]),
+            "ratio_of_medians": (statistics.median(times["optimal"])
+                                 / statistics.median(times["full"])),
             "ratio_per_round": _spread(ratios), "grad_rel_error": err,
             "optimal_forward_steps": results["optimal"].stats.forward_steps,
             "peak_fraction": results["optimal"].stats.peak_bytes / results["full"].stats.peak_bytes}
@@ -307,7 +310,8 @@ def run(out: Path | str = C.DEFAULT_OUT, *, small: bool = False, quiet: bool = F
     for T in s.LONG_STEPS:
         if T in GOAL_SECONDS:
             lines.append(f"- T = {T:,}: plan + walk at most {worst_total[T]:.2f} s, goal ≤ "
-                         f"{GOAL_SECONDS[T]:g} s{_verdict(worst_total[T] <= GOAL_SECONDS[T], small)}")
+                         f"{GOAL_SECONDS[T]:g} s"
+                         f"{_verdict(worst_total[T] <= GOAL_SECONDS[T], small)}")
     lines += [f"- planner memory at T = {longest:,}: {planner:,} bytes, goal ≤ "
               f"{GOAL_PLANNER_BYTES:,}{_verdict(planner <= GOAL_PLANNER_BYTES, small)}", ""]
     lines += [

@@ -78,7 +78,8 @@ OPTIMAL_FIT_MIN_T = 100
 # -- fresh processes: what the kernel sees (RSS), sampled by memory_profiler ----------------
 # Memory over time, at a size where residuals dominate the process: one recorded LSTM step
 # keeps 7·B·H = 28 672 float64 numbers (224 KiB), 6·B·H (192 KiB) once its c_prev links to
-# the step before (NOTE [linked steps] in bptt_memory/cells.py); full() at T = 600 holds 113 MiB
+# the step before (NOTE [linked steps] in bptt_memory/cells/_gated.py); full() at T = 600
+# holds 113 MiB
 TIMELINE = dict(cell="lstm", batch=32, hidden=128, n_in=8, T=600)
 # The strategies swept (online's memory is binomial's at the same slots), and binomial given
 # slots growing with log T (LOG_SLOTS_PER_DOUBLING·⌈log2 T⌉), the O(log T)-memory,
@@ -158,14 +159,10 @@ def _predicted_peak(strategy: bm.Strategy, T: int, sizes: dict[str, int]) -> int
     """The peak bytes a strategy will hold on T steps, without running it.
 
     `sizes` is ``cell.sizes(B, dtype)``: with its link_bytes, `simulate` prices linked
-    steps as the executor holds them (NOTE [linked steps] in bptt_memory/cells.py).
+    steps as the executor holds them (NOTE [linked steps] in bptt_memory/cells/_gated.py);
+    every strategy prices itself (`Strategy.cost`), truncated's ring included.
     """
-    if isinstance(strategy, bm.ScheduledStrategy):
-        cost = bm.simulate(strategy.iter_schedule(T, **sizes), n_steps=T, **sizes)
-        return int(cost.peak_bytes or 0)
-    # truncated keeps no schedule, only its ring of min(k2, T) recorded steps, which do not
-    # link (`truncated`)
-    return min(strategy.k2, T) * sizes["residual_bytes"]  # type: ignore[attr-defined]
+    return int(strategy.cost(T, **sizes).peak_bytes or 0)
 
 
 # -- part 1: the sweep, in this process -------------------------------------------------------
@@ -254,7 +251,7 @@ def _expected_slope(s: SimpleNamespace, kind: str, family: str, Ts: Sequence[int
 
     full() holds rb + (T − 1)·(rb − lb) (`Cell.recorded_bytes`): each step after the first
     adds rb − lb, as it shares lb with the step before (NOTE [linked steps] in
-    bptt_memory/cells.py), so its slope is 1 only as T grows; that of the exact formula over
+    bptt_memory/cells/_gated.py), so its slope is 1 only as T grows; that of the exact formula over
     the same T is expected. The others, their order's slope.
     """
     if family not in ("full", "binomial_log") or len(Ts) < 2:
@@ -495,7 +492,7 @@ def _python_overhead(s: SimpleNamespace, rows: Sequence[dict],
     """(bytes a step adds, traced bytes per recorded step beyond them) of full() on a cell.
 
     From the two largest measured T: d traced / d T − (rb − lb), the bytes each step after
-    the first adds to full()'s exact peak (NOTE [linked steps] in bptt_memory/cells.py),
+    the first adds to full()'s exact peak (NOTE [linked steps] in bptt_memory/cells/_gated.py),
     i.e. what tracemalloc sees per stored step besides the numbers (array headers, the
     residuals' tuple, the dict entry holding it).
     """

@@ -2,7 +2,7 @@
 
 For an LSTM (one stored state is 2·B·H numbers; a recorded step keeps 7·B·H on its own,
 3.5 states, and 6·B·H, 3 states, when the step before it is still held, because it then
-shares c_prev with that step: NOTE [linked steps] in bptt_memory/cells.py) this study
+shares c_prev with that step: NOTE [linked steps] in bptt_memory/cells/_gated.py) this study
 sweeps a memory budget from a fraction of a percent of full()'s peak bytes (T steps
 recorded in one run, all linked but the first: `Cell.recorded_bytes`) up to all of it,
 and at each budget gives every checkpointing strategy its parameter with the fewest
@@ -593,7 +593,7 @@ memory for it is cut to a fraction of what full() keeps? For an LSTM (B = {s.BAT
 I = {s.N_IN}, H = {s.HIDDEN}, float64: one stored state {format_bytes(sb)}; one recorded
 step {format_bytes(rb)} on its own, {rb / sb:g} states, and {format_bytes(rb - lb)},
 {(rb - lb) / sb:g} states, when the step before it is still held, because it then shares
-c_prev with that step (NOTE [linked steps] in `bptt_memory/cells.py`); full() records all
+c_prev with that step (NOTE [linked steps] in `bptt_memory/cells/_gated.py`); full() records all
 T steps in one run, {format_bytes(rb)} + (T − 1)·{format_bytes(rb - lb)}) at
 T = {', '.join(map(str, s.STEPS))}.
 

@@ -15,7 +15,7 @@ gradient w.r.t. every parameter, from the same weights and data:
   readout and loss inside it, so only segment boundaries are kept.
 
 NOTE [numpy kernels] Where the cell runs float32 steps on compiled kernels (numba
-installed: NOTE [fused float32 LSTM] in `bptt_memory/cells.py`), ``full()`` also runs on
+installed: NOTE [fused float32 LSTM] in `bptt_memory/cells/_gated.py`), ``full()`` also runs on
 numpy's kernels (``lstm(..., fused=False)``) as one more contender in the same rounds,
 "full(), numpy kernels", so the report shows what the compiled kernels change beside what
 torch does; target 1's note gives its ratios too. Targets are judged on ``full()`` as a
@@ -727,12 +727,12 @@ def _kernels_line(rows: Sequence[dict]) -> str:
     numpy_ = {_config(r): r for r in rows if r["contender"] in NUMPY_KERNELS}
     if not numpy_:
         return ("Every step ran on numpy's kernels (numba is not installed, or "
-                "BPTT_MEMORY_FUSED=0: NOTE [fused float32 LSTM] in `bptt_memory/cells.py`).")
+                "BPTT_MEMORY_FUSED=0: NOTE [fused float32 LSTM] in `bptt_memory/cells/_gated.py`).")
     ratios = [numpy_[_config(r)]["wall_median"] / r["wall_median"]
               for r in rows if r["contender"] == "full" and _config(r) in numpy_]
     return (f"float32 LSTM steps ran on the compiled kernels (numba "
             f"{importlib.metadata.version('numba')}; NOTE [fused float32 LSTM] in "
-            "`bptt_memory/cells.py`), every other step on numpy's. For those configurations "
+            "`bptt_memory/cells/_gated.py`), every other step on numpy's. For those configurations "
             "\"full(), numpy kernels\" runs full() on numpy's kernels in the same rounds: it took "
             + (f"{min(ratios):.2f}" if len(ratios) == 1 else f"{min(ratios):.2f}–{max(ratios):.2f}")
             + "× the wall time of full() on the compiled ones.")
@@ -814,7 +814,8 @@ def _memory_note(s: SimpleNamespace, rows: Sequence[dict], targets: Sequence[dic
             f"the largest H and T (full() against torch fused): {lines}. A step recorded on its "
             f"own keeps {alone} B·H (`Cell.residual_bytes`), but consecutive recorded steps share "
             "the state between them: a step's h_prev (vanilla) or c_prev (LSTM) is the previous "
-            "step's h' or c' array, not a copy (NOTE [linked steps] in `bptt_memory/cells.py`"
+            "step's h' or c' array, not a copy (NOTE [linked steps] in "
+            "`bptt_memory/cells/_gated.py`"
             + (f"; {', '.join(unlinked)} shares nothing, its h' not being among its residuals"
                if unlinked else "")
             + "). full() records all T steps in one run, so every step after the first adds "

@@ -48,7 +48,7 @@ def run(out: Path | str | None = None, *, small: bool = False, quiet: bool = Fal
     item = np.dtype(DTYPE).itemsize
 
     # 1. the arrays a recorded step keeps, per cell, and those it shares with the step
-    # before when that one is still held (NOTE [linked steps] in bptt_memory/cells.py)
+    # before when that one is still held (NOTE [linked steps] in bptt_memory/cells/_gated.py)
     per_cell, arrays = [], []
     for label, cell in _cells(I, H).items():
         model = bm.Model(cell, OUTPUTS)
@@ -93,13 +93,9 @@ def run(out: Path | str | None = None, *, small: bool = False, quiet: bool = Fal
     sizes = cell.sizes(B, DTYPE)
     kept = []
     for name, s in default_strategies(cell, T, B, DTYPE).items():
-        if isinstance(s, bm.ScheduledStrategy):
-            cost = bm.simulate(s.iter_schedule(T, **sizes), n_steps=T, **sizes)
-            states, residuals, peak = cost.peak_states, cost.peak_residuals, cost.peak_bytes
-            fwd = cost.forward_steps
-        else:  # truncated keeps a ring of k2 recorded steps, which do not link, and nothing else
-            states, residuals, fwd = 0, min(s.k2, T), T
-            peak = residuals * sizes["residual_bytes"]
+        cost = s.cost(T, **sizes)  # every strategy prices itself, truncated's ring included
+        states, residuals, peak = cost.peak_states, cost.peak_residuals, cost.peak_bytes
+        fwd = cost.forward_steps
         kept.append({"strategy": s.name, "stored states (peak)": states,
                      "recorded steps (peak)": residuals, "peak_bytes": peak,
                      "forward steps": f"{fwd / T:.2f}×T", "exact": name != "truncated"})

@@ -264,7 +264,8 @@ class Gated(Cell):
         dh_rows = dhp.transpose(1, 0, 2).reshape(B, G * H)
         dparams = {
             "weight_ih": np.matmul(dx_rows.T, x),
-            "weight_hh": np.matmul(dhp.transpose(0, 2, 1), res[0]).reshape(G * H, H),  # res[0]: h_prev
+            # res[0] is h_prev
+            "weight_hh": np.matmul(dhp.transpose(0, 2, 1), res[0]).reshape(G * H, H),
             "bias_ih": dx_rows.sum(axis=0),
             "bias_hh": dh_rows.sum(axis=0),
         }
@@ -317,8 +318,10 @@ class GatedKernels(Kernels):
         G, H, I = cell.n_gates, cell.n_hidden, cell.n_in
         dtype = params["weight_hh"].dtype
         self.w = _weights(cell, params, batch=batch)
-        bias = params["bias_ih"] + params["bias_hh"] if cell.bias_hh_in_projection else params["bias_ih"]
-        self.W_aug = np.empty((G, I + 1, H), dtype)  # (G, I + 1, H), row-major whatever params' layout
+        bias = params["bias_ih"]
+        if cell.bias_hh_in_projection:
+            bias = bias + params["bias_hh"]
+        self.W_aug = np.empty((G, I + 1, H), dtype)  # row-major whatever params' layout
         self.W_aug[:, :I] = params["weight_ih"].reshape(G, H, I).transpose(0, 2, 1)
         self.W_aug[:, I] = bias.reshape(G, H)
         self.B, self.rows = batch, rows
@@ -383,7 +386,8 @@ class GatedKernels(Kernels):
         dxp = dxp_all[:, r0:r1]  # (G, K·B, H)
         dhp = dxp if dhp_all is dxp_all else dhp_all[:, r0:r1]
         g["weight_hh"] += np.matmul(dhp.transpose(0, 2, 1), h_prev[r0:r1]).reshape(G * H, H)
-        g["weight_ih"] += np.matmul(dxp.transpose(0, 2, 1), xs.reshape(r1 - r0, -1)).reshape(G * H, -1)
+        x_rows = xs.reshape(r1 - r0, -1)
+        g["weight_ih"] += np.matmul(dxp.transpose(0, 2, 1), x_rows).reshape(G * H, -1)
         ones = ones_all[: r1 - r0]
         dbias = np.matmul(ones, dxp).reshape(G * H)
         g["bias_ih"] += dbias

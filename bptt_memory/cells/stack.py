@@ -71,10 +71,12 @@ class Stack(Cell):
 
     # -- the protocol -------------------------------------------------------------
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
-        return {f"{k}_l{i}": s for i, c in enumerate(self.layers) for k, s in c.param_shapes().items()}
+        return {f"{k}_l{i}": s for i, c in enumerate(self.layers)
+                for k, s in c.param_shapes().items()}
 
     def init(self, rng: np.random.Generator, dtype: np.dtype | type = np.float64) -> Params:
-        return {f"{k}_l{i}": v for i, c in enumerate(self.layers) for k, v in c.init(rng, dtype).items()}
+        return {f"{k}_l{i}": v for i, c in enumerate(self.layers)
+                for k, v in c.init(rng, dtype).items()}
 
     def state_shapes(self, batch: int) -> tuple[tuple[int, ...], ...]:
         return tuple(s for c in self.layers for s in c.state_shapes(batch))
@@ -125,7 +127,8 @@ class Stack(Cell):
             j += n
         return out
 
-    def _inputs(self, x: np.ndarray, layers: list[tuple[np.ndarray | None, tuple]]) -> list[np.ndarray]:
+    def _inputs(self, x: np.ndarray, layers: list[tuple[np.ndarray | None, tuple]]
+                ) -> list[np.ndarray]:
         xs = [x]
         for i in range(1, len(self.layers)):
             copy = layers[i][0]
@@ -192,7 +195,8 @@ class Layers(Stack):
 
     def __repr__(self) -> str:
         c = self.layers[0]
-        return f"{self.kind}(n_in={c.n_in}, n_hidden={c.output_size}, num_layers={len(self.layers)})"
+        return (f"{self.kind}(n_in={c.n_in}, n_hidden={c.output_size}, "
+                f"num_layers={len(self.layers)})")
 
     @property
     def name(self) -> str:
@@ -230,7 +234,8 @@ def stack(*cells: Cell) -> Stack:
     (['bias_hh_l0', 'bias_hh_l1'], ((2, 8), (2, 8), (2, 4)))
     """
     if not cells:
-        raise ValueError("stack(): give at least one cell, e.g. stack(bm.lstm(3, 8), bm.lstm(8, 8))")
+        raise ValueError("stack(): give at least one cell, e.g. "
+                         "stack(bm.lstm(3, 8), bm.lstm(8, 8))")
     for i, c in enumerate(cells):
         if not isinstance(c, Cell):
             raise TypeError(f"stack(): argument {i} is a {type(c).__name__}, not a bm.Cell")

@@ -114,7 +114,8 @@ class Vanilla(Gated):
         return super()._key() + (self.activation,)
 
     def __repr__(self) -> str:
-        return f"vanilla(n_in={self.n_in}, n_hidden={self.n_hidden}, activation={self.activation!r})"
+        return (f"vanilla(n_in={self.n_in}, n_hidden={self.n_hidden}, "
+                f"activation={self.activation!r})")
 
     _step = _step
     _record = _record

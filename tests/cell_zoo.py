@@ -9,7 +9,8 @@ import bptt_memory as bm
 from bptt_memory.cells import ACTIVATIONS
 
 _README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-_block = next(b for b in re.findall(r"```python\n(.*?)```", _README, flags=re.S) if "class IndRNN" in b)
+_block = next(b for b in re.findall(r"```python\n(.*?)```", _README, flags=re.S)
+              if "class IndRNN" in b)
 _ns: dict = {}
 exec(_block.split("\nrng = ")[0], _ns)  # the class, not the demo that follows it
 IndRNN = _ns["IndRNN"]

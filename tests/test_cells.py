@@ -76,11 +76,14 @@ def test_vjp_matches_central_differences_along_random_directions(cell, rng):
         blocks.remove("x")
         dx = np.zeros_like(x)
     for block in blocks:
-        vp = {k: (rng.standard_normal(v.shape) if block in (f"param:{k}", "all") else np.zeros_like(v))
+        vp = {k: (rng.standard_normal(v.shape) if block in (f"param:{k}", "all")
+                  else np.zeros_like(v))
               for k, v in params.items()}
-        vs = tuple(rng.standard_normal(s.shape) if block in (f"state:{n}", "all") else np.zeros(s.shape)
+        vs = tuple(rng.standard_normal(s.shape) if block in (f"state:{n}", "all")
+                   else np.zeros(s.shape)
                    for n, s in zip(names, state))
-        vx = rng.standard_normal(x.shape) if block in blocks[-2:] and "x" in blocks else np.zeros_like(x)
+        vx = (rng.standard_normal(x.shape) if block in blocks[-2:] and "x" in blocks
+              else np.zeros_like(x))
 
         def shifted(sign):
             return f({k: params[k] + sign * EPS * vp[k] for k in params},
@@ -293,7 +296,8 @@ def test_param_shapes_follow_pytorch(builtin):
     G = {"vanilla": 1, "lstm": 4, "gru": 3}[builtin.kind]
     assert builtin.n_gates == G
     assert builtin.param_shapes() == {
-        "weight_ih": (G * H, N_IN), "weight_hh": (G * H, H), "bias_ih": (G * H,), "bias_hh": (G * H,),
+        "weight_ih": (G * H, N_IN), "weight_hh": (G * H, H),
+        "bias_ih": (G * H,), "bias_hh": (G * H,),
     }
 
 

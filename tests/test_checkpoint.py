@@ -19,8 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import bptt_memory as bm
-from bptt_memory import (Advance, Free, Record, Restore, Reverse, ScheduleError, Store,
-                         simulate)
+from bptt_memory import Advance, Free, Record, Restore, Reverse, ScheduleError, Store, simulate
 
 # -- the maths, written independently --------------------------------------------------
 
@@ -372,7 +371,8 @@ def test_optimal_rounds_sizes_up_when_the_budget_is_large_in_units():
 
 
 def test_optimal_needs_one_steps_residuals():
-    with pytest.raises(ValueError, match=r"optimal\(budget_bytes=6\): below the minimum of 7 bytes"):
+    with pytest.raises(ValueError,
+                       match=r"optimal\(budget_bytes=6\): below the minimum of 7 bytes"):
         bm.optimal(6).schedule(10, 2, 7)
     with pytest.raises(ValueError, match=r"at least 7"):
         bm.optimal(6).forward_steps(10, 2, 7)
@@ -628,7 +628,8 @@ def test_optimal_segment_and_block_plans_run_exactly(rng, residuals, kind):
         ck.EXACT_WORK = old
         bm.clear_plan_caches()
     assert res.stats.peak_bytes <= budget
-    assert res.stats.forward_steps == bm.optimal(budget)._structured(T, *sizes.values()).forward_steps
+    assert res.stats.forward_steps == (
+        bm.optimal(budget)._structured(T, *sizes.values()).forward_steps)
     for k in params:
         assert np.abs(res.grads[k] - ref.grads[k]).max() <= 1e-12 * np.abs(ref.grads[k]).max()
 

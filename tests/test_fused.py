@@ -186,7 +186,8 @@ def test_environment_variable_turns_the_fused_kernels_off(value, expected):
     env = {k: v for k, v in os.environ.items() if k != "BPTT_MEMORY_FUSED"}
     if value is not None:
         env["BPTT_MEMORY_FUSED"] = value
-    out = subprocess.run([sys.executable, "-c", "import bptt_memory as bm; print(bm.lstm(1, 1).uses_fused('float32'))"],
+    code = "import bptt_memory as bm; print(bm.lstm(1, 1).uses_fused('float32'))"
+    out = subprocess.run([sys.executable, "-c", code],
                          env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == expected
 

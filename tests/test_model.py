@@ -225,7 +225,8 @@ def test_ys_wrong_shape_mse(rng, run, bad):
 def test_ys_wrong_shape_cross_entropy(rng, run, bad):
     model, params, xs, ys = _problem(rng, loss="cross_entropy")
     ys = {"short": ys[:, :-1], "3d": ys[..., None]}[bad]
-    with pytest.raises(ValueError, match=r"^ys: shape .*cross_entropy needs integer labels \(T, B\)"):
+    with pytest.raises(ValueError,
+                       match=r"^ys: shape .*cross_entropy needs integer labels \(T, B\)"):
         run(model, params, xs, ys)
 
 
@@ -260,7 +261,8 @@ def test_labels_not_integer(rng, run, dtype):
 @pytest.mark.parametrize("shape", [(T, B + 1), (T,), (T, B, 1)])
 def test_mask_wrong_shape(rng, run, shape):
     model, params, xs, ys = _problem(rng)
-    with pytest.raises(ValueError, match=re.escape(f"mask: shape {shape}, needs (T, B) = {(T, B)}")):
+    msg = f"mask: shape {shape}, needs (T, B) = {(T, B)}"
+    with pytest.raises(ValueError, match=re.escape(msg)):
         run(model, params, xs, ys, mask=np.ones(shape))
 
 
@@ -282,7 +284,8 @@ def test_mask_not_numeric(rng, run):
 def test_h0_wrong_shape(rng, run, kind):
     model, params, xs, ys = _problem(rng, kind=kind)
     h0 = tuple(np.zeros((B, H + 1)) for _ in model.cell.state_names)
-    with pytest.raises(ValueError, match=re.escape(f"h0 (h): shape {(B, H + 1)}, {kind} needs {(B, H)}")):
+    msg = f"h0 (h): shape {(B, H + 1)}, {kind} needs {(B, H)}"
+    with pytest.raises(ValueError, match=re.escape(msg)):
         run(model, params, xs, ys, h0=h0)
 
 
@@ -298,7 +301,8 @@ def test_h0_wrong_number_of_components_for_lstm(rng, run, h0):
     model, params, xs, ys = _problem(rng, kind="lstm")
     z = np.zeros((B, H))
     h0 = {"one array": z, "one-tuple": (z,), "three-tuple": (z, z, z), "list": [z, z]}[h0]
-    with pytest.raises(ValueError, match=r"^h0: expected a tuple of 2 arrays \('h', 'c'\) shaped .* for lstm"):
+    with pytest.raises(ValueError, match=r"^h0: expected a tuple of 2 arrays \('h', 'c'\) "
+                                         r"shaped .* for lstm"):
         run(model, params, xs, ys, h0=h0)
 
 
@@ -325,14 +329,16 @@ def test_params_not_a_dict(rng, run):
 def test_params_missing_key(rng, run):
     model, params, xs, ys = _problem(rng)
     del params["bias_hh"]
-    with pytest.raises(ValueError, match=r"^params: keys do not match the model \(missing \['bias_hh'\]"):
+    with pytest.raises(ValueError,
+                       match=r"^params: keys do not match the model \(missing \['bias_hh'\]"):
         run(model, params, xs, ys)
 
 
 def test_params_extra_key(rng, run):
     model, params, xs, ys = _problem(rng)
     params["weight_hr"] = np.zeros((H, H))
-    with pytest.raises(ValueError, match=r"^params: keys do not match .*unexpected \['weight_hr'\]"):
+    with pytest.raises(ValueError,
+                       match=r"^params: keys do not match .*unexpected \['weight_hr'\]"):
         run(model, params, xs, ys)
 
 

@@ -66,7 +66,8 @@ def test_a_user_cell_streams_and_runs_a_hand_written_schedule(rng):
     assert abs(got.loss - want.loss) <= REL * abs(want.loss)
     assert all(_rel(got.grads[k], want.grads[k]) <= REL for k in params)
     updates = list(bm.truncated(T, T).stream(model, params, zip(xs, ys)))
-    assert len(updates) == 1 and all(_rel(updates[0].grads[k], want.grads[k]) <= REL for k in params)
+    assert len(updates) == 1 and all(_rel(updates[0].grads[k], want.grads[k]) <= REL
+                                     for k in params)
 
 
 def test_the_readme_cells_model_gradient_matches_central_differences(rng):
@@ -93,14 +94,16 @@ def test_a_user_cell_without_residual_output_gets_its_output_kept_and_counted(rn
 
     cell = Plain(N_IN, H)
     assert cell.keeps_output()
-    assert cell.residual_bytes(B, np.float64) == IndRNN(N_IN, H).residual_bytes(B, np.float64) + B * H * 8
+    assert (cell.residual_bytes(B, np.float64)
+            == IndRNN(N_IN, H).residual_bytes(B, np.float64) + B * H * 8)
     model, params, xs, ys = _problem(cell, rng)
     want = bm.full().run(bm.Model(IndRNN(N_IN, H), N_OUT), params, xs, ys)
     for strategy in _strategies(cell):
         got = strategy.run(model, params, xs, ys)
         assert abs(got.loss - want.loss) <= REL * abs(want.loss)
         assert all(_rel(got.grads[k], want.grads[k]) <= REL for k in params)
-    assert bm.full().run(model, params, xs, ys).stats.peak_bytes == cell.recorded_bytes(T, B, np.float64)
+    assert (bm.full().run(model, params, xs, ys).stats.peak_bytes
+            == cell.recorded_bytes(T, B, np.float64))
 
 
 # ---- your own loss
@@ -198,10 +201,14 @@ class _Broken(IndRNN):
 
 
 @pytest.mark.parametrize("what,strategy,match", [
-    ("step-count", bm.binomial(2), r"_Broken\.step: returned a tuple of 2 as the new state; expected a tuple of 1"),
-    ("step-dtype", bm.binomial(2), r"_Broken\.step: new state component 0 is shape .* dtype float32; expected .* float64"),
-    ("record-shape", bm.full(), r"_Broken\.record: residual 1 is shape \(3, 4\) .*declares shape \(3, 5\)"),
-    ("record-count", bm.full(), r"_Broken\.record: returned 1 residuals; residual_shapes\(3\) declares 2"),
+    ("step-count", bm.binomial(2),
+     r"_Broken\.step: returned a tuple of 2 as the new state; expected a tuple of 1"),
+    ("step-dtype", bm.binomial(2),
+     r"_Broken\.step: new state component 0 is shape .* dtype float32; expected .* float64"),
+    ("record-shape", bm.full(),
+     r"_Broken\.record: residual 1 is shape \(3, 4\) .*declares shape \(3, 5\)"),
+    ("record-count", bm.full(),
+     r"_Broken\.record: returned 1 residuals; residual_shapes\(3\) declares 2"),
     ("record-state", bm.full(), r"_Broken\.record: new state component 0 is shape \(3, 4\)"),
     ("vjp-name", bm.full(), r"_Broken\.vjp: dparams\['nope'\] is not a parameter"),
     ("vjp-shape", bm.full(), r"_Broken\.vjp: dparams\['W'\] is shape \(4, 4\); expected \(5, 4\)"),
@@ -234,7 +241,8 @@ def test_a_cell_missing_a_required_method_cannot_be_built():
 
 
 @pytest.mark.parametrize("not_a_model", [None, "lstm", "cell"])
-@pytest.mark.parametrize("strategy", [bm.full(), bm.binomial(2), bm.truncated(2)], ids=lambda s: s.name)
+@pytest.mark.parametrize("strategy", [bm.full(), bm.binomial(2), bm.truncated(2)],
+                         ids=lambda s: s.name)
 def test_run_names_model_when_given_a_cell_or_nothing(rng, not_a_model, strategy):
     model, params, xs, ys = _problem(bm.lstm(N_IN, H), rng)
     bad = model.cell if not_a_model == "cell" else not_a_model

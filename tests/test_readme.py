@@ -2,9 +2,9 @@
 
 import re
 import runpy
+from pathlib import Path
 
 import pytest
-from pathlib import Path
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

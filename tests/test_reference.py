@@ -48,7 +48,8 @@ def test_gradient_matches_central_differences(rng, cell_name, loss):
     assert L(params, h0) == loss_value
     blocks = [f"param:{k}" for k in params] + [f"h0:{n}" for n in model.cell.state_names] + ["all"]
     for block in blocks:
-        vp = {k: (rng.standard_normal(v.shape) if block in (f"param:{k}", "all") else np.zeros_like(v))
+        vp = {k: (rng.standard_normal(v.shape) if block in (f"param:{k}", "all")
+                  else np.zeros_like(v))
               for k, v in params.items()}
         vh = tuple(rng.standard_normal((B, H)) if block in (f"h0:{n}", "all") else np.zeros((B, H))
                    for n in model.cell.state_names)
@@ -58,8 +59,10 @@ def test_gradient_matches_central_differences(rng, cell_name, loss):
                      tuple(a + sign * EPS * v for a, v in zip(h0, vh)))
 
         numeric = (shifted(+1) - shifted(-1)) / (2 * EPS)
-        analytic = sum(_dot(grads[k], vp[k]) for k in params) + sum(_dot(g, v) for g, v in zip(grad_h0, vh))
-        assert abs(numeric - analytic) <= RTOL * max(abs(analytic), 1e-2), (block, numeric, analytic)
+        analytic = (sum(_dot(grads[k], vp[k]) for k in params)
+                    + sum(_dot(g, v) for g, v in zip(grad_h0, vh)))
+        assert abs(numeric - analytic) <= RTOL * max(abs(analytic), 1e-2), (
+            block, numeric, analytic)
 
 
 @pytest.mark.parametrize("loss", bm.LOSSES)

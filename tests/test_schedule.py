@@ -12,8 +12,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import bptt_memory as bm
-from bptt_memory import (Advance, Cost, Free, Record, Restore, Reverse, ScheduleError, Store,
-                         format_schedule, simulate)
+from bptt_memory import (
+    Advance,
+    Cost,
+    Free,
+    Record,
+    Restore,
+    Reverse,
+    ScheduleError,
+    Store,
+    format_schedule,
+    simulate,
+)
 
 # -- schedules are data ----------------------------------------------------------------
 

@@ -35,7 +35,8 @@ def _exact_configs(name, cell, batch, T, dtype=np.float64):
     if name == "uniform":
         return [factory(), factory(1), factory(2), factory(5), factory(T), factory(T + 3)]
     if name == "binomial":
-        return [factory(1), factory(2), factory(3), factory(max(1, T - 1)), factory(T), factory(T + 4)]
+        return [factory(1), factory(2), factory(3), factory(max(1, T - 1)), factory(T),
+                factory(T + 4)]
     if name == "optimal":  # from one step's residuals up to everything and beyond
         linked = cell.recorded_bytes(T, batch, dtype)  # full()'s bytes
         budgets = [rb, rb + sb, rb + 2 * sb, 2 * rb, 2 * rb + 3 * sb, max(rb, (T // 2) * rb + sb),
@@ -43,7 +44,8 @@ def _exact_configs(name, cell, batch, T, dtype=np.float64):
         return [factory(budget_bytes=b) for b in budgets]
     if name == "online":
         return [factory(1), factory(2), factory(3), factory(max(1, T - 1)), factory(T + 4)]
-    raise AssertionError(f"strategy {name!r} is in bm.STRATEGIES but has no exact configuration here")
+    raise AssertionError(f"strategy {name!r} is in bm.STRATEGIES "
+                         "but has no exact configuration here")
 
 
 def _problem(rng, cell_name, loss, T, dtype=np.float64, batch=B, n_in=N_IN, hidden=H):
@@ -54,7 +56,8 @@ def _problem(rng, cell_name, loss, T, dtype=np.float64, batch=B, n_in=N_IN, hidd
           else rng.integers(0, N_OUT, size=(T, batch)))
     mask = rng.uniform(0.2, 1.5, size=(T, batch)) * (rng.random((T, batch)) < 0.8)
     mask[-1, 0] = 1.0
-    h0 = tuple((0.7 * rng.standard_normal((batch, hidden))).astype(dtype) for _ in model.cell.state_names)
+    h0 = tuple((0.7 * rng.standard_normal((batch, hidden))).astype(dtype)
+               for _ in model.cell.state_names)
     return model, params, xs, ys, mask, h0
 
 
@@ -294,7 +297,8 @@ def test_full_stats_are_exact(rng, cell_name, T, dtype):
     cell = model.cell
     assert stats.forward_steps == stats.backward_steps == T
     # every step after the first links to the step before (NOTE [linked steps])
-    assert stats.peak_bytes == T * cell.residual_bytes(B, dtype) - (T - 1) * cell.link_bytes(B, dtype)
+    assert stats.peak_bytes == (T * cell.residual_bytes(B, dtype)
+                                - (T - 1) * cell.link_bytes(B, dtype))
     assert stats.peak_bytes == cell.recorded_bytes(T, B, dtype)
     assert stats.peak_residuals == T and stats.peak_states == 0
     assert stats.residual_bytes == cell.residual_bytes(B, dtype)
@@ -325,7 +329,8 @@ def test_scheduled_stats_are_what_the_simulator_predicts(rng, name, cell_name):
             assert stats.forward_steps == strategy.forward_steps(T, **sizes), strategy.name
         if isinstance(strategy, bm.Binomial):
             assert stats.peak_states <= strategy.slots and stats.peak_residuals == 1, strategy.name
-            assert stats.forward_steps == bm.binomial_forward_steps(T, strategy.slots), strategy.name
+            assert stats.forward_steps == bm.binomial_forward_steps(T, strategy.slots), (
+                strategy.name)
         priced = strategy.cost(T, **sizes)  # every strategy prices itself the same way
         assert (priced.forward_steps, priced.backward_steps, priced.peak_states,
                 priced.peak_residuals, priced.peak_bytes) == (
@@ -334,7 +339,8 @@ def test_scheduled_stats_are_what_the_simulator_predicts(rng, name, cell_name):
         if isinstance(strategy, bm.Uniform):  # the formulas in uniform's docstring
             k = strategy.segment(T)
             m = -(-T // k)
-            assert stats.forward_steps == T + k * (m - 1) == strategy.forward_steps(T), strategy.name
+            assert stats.forward_steps == T + k * (m - 1) == strategy.forward_steps(T), (
+                strategy.name)
             assert stats.peak_states == max(0, m - 2), strategy.name
             assert stats.peak_residuals == min(k, T), strategy.name
             assert stats.peak_bytes == strategy.peak_bytes(T, **sizes), strategy.name
@@ -373,7 +379,8 @@ def test_traced_memory_brackets_the_accounted_peak(rng, cell_name):
         assert not tracemalloc.is_tracing()  # left as it was found
         assert stats.traced_peak_bytes is not None and stats.traced_allowance is not None
         assert stats.peak_bytes > 0
-        assert stats.peak_bytes <= stats.traced_peak_bytes <= stats.peak_bytes + stats.traced_allowance, (
+        assert (stats.peak_bytes <= stats.traced_peak_bytes
+                <= stats.peak_bytes + stats.traced_allowance), (
             strategy.name, stats.peak_bytes, stats.traced_peak_bytes, stats.traced_allowance)
 
 
@@ -431,7 +438,8 @@ INVALID_SCHEDULES = {
     "short of T": (bm.Record(0, T_BAD - 1), bm.Reverse(0, T_BAD - 1)),
     "reverse out of order": (bm.Record(0, T_BAD), bm.Reverse(0, 2), bm.Reverse(2, T_BAD)),
     "advance from the wrong place": (bm.Advance(1, 3), bm.Record(3, T_BAD), bm.Reverse(0, T_BAD)),
-    "restore never stored": (bm.Advance(0, 2), bm.Restore(3), bm.Record(0, T_BAD), bm.Reverse(0, T_BAD)),
+    "restore never stored": (bm.Advance(0, 2), bm.Restore(3), bm.Record(0, T_BAD),
+                             bm.Reverse(0, T_BAD)),
     "store never freed": (bm.Advance(0, 2), bm.Store(2), bm.Record(2, T_BAD), bm.Reverse(2, T_BAD),
                           bm.Restore(0), bm.Record(0, 2), bm.Reverse(0, 2)),
     "store h0": (bm.Store(0), bm.Record(0, T_BAD), bm.Reverse(0, T_BAD), bm.Free(0)),
@@ -567,14 +575,17 @@ def test_best_uniform_is_the_fewest_forward_steps_that_fit(sizes):
     sb, rb, lb = sizes
     kw = dict(state_bytes=sb, residual_bytes=rb, link_bytes=lb)
     for T in (1, 7, 30):
-        costs = {k: bm.simulate(bm.uniform(k).schedule(T), n_steps=T, **kw) for k in range(1, T + 1)}
+        costs = {k: bm.simulate(bm.uniform(k).schedule(T), n_steps=T, **kw)
+                 for k in range(1, T + 1)}
         for budget in range(rb, bm.uniform(T).peak_bytes(T, **kw) + 2):
-            fits = {k: (c.forward_steps, c.peak_bytes) for k, c in costs.items() if c.peak_bytes <= budget}
+            fits = {k: (c.forward_steps, c.peak_bytes) for k, c in costs.items()
+                    if c.peak_bytes <= budget}
             chosen = bm.best_uniform(T, budget, **kw)
             if not fits:
                 assert chosen is None, (T, budget)
                 continue
-            assert (costs[chosen.every].forward_steps, costs[chosen.every].peak_bytes) == min(fits.values())
+            best = costs[chosen.every]
+            assert (best.forward_steps, best.peak_bytes) == min(fits.values())
 
 
 def _best_uniform_by_every_k(T, budget, sb, rb, lb):
@@ -595,7 +606,8 @@ def test_best_uniform_jumps_to_the_same_k_as_a_loop_over_every_k(T, sb, rb, data
     lb = data.draw(st.integers(0, rb - 1), label="link")
     budget = data.draw(st.integers(1, rb * T + sb * 30), label="budget")
     chosen = bm.best_uniform(T, budget, sb, rb, lb)
-    assert (None if chosen is None else chosen.every) == _best_uniform_by_every_k(T, budget, sb, rb, lb)
+    assert ((None if chosen is None else chosen.every)
+            == _best_uniform_by_every_k(T, budget, sb, rb, lb))
 
 
 def test_best_uniform_answers_a_billion_steps_at_once():
@@ -635,6 +647,7 @@ def test_closed_form_costs_equal_simulate(strategy):
     for T in (1, 2, 3, 8, 50, 333):
         priced = strategy.cost(T, **kw)
         walked = bm.simulate(strategy.iter_schedule(T), n_steps=T, **kw)
-        assert dataclasses.replace(priced, actions=None) == dataclasses.replace(walked, actions=None)
+        assert (dataclasses.replace(priced, actions=None)
+                == dataclasses.replace(walked, actions=None))
         assert priced.actions in (None, walked.actions)
         assert strategy.cost(T).peak_bytes is None

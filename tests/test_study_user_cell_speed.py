@@ -14,7 +14,8 @@ def test_small_run_writes_a_report_without_a_verdict_and_equal_gradients(tmp_pat
     assert [r["dtype"] for r in rows] == list(study.DTYPES)
     f64 = next(r for r in rows if r["dtype"] == "float64")
     assert float(f64["max_rel_grad_diff"]) <= 1e-12
-    # the protocol-only cell keeps h_prev beside h' (no links): twice the built-in's bytes, less one h
+    # the protocol-only cell keeps h_prev beside h' (no links): twice the built-in's bytes,
+    # less one h
     T, B, H = (study.SMALL[k] for k in ("STEPS", "BATCH", "HIDDEN"))
     assert int(f64["peak_bytes_protocol_only"]) == T * 2 * B * H * 8
     assert int(f64["peak_bytes_built_in"]) == (T + 1) * B * H * 8

@@ -204,7 +204,8 @@ def test_num_layers_matches_torchs_multi_layer_module_under_every_strategy(kind,
     params = model.init(rng)
     xs, ys = rng.standard_normal((T, B, N_IN)), rng.standard_normal((T, B, N_OUT))
     h0 = tuple(0.5 * rng.standard_normal(s) for s in cell.state_shapes(B))
-    rnn = {"vanilla": lambda: torch.nn.RNN(N_IN, H, num_layers=L, nonlinearity=activation or "tanh"),
+    rnn = {"vanilla": lambda: torch.nn.RNN(N_IN, H, num_layers=L,
+                                           nonlinearity=activation or "tanh"),
            "lstm": lambda: torch.nn.LSTM(N_IN, H, num_layers=L),
            "gru": lambda: torch.nn.GRU(N_IN, H, num_layers=L)}[kind]().double()
     readout = torch.nn.Linear(H, N_OUT).double()

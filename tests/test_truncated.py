@@ -514,5 +514,6 @@ def test_a_huge_k2_allocates_only_what_the_steps_fill(rng):
     updates = list(bm.truncated(3, 10**12).stream(model, params, iter(good)))
     res = bm.truncated(3, 10**12).run(model, params, np.stack([s[0] for s in good]),
                                       np.stack([s[1] for s in good]))
-    assert res.stats.peak_bytes == len(good) * model.cell.residual_bytes(good[0][0].shape[0], np.float64)
+    assert res.stats.peak_bytes == (
+        len(good) * model.cell.residual_bytes(good[0][0].shape[0], np.float64))
     assert updates[-1].t == len(good) and updates[-1].backward_steps == len(good)

@@ -45,5 +45,6 @@ def test_walk_gives_every_schedule_the_same_adjoint_and_the_simulators_books(str
     cost = bm.simulate(plan, state_bytes=8, residual_bytes=8)
     assert (ex.ledger.forward_steps, ex.ledger.backward_steps) == (cost.forward_steps, T)
     assert ex.ledger.peak == cost.peak_bytes
-    assert (ex.ledger.peak_states, ex.ledger.peak_residuals) == (cost.peak_states, cost.peak_residuals)
+    assert ((ex.ledger.peak_states, ex.ledger.peak_residuals)
+            == (cost.peak_states, cost.peak_residuals))
     assert ex.ledger.held == 0 and not ex.ledger.stored and not ex.ledger.residuals

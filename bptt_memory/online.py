@@ -26,7 +26,7 @@ import numpy as np
 from .cell import Params, PlainKernels, State
 from .checkpoint import _binomial_actions, _coalesce, _shift, _t
 from .engine import _execute
-from .model import Model, Result, check_model
+from .model import Model, Result
 from .schedule import (
     Action,
     Advance,
@@ -44,7 +44,7 @@ from .strategies import (
     _check_materialise,
     _check_sizes,
     _check_steps,
-    _check_stream_step,
+    open_stream,
     plan_cache_bytes,
 )
 
@@ -248,17 +248,9 @@ class Online(ScheduledStrategy):
         Warning:
             params are read at every step: do not change them before the stream ends.
         """
-        check_model(model, f"{self.name}.stream")
         start = time.perf_counter()
-        it = iter(steps)
-        try:
-            first = next(it)
-        except StopIteration:
-            raise ValueError("online().stream(steps=...): the stream is empty; pass at least "
-                             "one step") from None
-        first = _check_stream_step(model, params, first, 0)
-        B, dtype = first[0].shape[0], first[0].dtype
-        h0_ = model.check_h0(h0, B, dtype)
+        B, dtype, h0_, checked = open_stream(model, params, steps, h0, f"{self.name}.stream")
+        first = next(checked)
         cell = model.cell
         sizes = cell.sizes(B, dtype)
         policy = self.policy()
@@ -266,11 +258,7 @@ class Online(ScheduledStrategy):
         inputs = [first]
         state, stored = h0_, {}
         log: list[Action] = []  # the forward actions, runs of advances merged
-        for i, step in enumerate(it, start=1):
-            nxt = _check_stream_step(model, params, step, i)
-            if nxt[0].shape[0] != B:
-                raise ValueError(f"steps[{i}]: batch {nxt[0].shape[0]} differs from the first "
-                                 f"step's {B}")
+        for nxt in checked:
             for a in policy.forward():  # step i − 1 is not the last: run it
                 if isinstance(a, Advance):
                     x = inputs[a.n0][0]

@@ -486,27 +486,8 @@ class Truncated(Strategy):
         by reference. A final update covers the steps after the last multiple of k1 when
         the stream ends.
         """
-        check_model(model, f"{self.name}.stream")
-        it = iter(steps)
-        try:
-            first = next(it)
-        except StopIteration:
-            raise ValueError("truncated().stream(steps=...): the stream is empty; pass at "
-                             "least one step") from None
-        first = _check_stream_step(model, params, first, 0)
-        B, dtype = first[0].shape[0], first[0].dtype
-        h0_ = model.check_h0(h0, B, dtype)
-
-        def checked() -> Iterator[tuple[np.ndarray, ...]]:
-            yield first
-            for i, s in enumerate(it, start=1):
-                x, y, m = _check_stream_step(model, params, s, i)
-                if x.shape[0] != B:
-                    raise ValueError(f"steps[{i}]: batch {x.shape[0]} differs from the first "
-                                     f"step's {B}")
-                yield x, y, m
-
-        yield from self._updates(model, params, checked(), h0_, B, Ledger(), n_steps=None)
+        B, _, h0_, checked = open_stream(model, params, steps, h0, f"{self.name}.stream")
+        yield from self._updates(model, params, checked, h0_, B, Ledger(), n_steps=None)
 
     def _updates(self, model: Model, params: Params, steps: Iterable[tuple[np.ndarray, ...]],
                  h0: State, B: int, ledger: Ledger, n_steps: int | None) -> Iterator[Update]:
@@ -559,6 +540,35 @@ class Truncated(Strategy):
             dstate = kernels.vjp(0, x, res, dstate)
         ledger.backward_steps += t - first
         return Update(t, loss, grads, dstate if first == 0 else None, t - first)
+
+
+def open_stream(model: Model, params: Params, steps: Iterable[tuple[np.ndarray, ...]],
+                h0: State | np.ndarray | None, where: str
+                ) -> tuple[int, np.dtype, State, Iterator[tuple[np.ndarray, ...]]]:
+    """(B, dtype, h0, the steps checked one by one as they arrive) for a stream of
+    ``(x_t, y_t[, mask_t])``: the model, the first step and h0 are checked at once,
+    before any work; every later step when it comes, its batch against the first's."""
+    check_model(model, where)
+    it = iter(steps)
+    try:
+        first = next(it)
+    except StopIteration:
+        raise ValueError(f"{where}(steps=...): the stream is empty; pass at least one "
+                         "step") from None
+    first = _check_stream_step(model, params, first, 0)
+    B, dtype = first[0].shape[0], first[0].dtype
+    h0_ = model.check_h0(h0, B, dtype)
+
+    def checked() -> Iterator[tuple[np.ndarray, ...]]:
+        yield first
+        for i, s in enumerate(it, start=1):
+            x, y, m = _check_stream_step(model, params, s, i)
+            if x.shape[0] != B:
+                raise ValueError(f"steps[{i}]: batch {x.shape[0]} differs from the first "
+                                 f"step's {B}")
+            yield x, y, m
+
+    return B, dtype, h0_, checked()
 
 
 def _check_stream_step(model: Model, params: Params, step: object,

@@ -24,7 +24,7 @@ import numpy as np
 from .cell import check_size as _check_size
 from .cell import run_bytes as _run_bytes
 from .schedule import Action, Advance, Cost, Free, Record, Restore, Reverse, Store, simulate
-from .strategies import ScheduledStrategy, _check_materialise, _check_sizes, _check_steps
+from .strategies import ScheduledStrategy, _check_sizes, _check_steps
 
 __all__ = ["binomial", "optimal", "Binomial", "Optimal", "binomial_forward_steps"]
 
@@ -101,11 +101,6 @@ class Binomial(ScheduledStrategy):
     @property
     def name(self) -> str:
         return f"binomial(slots={self.slots})"
-
-    def schedule(self, n_steps: int, state_bytes: int | None = None,
-                 residual_bytes: int | None = None, link_bytes: int = 0) -> tuple[Action, ...]:
-        _check_materialise(f"{self.name}.schedule", _check_steps("binomial().schedule", n_steps))
-        return tuple(self.iter_schedule(n_steps))
 
     def iter_schedule(self, n_steps: int, state_bytes: int | None = None,
                       residual_bytes: int | None = None, link_bytes: int = 0) -> Iterator[Action]:
@@ -731,11 +726,6 @@ class Optimal(ScheduledStrategy):
             return Cost(T, plan.forward_steps, T, *plan.peak, None)
         states, longest, peak = plan.peak(T, sb, rb, lb)
         return Cost(T, plan.forward_steps, T, states, longest, peak, None)
-
-    def schedule(self, n_steps: int, state_bytes: int | None = None,
-                 residual_bytes: int | None = None, link_bytes: int = 0) -> tuple[Action, ...]:
-        _check_materialise(f"{self.name}.schedule", _check_steps("optimal().schedule", n_steps))
-        return tuple(self.iter_schedule(n_steps, state_bytes, residual_bytes, link_bytes))
 
     def iter_schedule(self, n_steps: int, state_bytes: int | None = None,
                       residual_bytes: int | None = None, link_bytes: int = 0) -> Iterator[Action]:

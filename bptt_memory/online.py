@@ -41,7 +41,6 @@ from .schedule import (
 )
 from .strategies import (
     ScheduledStrategy,
-    _check_materialise,
     _check_sizes,
     _check_steps,
     open_stream,
@@ -194,11 +193,6 @@ class Online(ScheduledStrategy):
     def policy(self) -> OnlinePolicy:
         """A fresh policy to feed one step at a time (`OnlinePolicy`)."""
         return OnlinePolicy(self.slots)
-
-    def schedule(self, n_steps: int, state_bytes: int | None = None,
-                 residual_bytes: int | None = None, link_bytes: int = 0) -> tuple[Action, ...]:
-        _check_materialise(f"{self.name}.schedule", _check_steps("online().schedule", n_steps))
-        return tuple(self.iter_schedule(n_steps))
 
     def iter_schedule(self, n_steps: int, state_bytes: int | None = None,
                       residual_bytes: int | None = None, link_bytes: int = 0) -> Iterator[Action]:

@@ -106,14 +106,15 @@ class ScheduledStrategy(Strategy):
     """An exact strategy: it only decides a schedule; the executor runs it."""
 
     @abstractmethod
-    def schedule(self, n_steps: int, state_bytes: int | None = None,
-                 residual_bytes: int | None = None, link_bytes: int = 0) -> tuple[Action, ...]:
-        """The actions for a sequence of n_steps, computed without touching arrays."""
-
     def iter_schedule(self, n_steps: int, state_bytes: int | None = None,
                       residual_bytes: int | None = None, link_bytes: int = 0) -> Iterator[Action]:
-        """Like `schedule`, lazily; strategies with O(1)-memory planners override it."""
-        return iter(self.schedule(n_steps, state_bytes, residual_bytes, link_bytes))
+        """The actions for a sequence of n_steps, generated lazily without touching arrays."""
+
+    def schedule(self, n_steps: int, state_bytes: int | None = None,
+                 residual_bytes: int | None = None, link_bytes: int = 0) -> tuple[Action, ...]:
+        """`iter_schedule`'s actions as a tuple, refused past MAX_SCHEDULE_STEPS steps."""
+        _check_materialise(f"{self.name}.schedule", _check_steps(f"{self.name}.schedule", n_steps))
+        return tuple(self.iter_schedule(n_steps, state_bytes, residual_bytes, link_bytes))
 
     def cost(self, n_steps: int, state_bytes: int | None = None,
              residual_bytes: int | None = None, link_bytes: int = 0) -> Cost:
@@ -241,10 +242,10 @@ class Full(ScheduledStrategy):
     def name(self) -> str:
         return "full()"
 
-    def schedule(self, n_steps: int, state_bytes: int | None = None,
-                 residual_bytes: int | None = None, link_bytes: int = 0) -> tuple[Action, ...]:
+    def iter_schedule(self, n_steps: int, state_bytes: int | None = None,
+                      residual_bytes: int | None = None, link_bytes: int = 0) -> Iterator[Action]:
         T = _check_steps("full().schedule", n_steps)
-        return (Record(0, T), Reverse(0, T))
+        return iter((Record(0, T), Reverse(0, T)))
 
     def cost(self, n_steps: int, state_bytes: int | None = None,
              residual_bytes: int | None = None, link_bytes: int = 0) -> Cost:
@@ -318,11 +319,6 @@ class Uniform(ScheduledStrategy):
         # record, reverse, free (not the first); the last: record, reverse
         actions = 2 + (m - 1) * 4 + 2 * max(m - 2, 0)
         return Cost(T, self.forward_steps(T), T, max(m - 2, 0), k, peak, actions)
-
-    def schedule(self, n_steps: int, state_bytes: int | None = None,
-                 residual_bytes: int | None = None, link_bytes: int = 0) -> tuple[Action, ...]:
-        _check_materialise(f"{self.name}.schedule", _check_steps("uniform().schedule", n_steps))
-        return tuple(self.iter_schedule(n_steps))
 
     def iter_schedule(self, n_steps: int, state_bytes: int | None = None,
                       residual_bytes: int | None = None, link_bytes: int = 0) -> Iterator[Action]:

@@ -497,8 +497,8 @@ def test_a_strategy_that_cannot_be_hashed_is_planned_every_time(rng):
     class Plain(bm.ScheduledStrategy):
         name = "plain"
 
-        def schedule(self, n_steps, state_bytes=None, residual_bytes=None, link_bytes=0):
-            return (bm.Record(0, n_steps), bm.Reverse(0, n_steps))
+        def iter_schedule(self, n_steps, state_bytes=None, residual_bytes=None, link_bytes=0):
+            return iter((bm.Record(0, n_steps), bm.Reverse(0, n_steps)))
 
     model, params, xs, ys, mask, h0 = _problem(rng, "lstm", "mse", 4)
     res = Plain().run(model, params, xs, ys, h0=h0, mask=mask)

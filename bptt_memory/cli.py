@@ -116,14 +116,20 @@ def _parser() -> argparse.ArgumentParser:
                        "repository's reports/ folder (from a source checkout); --small writes a "
                        "new temporary folder unless --out names one.")
     s.add_argument("name", choices=[*studies().STUDIES, "all"])
-    s.add_argument("--small", action="store_true",
+    add_study_options(s)
+    return p
+
+
+def add_study_options(p: argparse.ArgumentParser) -> None:
+    """--small, --out and --quiet: what `bptt-memory study` and every study's own command
+    line take."""
+    p.add_argument("--small", action="store_true",
                    help="toy sizes, seconds: a smoke run (default: the report's sizes)")
-    s.add_argument("--out", type=Path, default=None,
+    p.add_argument("--out", type=Path, default=None,
                    help="folder to write NAME/report.md into (default: the repository's "
                    "reports/ for a full run, a new temporary folder with --small)")
-    s.add_argument("--quiet", action="store_true",
+    p.add_argument("--quiet", action="store_true",
                    help="no progress bars (default: bars on stderr when it is a terminal)")
-    return p
 
 
 def _progress(quiet: bool) -> Any:

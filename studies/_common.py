@@ -240,14 +240,10 @@ def study_args(name: str, argv: Sequence[str] | None, doc: str | None) -> Any:
     """The command line every study takes: --small, --out, --quiet."""
     import argparse
 
+    from bptt_memory.cli import add_study_options
+
     p = argparse.ArgumentParser(prog=f"python -m studies.{name}", description=doc)
-    p.add_argument("--small", action="store_true",
-                   help="toy sizes, seconds: a smoke run (default: the report's sizes)")
-    p.add_argument("--out", type=Path, default=None,
-                   help="folder to write NAME/report.md into (default: the repository's "
-                   "reports/ for a full run, a new temporary folder with --small)")
-    p.add_argument("--quiet", action="store_true",
-                   help="no progress bars (default: bars on stderr when it is a terminal)")
+    add_study_options(p)
     return p.parse_args(argv)
 
 

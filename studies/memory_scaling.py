@@ -603,7 +603,8 @@ def write_report(d: Path, s: SimpleNamespace, rows: Sequence[dict], fits: Sequen
         b_lo, b_hi = min(growth["binomial"]), max(growth["binomial"])
         median = float(np.median(growth["binomial"]))
         why = (f" The median matches B × {np.dtype(DTYPE).itemsize} = {per_step} B: the executor "
-               "holds the (T, B) array mask / B for the whole run (`engine.Sweep.__init__`), "
+               "holds the run's (T, B) loss weights, the mask (ones when none is given, made by "
+               "`Model.check`), for the whole run, "
                "counted by neither `peak_bytes` nor `traced_allowance`, where truncated() "
                "computes it step by step. So a scheduled strategy's real footprint is "
                "O(slots) + O(T·B), with a small constant per step."

@@ -58,6 +58,15 @@ def _t(n: int, s: int) -> int:
     return r * n - math.comb(s + r, s + 1)
 
 
+def check_slots(where: str, slots: object, fix: str) -> int:
+    """``slots`` as an int >= 1, or a TypeError/ValueError naming ``where(slots=...)``."""
+    if isinstance(slots, bool) or not isinstance(slots, (int, np.integer)):
+        raise TypeError(f"{where}(slots={slots!r}): slots must be an int")
+    if slots < 1:
+        raise ValueError(f"{where}(slots={slots}): needs at least 1 slot; {fix}")
+    return int(slots)
+
+
 def binomial_forward_steps(n_steps: int, slots: int) -> int:
     """Forward steps of `binomial(slots)` on n_steps: T + t(T, slots + 1) (Griewank eq. 2).
 
@@ -89,14 +98,8 @@ class Binomial(ScheduledStrategy):
     slots: int = 8
 
     def __post_init__(self) -> None:
-        if isinstance(self.slots, bool) or not isinstance(self.slots, (int, np.integer)):
-            raise TypeError(f"binomial(slots={self.slots!r}): slots must be an int")
-        if self.slots < 1:
-            raise ValueError(
-                f"binomial(slots={self.slots}): needs at least 1 slot; use full() to store "
-                "everything"
-            )
-        object.__setattr__(self, "slots", int(self.slots))
+        object.__setattr__(self, "slots", check_slots(
+            "binomial", self.slots, "use full() to store everything"))
 
     @property
     def name(self) -> str:

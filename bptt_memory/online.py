@@ -24,7 +24,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from .cell import Params, PlainKernels, State
-from .checkpoint import _binomial_actions, _coalesce, _shift, _t
+from .checkpoint import _binomial_actions, _coalesce, _shift, _t, check_slots
 from .engine import _execute
 from .model import Model, Result
 from .schedule import (
@@ -103,7 +103,7 @@ class OnlinePolicy:
     """
 
     def __init__(self, slots: int) -> None:
-        self.slots = slots
+        self.slots = check_slots("OnlinePolicy", slots, "a policy stores at least one state")
         self.t = 0  # steps run so far: the working state is at boundary t
         self.points: list[int] = []  # stored boundaries p_1 < … < p_k
         self.level = 1  # r of NOTE [online placement]
@@ -179,12 +179,8 @@ class Online(ScheduledStrategy):
     slots: int = 8
 
     def __post_init__(self) -> None:
-        if isinstance(self.slots, bool) or not isinstance(self.slots, (int, np.integer)):
-            raise TypeError(f"online(slots={self.slots!r}): slots must be an int")
-        if self.slots < 1:
-            raise ValueError(f"online(slots={self.slots}): needs at least 1 slot; with no stored "
-                             "state every step would be rerun from h0")
-        object.__setattr__(self, "slots", int(self.slots))
+        object.__setattr__(self, "slots", check_slots(
+            "online", self.slots, "with no stored state every step would be rerun from h0"))
 
     @property
     def name(self) -> str:

@@ -148,3 +148,11 @@ def test_policy_end_checks_the_length():
         policy.forward()
     with pytest.raises(ValueError, match="5 steps"):
         list(policy.end(7))
+
+
+@pytest.mark.parametrize("make", [bm.online, bm.OnlinePolicy])
+@pytest.mark.parametrize("bad,error", [(0, ValueError), (-2, ValueError), (2.0, TypeError),
+                                       (True, TypeError), ("4", TypeError)])
+def test_slots_are_checked_like_binomials(make, bad, error):
+    with pytest.raises(error, match=r"\(slots=.*\): (needs at least 1 slot|slots must be an int)"):
+        make(bad)

@@ -37,7 +37,7 @@ import numpy as np
 
 from .cell import Kernels, Params, State
 from .model import Model, Result, Stats, check_model
-from .schedule import Action, Cost, simulate
+from .schedule import Action, simulate
 from .walk import Executor, Ledger, walk
 
 __all__ = ["execute", "CHUNK_STEPS", "traced_allowance", "measure"]
@@ -319,21 +319,21 @@ def execute(schedule: Iterable[Action], model: Model, params: Params, xs: np.nda
     T, B = xs.shape[:2]
     actions = tuple(schedule)
     sizes = model.cell.sizes(B, xs.dtype)
-    cost = simulate(actions, n_steps=T, **sizes)
+    simulate(actions, n_steps=T, **sizes)  # a ScheduleError before any step runs
 
     def run() -> Result:
-        return _execute(actions, model, params, xs, ys, h0_, mask_, sizes, cost)
+        return _execute(actions, model, params, xs, ys, h0_, mask_, sizes)
 
     return measure(run, model, params, B, xs.dtype) if trace_memory else run()
 
 
 def _execute(actions: Iterable[Action], model: Model, params: Params, xs: np.ndarray,
              ys: np.ndarray, h0: State, mask: np.ndarray, sizes: dict[str, int],
-             cost: Cost, resume: tuple[State, dict[int, State]] | None = None) -> Result:
-    """Walk already validated actions (``sizes`` as `Cell.sizes`, ``cost`` from
-    `simulate`); ``resume``: the working state and the stored states (held from the
-    start) of a forward pass run elsewhere, e.g. `Online.stream`'s, which the actions
-    continue. Stats carry the simulator's peak counts."""
+             resume: tuple[State, dict[int, State]] | None = None) -> Result:
+    """Walk actions `simulate` has validated (``sizes`` as `Cell.sizes`); ``resume``: the
+    working state and the stored states (held from the start) of a forward pass run
+    elsewhere, e.g. `Online.stream`'s, which the actions continue. Stats carry the
+    ledger's measured peaks (tests hold them to the simulator's)."""
     start = time.perf_counter()
     run = _Run(model, params, xs, ys, mask, links=sizes["link_bytes"] > 0)
     state = None
@@ -348,8 +348,8 @@ def _execute(actions: Iterable[Action], model: Model, params: Params, xs: np.nda
     ledger = run.ledger
     stats = Stats(peak_bytes=ledger.peak, forward_steps=ledger.forward_steps,
                   backward_steps=ledger.backward_steps, seconds=time.perf_counter() - start,
-                  workspace_bytes=run.workspace_bytes(), peak_states=cost.peak_states,
-                  peak_residuals=cost.peak_residuals, state_bytes=sizes["state_bytes"],
+                  workspace_bytes=run.workspace_bytes(), peak_states=ledger.peak_states,
+                  peak_residuals=ledger.peak_residuals, state_bytes=sizes["state_bytes"],
                   residual_bytes=sizes["residual_bytes"], link_bytes=sizes["link_bytes"])
     # where the time went: cell steps forward (advance, record) and backward (reverse)
     stats.extra.update(forward_seconds=run.forward_seconds, backward_seconds=run.backward_seconds)

@@ -85,10 +85,6 @@ class Model:
                              f"{sorted(clash)}, "
                              "which the readout uses; rename it")
 
-    @property
-    def custom_loss(self) -> bool:
-        return callable(self.loss)
-
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         shapes = dict(self.cell.param_shapes())
         shapes["weight_out"] = (self.n_out, self.cell.output_size)

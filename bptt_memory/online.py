@@ -268,11 +268,13 @@ class Online(ScheduledStrategy):
         cost = simulate([*log, *policy.end(T)], n_steps=T, **sizes)
         forward_seconds = time.perf_counter() - start
         # the executor passes over EndForward, and starts where the forward pass stopped
-        res = _execute(policy.end(T), model, params, xs, ys, h0_, mask, sizes, cost,
+        res = _execute(policy.end(T), model, params, xs, ys, h0_, mask, sizes,
                        resume=(state, stored))
         s = res.stats
         s.forward_steps += T - 1
+        # the forward pass ran here: its states are the simulator's to count
         s.peak_bytes = max(s.peak_bytes, cost.peak_states * sizes["state_bytes"])
+        s.peak_states = max(s.peak_states, cost.peak_states)
         s.seconds += forward_seconds
         s.extra["forward_seconds"] = s.extra.get("forward_seconds", 0.0) + forward_seconds
         s.extra["plan_cache_bytes"] = plan_cache_bytes()

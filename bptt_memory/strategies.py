@@ -134,11 +134,11 @@ class ScheduledStrategy(Strategy):
         xs, ys, h0_, mask_ = model.check(params, xs, ys, h0, mask)
         T, B = xs.shape[:2]
         sizes = model.cell.sizes(B, xs.dtype)
-        actions, cost = _PLANS.get(self, T, sizes)
+        actions, _ = _PLANS.get(self, T, sizes)  # planned and checked once per shape
 
         def run() -> Result:
             plan = self.iter_schedule(T, **sizes) if actions is None else actions
-            res = _execute(plan, model, params, xs, ys, h0_, mask_, sizes, cost)
+            res = _execute(plan, model, params, xs, ys, h0_, mask_, sizes)
             res.stats.extra["plan_cache_bytes"] = plan_cache_bytes()
             return res
 
@@ -460,7 +460,7 @@ class Truncated(Strategy):
                           seconds=time.perf_counter() - start,
                           state_bytes=cell.state_bytes(B, xs.dtype),
                           residual_bytes=cell.residual_bytes(B, xs.dtype),
-                          peak_residuals=min(self.k2, T))
+                          peak_residuals=ledger.peak_residuals)
             return Result(loss, grads, grad_h0, stats)
 
         return measure(run, model, params, B, xs.dtype) if trace_memory else run()

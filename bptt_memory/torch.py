@@ -328,6 +328,14 @@ def cost(step: Step, xs: Tensor, h0: Any, *, loss_fn: LossFn, ys: Tensor | None 
 # --- the executor -------------------------------------------------------------------------
 
 
+# NOTE [pieces] A recorded run is also cut every PIECE_STEPS steps. One backward call over
+# a long graph is slower per step than several over its pieces: torch.autograd.grad with
+# `inputs` walks and indexes the whole graph it is given, and past a few thousand steps
+# that bookkeeping falls out of cache (studies/torch_checkpointing measures scan full()
+# against plain autograd). A cut costs a detached alias of the state, no bytes.
+PIECE_STEPS = 16
+
+
 class _TorchExecutor(Executor):
     """Walks a schedule's actions on torch tensors (see `walk.Executor`).
 
@@ -378,27 +386,29 @@ class _TorchExecutor(Executor):
 
     def record(self, w: _Working, n0: int, n1: int) -> _Working:
         # NOTE [recorded runs] Consecutive recorded steps stay one autograd graph, so a
-        # Reverse over them is one torch.autograd.grad call, as fast as plain autograd; the
-        # graph is cut (the step's input state made a fresh leaf) where a run starts and at
+        # Reverse over them is a few torch.autograd.grad calls, as fast as plain autograd;
+        # the graph is cut (the step's input state made a fresh leaf) where a run starts, at
         # every boundary a Reverse stops at (`cuts`, from the whole schedule), so no
-        # backward call ever reaches a step it must leave for later. cuts=None cuts at
-        # every step.
+        # backward call ever reaches a step it must leave for later, and every PIECE_STEPS
+        # steps (NOTE [pieces]). cuts=None cuts at every step.
         p, state, check = self.p, self._resume(w), self.first_pass
         chained: tuple[Tensor, ...] | None = None
-        for t in range(n0, n1):
-            x = _leaf(p.xs[t]) if self.xs_grad else p.xs[t].detach()
-            if chained is None or self.cuts is None or t in self.cuts:
-                s_in: tuple[Tensor, ...] | None = tuple(_leaf(a) for a in state)
-                inp = s_in
-            else:
-                s_in, inp = None, chained
-            assert inp is not None  # a state where the graph is cut, the chained one else
-            with torch.enable_grad(), (self.counter.hooks() if self.counter else nullcontext()):
+        with torch.enable_grad(), (self.counter.hooks() if self.counter else nullcontext()):
+            for t in range(n0, n1):
+                x = _leaf(p.xs[t]) if self.xs_grad else p.xs[t].detach()
+                if (chained is None or self.cuts is None or t in self.cuts
+                        or (t - n0) % PIECE_STEPS == 0):
+                    s_in: tuple[Tensor, ...] | None = tuple(_leaf(a) for a in state)
+                    inp = s_in
+                else:
+                    s_in, inp = None, chained
+                assert inp is not None  # a state where the graph is cut, the chained one else
                 out = p.call(x, inp, check)
                 loss = p.loss(out, t)
-            self.ledger.keep(t, (s_in, x, out, loss), self.counter.take() if self.counter else 0)
-            self._add_loss(t, loss)
-            chained, state = out, out
+                self.ledger.keep(t, (s_in, x, out, loss),
+                                 self.counter.take() if self.counter else 0)
+                self._add_loss(t, loss)
+                chained, state = out, out
         state = tuple(o.detach() for o in state)
         self._arrive(n1, state)
         return _Working(state)

@@ -41,19 +41,31 @@ writes DIR/torch_checkpointing/report.md, results.csv, results.json, time_vs_byt
 from __future__ import annotations
 
 import argparse
-import csv
-import gc
-import json
 import math
-import os
-import platform
 import statistics
 import sys
-import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Sequence
+
+from bptt_memory.cli import add_study_options
+from bptt_memory.timing import interleaved
+
+from . import output_folder
+from ._common import (
+    DEFAULT_OUT,
+    command_line,
+    md_table,
+    plt,
+    provenance,
+    report_dir,
+    save_figure,
+    strategy_color,
+    verdict,
+    write_csv,
+    write_json,
+    write_text,
+)
 
 NAME = "torch_checkpointing"
 
@@ -177,26 +189,6 @@ def _saved_bytes(torch: Any, run: Callable[[], None], shared: Sequence[Any]) -> 
     return sum(seen.values())
 
 
-def _time_rounds(runs: dict[str, Callable[[], None]], rounds: int, zero: Callable[[], None]
-                 ) -> dict[str, list[float]]:
-    names, times = list(runs), {k: [] for k in runs}
-    for r in range(rounds):
-        order = names[r % len(names):] + names[:r % len(names)]
-        if r % 2:
-            order.reverse()
-        for k in order:
-            zero()
-            gc.collect()
-            gc.disable()
-            try:
-                start = time.perf_counter()
-                runs[k]()
-                times[k].append(time.perf_counter() - start)
-            finally:
-                gc.enable()
-    return times
-
-
 def _measure(torch: Any, bm: Any, kind: str, H: int, T: int, rounds: int) -> list[dict]:
     from bptt_memory.torch import cost, scan
 
@@ -220,10 +212,17 @@ def _measure(torch: Any, bm: Any, kind: str, H: int, T: int, rounds: int) -> lis
         loss.backward()
         extra[k] = dict(bytes=st.peak_bytes, forward_steps=st.forward_steps, plan_seconds=plan_s,
                         planned_bytes=plan.peak_bytes, strategy=strategy.name)
+    def zeroed(run: Callable[[], None]) -> Callable[[], None]:
+        def go() -> None:
+            zero()
+            run()
+        return go
+
+    # the scan contenders were warmed up above; the rest warm up here
     for k in ("plain", "torch_checkpoint", "fused"):
-        zero()
-        runs[k]()
-    times = _time_rounds(runs, rounds, zero)
+        zeroed(runs[k])()
+    times = interleaved({k: zeroed(runs[k]) for k in CONTENDERS}, rounds, warmup=False,
+                        threads=THREADS)
     seg = budgets["segment"]
     base = {"plain": dict(bytes=budgets["plain"], forward_steps=T, strategy="autograd"),
             "torch_checkpoint": dict(bytes=budgets["torch_checkpoint"],
@@ -232,14 +231,16 @@ def _measure(torch: Any, bm: Any, kind: str, H: int, T: int, rounds: int) -> lis
             "fused": dict(bytes=budgets["fused"], forward_steps=T, strategy="nn." + kind.upper())}
     base.update(extra)
     for k in CONTENDERS:
-        ts = times[k]
+        tk = times[k]
+        vs_plain, vs_ckpt = tk.ratios(times["plain"]), tk.ratios(times["torch_checkpoint"])
         rows.append(dict(cell=kind, H=H, T=T, contender=k, strategy=base[k]["strategy"],
-                         median_s=statistics.median(ts), min_s=min(ts), max_s=max(ts),
+                         median_s=tk.median, min_s=tk.spread[0], max_s=tk.spread[1],
                          bytes=base[k]["bytes"], forward_steps=base[k]["forward_steps"],
                          plan_seconds=base[k].get("plan_seconds", 0.0),
-                         vs_plain=statistics.median(a / b for a, b in zip(ts, times["plain"])),
-                         vs_checkpoint=statistics.median(
-                             a / b for a, b in zip(ts, times["torch_checkpoint"])),
+                         vs_plain=statistics.median(vs_plain), vs_plain_min=min(vs_plain),
+                         vs_plain_max=max(vs_plain), vs_checkpoint=statistics.median(vs_ckpt),
+                         vs_checkpoint_min=min(vs_ckpt), vs_checkpoint_max=max(vs_ckpt),
+                         rounds=rounds,
                          budget_bytes=getattr(budgets["strategies"].get(k), "budget_bytes", "")))
     return rows
 
@@ -252,25 +253,27 @@ def _targets(rows: list[dict]) -> list[dict]:
         if k == "scan_optimal_ckpt":
             out.append(dict(target="1: optimal at <= checkpoint's bytes, <= 1.0x its time",
                             config=f"{kind} H={H} T={T}", ratio=r["vs_checkpoint"],
+                            ratio_min=r["vs_checkpoint_min"], ratio_max=r["vs_checkpoint_max"],
                             bytes_ok=r["bytes"] <= ck["bytes"],
                             met=r["vs_checkpoint"] <= 1.0 and r["bytes"] <= ck["bytes"]))
         if k == "scan_optimal_5pct" and T == 1000:
             out.append(dict(target="2: optimal at 5% of plain's bytes, <= 1.5x plain's time",
-                            config=f"{kind} H={H} T={T}", ratio=r["vs_plain"], bytes_ok=True,
+                            config=f"{kind} H={H} T={T}", ratio=r["vs_plain"],
+                            ratio_min=r["vs_plain_min"], ratio_max=r["vs_plain_max"], bytes_ok=True,
                             met=r["vs_plain"] <= 1.5))
         if k == "scan_full":
             out.append(dict(target="3: scan full() <= 1.1x plain's time",
-                            config=f"{kind} H={H} T={T}", ratio=r["vs_plain"], bytes_ok=True,
+                            config=f"{kind} H={H} T={T}", ratio=r["vs_plain"],
+                            ratio_min=r["vs_plain_min"], ratio_max=r["vs_plain_max"], bytes_ok=True,
                             met=r["vs_plain"] <= 1.1))
     return out
 
 
+MARKERS = {"plain": "o", "torch_checkpoint": "s", "scan_full": "^", "scan_binomial": "v",
+           "scan_optimal_ckpt": "D", "scan_optimal_5pct": "P", "fused": "x"}
+
+
 def _figure(rows: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     configs = sorted({(r["cell"], r["H"], r["T"]) for r in rows})
     fig, axes = plt.subplots(1, len(configs), figsize=(4 * len(configs), 3.6), squeeze=False)
     for ax, (kind, H, T) in zip(axes[0], configs):
@@ -278,53 +281,24 @@ def _figure(rows: list[dict], path: Path) -> None:
             if (r["cell"], r["H"], r["T"]) == (kind, H, T):
                 ax.errorbar(r["bytes"] / 2**20, r["median_s"],
                             yerr=[[r["median_s"] - r["min_s"]], [r["max_s"] - r["median_s"]]],
-                            fmt="o", label=r["contender"])
+                            fmt=MARKERS[r["contender"]], label=r["contender"],
+                            color=strategy_color(r["strategy"].replace("scan_", "")
+                                                 if r["contender"].startswith("scan")
+                                                 else "torch"))
         ax.set_xscale("log")
         ax.set_xlabel("peak saved bytes (MiB)")
         ax.set_ylabel("seconds, forward + backward")
         ax.set_title(f"{kind} H={H} T={T}")
     axes[0][-1].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def _table(rows: list[dict], cols: Sequence[str]) -> str:
-    def cell(v: Any) -> str:
-        return f"{v:.4g}" if isinstance(v, float) else str(v)
-
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(cell(r.get(c, "")) for c in cols) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
-
-
-def _provenance(command: str, torch: Any) -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return "\n".join([
-        f"- Command: `{command}`",
-        f"- Date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
-        f"- Machine: {cpu}, {os.cpu_count()} cores (shared), "
-        f"{platform.system()} {platform.machine()}",
-        f"- Python {platform.python_version()}, torch {torch.__version__}, "
-        f"{THREADS} torch/BLAS thread(s) for every timing",
-    ])
+    save_figure(fig, path)
 
 
 def _write(d: Path, rows: list[dict], small: bool, command: str, torch: Any,
            seconds: float) -> Path:
-    with open(d / "results.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    write_csv(d / "results.csv", rows)
     targets = [] if small else _targets(rows)
-    (d / "results.json").write_text(json.dumps({"rows": rows, "targets": targets}, indent=2) + "\n")
+    write_json(d / "results.json", {"rows": rows, "targets": targets})
     _figure(rows, d / "time_vs_bytes.png")
     if small:
         answer = ("Toy sizes (`--small`): a smoke run of the harness. Its timings say nothing "
@@ -333,80 +307,94 @@ def _write(d: Path, rows: list[dict], small: bool, command: str, torch: Any,
         met = sum(t["met"] for t in targets)
         answer = (f"{met} of {len(targets)} target checks met on this machine. "
                   + "; ".join(f"target {t['target'][0]} {t['config']}: {t['ratio']:.2f}x "
-                              f"({'met' if t['met'] else 'not met'})" for t in targets) + ".")
+                              f"({verdict(t['met'], small)})" for t in targets) + ".")
     ran = sorted({(r["H"], r["T"]) for r in rows})
     skipped = sorted(set(GRID) - set(ran)) or "none"
     cols = ["cell", "H", "T", "contender", "strategy", "median_s", "min_s", "max_s",
-            "vs_plain", "vs_checkpoint", "bytes", "forward_steps", "plan_seconds"]
+            "vs_plain", "vs_plain_min", "vs_plain_max", "vs_checkpoint", "bytes",
+            "forward_steps", "plan_seconds"]
     text = "\n".join([
         "# Checkpointing a PyTorch cell loop: bptt_memory.torch.scan against torch", "",
         answer, "", "![time against peak saved bytes](time_vs_bytes.png)", "",
         "## Targets", "",
-        _table(targets, ["target", "config", "ratio", "bytes_ok", "met"]) if targets
-        else "Not judged at toy sizes.\n", "",
+        "`ratio` is the median of per-round ratios, `ratio_min`–`ratio_max` their range.", "",
+        md_table(targets, ["target", "config", "ratio", "ratio_min", "ratio_max", "bytes_ok",
+                           "met"]) if targets else "Not judged at toy sizes.\n", "",
         "## Every contender", "",
         "Seconds are forward + backward, median (min, max) over the timed rounds; `vs_plain` "
-        "and `vs_checkpoint` are medians of per-round ratios. `bytes`: NOTE [bytes] in the "
-        "study (torch checkpoint's in this library's accounting). `plan_seconds`: "
-        "`cost(...)`, i.e. one traced step plus planning; optimal's tables are memoised, so "
-        "each timed run pays only for reading its plan out of them.", "",
-        _table(rows, cols), "",
+        "and `vs_checkpoint` are medians of per-round ratios (`vs_plain_min`, `vs_plain_max`: "
+        "their range). `bytes`: NOTE [bytes] in the study (torch checkpoint's in this "
+        "library's accounting). `plan_seconds`: `cost(...)`, i.e. one traced step plus "
+        "planning; optimal's tables are memoised, so each timed run pays only for reading "
+        "its plan out of them.", "",
+        md_table(rows, cols), "",
         "## How it was made", "",
-        _provenance(command, torch),
+        provenance(command, pinned=THREADS),
+        f"- torch {torch.__version__}, {THREADS} torch thread(s) for every timing; timed "
+        "with `bptt_memory.timing.interleaved` (NOTE [timing] in the study)",
         f"- Configurations (H, T): {ran}; of the issue's grid, not run: {skipped}",
         f"- Wall time of the study: {seconds:.0f} s", "",
     ])
-    (d / "report.md").write_text(text + "\n")
-    return d / "report.md"
+    return write_text(d / "report.md", text + "\n")
 
 
-def run(out: Path | str | None = None, *, small: bool = False, quiet: bool = False,
+def run(out: Path | str | None = DEFAULT_OUT, *, small: bool = False, quiet: bool = False,
         grid: Sequence[tuple[int, int]] | None = None, cells: Sequence[str] = CELLS,
         rounds: int | None = None, command: str | None = None) -> Path:
-    """Measure the grid and write the report; return its path. ``small`` with no ``out``
-    writes into a fresh temporary folder."""
+    """Measure the grid and write the report; return its path (`report_dir` picks the
+    folder: with no ``out``, a temporary one for ``small``, else the repository's reports/)."""
     import torch
-    from threadpoolctl import threadpool_limits
 
     import bptt_memory as bm
 
     start = time.perf_counter()
-    if out is None:
-        out = tempfile.mkdtemp(prefix=f"{NAME}-") if small else "reports"
-    d = Path(out) / NAME
-    d.mkdir(parents=True, exist_ok=True)
+    d = report_dir(out, NAME, small=small)
     grid = list(grid or (SMALL_GRID if small else GRID))
     old = torch.get_num_threads()
     torch.set_num_threads(THREADS)
     rows: list[dict] = []
     try:
-        with threadpool_limits(limits=THREADS):
-            for H, T in grid:
-                for kind in cells:
-                    if not quiet:
-                        print(f"{NAME}: {kind} H={H} T={T}", file=sys.stderr, flush=True)
-                    n = rounds or (SMALL_ROUNDS if small
-                                   else LONG_ROUNDS if T >= 10_000 else ROUNDS)
-                    rows += _measure(torch, bm, kind, H, T, n)
+        for H, T in grid:
+            for kind in cells:
+                if not quiet:
+                    print(f"{NAME}: {kind} H={H} T={T}", file=sys.stderr, flush=True)
+                n = rounds or (SMALL_ROUNDS if small else LONG_ROUNDS if T >= 10_000 else ROUNDS)
+                rows += _measure(torch, bm, kind, H, T, n)
     finally:
         torch.set_num_threads(old)
-    command = command or f"python -m studies.{NAME}" + (" --small" if small else "")
+    command = command or command_line(NAME, small)
     return _write(d, rows, small, command, torch, time.perf_counter() - start)
+
+
+def _grid(text: str) -> list[tuple[int, int]]:
+    try:
+        pairs = [tuple(int(v) for v in g.split(":")) for g in text.split(",")]
+    except ValueError:
+        pairs = []
+    if not pairs or any(len(p) != 2 or min(p) < 1 for p in pairs):
+        raise argparse.ArgumentTypeError(f"--grid {text!r}: give H:T pairs of positive "
+                                         "integers, comma-separated, e.g. 128:1000,512:1000")
+    return [(p[0], p[1]) for p in pairs]
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog=f"python -m studies.{NAME}", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--small", action="store_true", help="toy sizes into a temporary folder")
-    p.add_argument("--out", type=Path, default=None, help="reports folder (default reports/)")
-    p.add_argument("--quiet", action="store_true")
-    p.add_argument("--grid", default=None, help="H:T pairs, e.g. 128:1000,512:1000")
-    p.add_argument("--rounds", type=int, default=None)
+    add_study_options(p)
+    p.add_argument("--grid", type=_grid, default=None,
+                   help=f"H:T pairs, e.g. 128:1000,512:1000 (default: {GRID}; "
+                   f"--small: {SMALL_GRID})")
+    p.add_argument("--rounds", type=int, default=None,
+                   help=f"timed rounds per configuration (default: {ROUNDS}, {LONG_ROUNDS} at "
+                   f"T >= 10000; --small: {SMALL_ROUNDS})")
     args = p.parse_args(argv)
-    grid = None if args.grid is None else [tuple(int(v) for v in g.split(":"))
-                                           for g in args.grid.split(",")]
+    if args.rounds is not None and args.rounds < 1:
+        p.error(f"--rounds {args.rounds}: needs at least one timed round")
     command = " ".join(["python -m studies." + NAME, *(argv if argv is not None else sys.argv[1:])])
-    path = run(args.out, small=args.small, quiet=args.quiet, grid=grid, rounds=args.rounds,
+    out = output_folder(args.out, small=args.small)
+    if args.small and args.out is None:
+        print(f"smoke run (toy sizes): writing to {out}, not to the committed reports")
+    path = run(out, small=args.small, quiet=args.quiet, grid=args.grid, rounds=args.rounds,
                command=command)
     print(f"{NAME}: wrote {path}")
 

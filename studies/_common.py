@@ -39,7 +39,7 @@ from . import output_folder  # noqa: E402
 __all__ = ["atomic_write", "write_text", "write_json", "write_csv", "save_figure",
            "provenance", "progress", "pinned_blas", "report_dir", "fit_loglog_slope", "md_table",
            "recomputation_ratio", "DEFAULT_OUT", "study_main", "settings", "verdict",
-           "STRATEGY_COLORS", "strategy_color"]
+           "STRATEGY_COLORS", "strategy_color", "adam_step"]
 
 
 @contextlib.contextmanager
@@ -196,6 +196,29 @@ def strategy_color(name: str) -> str:
     """The palette's colour for a strategy, by family: "binomial(slots=3)" -> binomial's."""
     family = name.split("(", 1)[0].split()[0].split("_")[0]
     return STRATEGY_COLORS.get(family, "black")
+
+
+def adam_step(params: dict, grads: dict, m: dict, v: dict, i: int, *, lr: float,
+              betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+              clip: float | None = None) -> float:
+    """Clip grads to global norm `clip` (None: no clipping), then Adam's update i >= 1 of
+    `params` in place (Kingma & Ba 2015, Algorithm 1), with moments m and v; returns the
+    gradient's norm before clipping. The studies that train share it.
+
+    >>> p, g = {"w": np.array([1.0])}, {"w": np.array([2.0])}
+    >>> m, v = {"w": np.zeros(1)}, {"w": np.zeros(1)}
+    >>> adam_step(p, g, m, v, 1, lr=0.1), p["w"].round(6)  # a first step moves lr·sign(g)
+    (2.0, array([0.9]))
+    """
+    norm = float(np.sqrt(sum(float((g * g).sum()) for g in grads.values())))
+    scale = min(1.0, clip / norm) if clip is not None and norm > 0 else 1.0
+    b1, b2 = betas
+    for k, p in params.items():
+        g = grads[k] * scale
+        m[k] = b1 * m[k] + (1 - b1) * g
+        v[k] = b2 * v[k] + (1 - b2) * g * g
+        p -= lr * (m[k] / (1 - b1 ** i)) / (np.sqrt(v[k] / (1 - b2 ** i)) + eps)
+    return norm
 
 
 def fit_loglog_slope(x: Sequence[float], y: Sequence[float]) -> float:

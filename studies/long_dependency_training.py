@@ -114,20 +114,6 @@ def predict(model: bm.Model, params: dict, xs: np.ndarray) -> np.ndarray:
     return cell.output(state) @ params["weight_out"][0] + params["bias_out"][0]
 
 
-def _adam(params: dict, grads: dict, m: dict, v: dict, i: int, s: SimpleNamespace) -> float:
-    """Clip grads to global norm CLIP, then one Adam step (Kingma & Ba, Alg. 1); returns
-    the norm."""
-    norm = math.sqrt(sum(float((g * g).sum()) for g in grads.values()))
-    scale = min(1.0, s.CLIP / norm) if norm > 0 else 1.0
-    b1, b2 = s.BETAS
-    for k, p in params.items():
-        g = grads[k] * scale
-        m[k] = b1 * m[k] + (1 - b1) * g
-        v[k] = b2 * v[k] + (1 - b2) * g * g
-        p -= s.LR * (m[k] / (1 - b1 ** i)) / (np.sqrt(v[k] / (1 - b2 ** i)) + s.EPS)
-    return norm
-
-
 def train(s: SimpleNamespace, label: str, seed: int | None = None) -> dict:
     """Train from the shared init with one strategy; the curves and the final params.
 
@@ -153,7 +139,8 @@ def train(s: SimpleNamespace, label: str, seed: int | None = None) -> dict:
             if check:  # before the step: full() at the same params, on the same batch
                 exact = r if label == "full" else bm.full().run(model, params, xs, ys, mask=mask)
                 rel, cos = grad_error(r.grads, exact.grads)
-            norms.append(_adam(params, r.grads, m, v, i, s))
+            norms.append(_common.adam_step(params, r.grads, m, v, i, lr=s.LR, betas=s.BETAS,
+                                                eps=s.EPS, clip=s.CLIP))
             if check:
                 err = predict(model, params, xt) - yt[-1, :, 0]
                 evals.append(dict(update=i, test_mse=float(np.mean(err * err)),
@@ -614,7 +601,7 @@ numbers; the first marker lies in [0, T/2), so the dependency spans more than T/
 steps. Model: {s.CELL.upper()} with H = {s.HIDDEN}, linear readout, mse loss, float64, PyTorch's
 default init, seed {s.SEED}. Every strategy starts from the same params and sees the same
 {s.UPDATES} batches of B = {s.BATCH} (one update per batch), with the same optimiser: Adam
-(lr {s.LR:g}, betas {s.BETAS}, eps {s.EPS:g}, written in numpy in this study) after clipping
+(lr {s.LR:g}, betas {s.BETAS}, eps {s.EPS:g}, `adam_step` in studies/_common.py) after clipping
 the gradient to global norm {s.CLIP:g}. Truncated strategies contribute one update per
 sequence too: `truncated(k1, k2).run` sums its update points, all at the same params.
 Test set: {s.TEST_SIZE} held-out sequences, evaluated every {s.EVAL_EVERY} updates. Baseline:

@@ -26,7 +26,7 @@ import numpy as np
 
 import bptt_memory as bm
 from bptt_memory.compare import grad_error
-from bptt_memory.tasks import random_problem
+from bptt_memory.tasks import adding_problem, random_problem
 
 from . import _common
 
@@ -45,13 +45,20 @@ SEEDS = (0, 1, 2, 3, 4)  # params and data; errors are summarised over seeds by 
 K2S = (1, 2, 5, 10, 20, 50, 100, 200)  # k2 values; T itself is always added
 GRID_RADIUS = 1.0  # the full (k1, k2) grid is run at this radius; others get k1 = 1 and k1 = k2
 FLOOR = 1e-16  # errors below this are drawn at this value on log axes
+# -- does it hold elsewhere? (NOTE [other conditions]) ----------------------------------
+LONG_T = 1000  # the same problem at GRID_RADIUS, five times longer
+TRAIN_UPDATES = 400  # a model trained on the adding problem, T steps, with full() and Adam
+TRAIN_LR = 1e-2  # Adam step size
+TRAIN_CLIP = 1.0  # gradients are rescaled to this global norm when longer
 # -- toy sizes for --small (seconds) ----------------------------------------------------
-SMALL = dict(T=16, BATCH=4, HIDDEN=8, RADII=(0.5, 1.0, 1.5), SEEDS=(0, 1), K2S=(1, 2, 4, 8))
+SMALL = dict(T=16, BATCH=4, HIDDEN=8, RADII=(0.5, 1.0, 1.5), SEEDS=(0, 1), K2S=(1, 2, 4, 8),
+             LONG_T=40, TRAIN_UPDATES=5)
 
 
 def _settings(small: bool) -> SimpleNamespace:
     s = _common.settings(globals(), ("T", "BATCH", "N_IN", "HIDDEN", "N_OUT", "CELLS", "RADII",
-                                     "SEEDS", "K2S", "GRID_RADIUS"), small)
+                                     "SEEDS", "K2S", "GRID_RADIUS", "LONG_T", "TRAIN_UPDATES",
+                                     "TRAIN_LR", "TRAIN_CLIP"), small)
     s.K2S = tuple(sorted({k for k in s.K2S if k < s.T} | {s.T}))
     return s
 
@@ -128,6 +135,85 @@ def measure(s: SimpleNamespace, quiet: bool) -> tuple[list[dict], list[dict]]:
             bar.update()
     bar.close()
     return rows, problems
+
+
+# NOTE [other conditions] The grid above is one sequence length at initialisation, with
+# losses at every step. Two more conditions test whether what it finds carries over:
+# - "init, T = LONG_T": the same random problem and ρ = GRID_RADIUS, five times longer;
+# - "trained": each cell at its default init (no rescaling) trained with full() and Adam
+#   for TRAIN_UPDATES updates on the adding problem (`bm.tasks.adding_problem`: one loss, at
+#   the last step, that depends on two inputs at least T/2 steps apart), then measured on a
+#   fresh batch of that problem. Training is what gives a recurrence long memory, and this
+#   loss is all long dependency, so it is where truncation should cost most.
+# Both run TBPTT(1, k) and TBPTT(k, k) for every k on the grid shorter than their T.
+
+
+def _trained(s: SimpleNamespace, kind: str, seed: int) -> tuple[bm.Model, dict, float, float]:
+    """A cell trained on the adding problem (NOTE [other conditions]): model, params, and
+    the held-out MSE before and after training."""
+    rng = np.random.default_rng(seed)
+    model = bm.Model(bm.CELLS[kind](2, s.HIDDEN), 1)
+    params = model.init(rng)
+    data = np.random.default_rng(10_000 + seed)
+    xt, yt, mt = adding_problem(s.T, 4 * s.BATCH, np.random.default_rng(20_000 + seed))
+    full = bm.full()
+    before = full.run(model, params, xt, yt, mask=mt).loss
+    m = {k: np.zeros_like(p) for k, p in params.items()}
+    v = {k: np.zeros_like(p) for k, p in params.items()}
+    for i in range(1, s.TRAIN_UPDATES + 1):
+        xs, ys, mask = adding_problem(s.T, s.BATCH, data)
+        r = full.run(model, params, xs, ys, mask=mask)
+        _common.adam_step(params, r.grads, m, v, i, lr=s.TRAIN_LR, clip=s.TRAIN_CLIP)
+    return model, params, before, full.run(model, params, xt, yt, mask=mt).loss
+
+
+def other_conditions(s: SimpleNamespace, quiet: bool) -> tuple[list[dict], list[dict]]:
+    """Rows of (condition, cell, seed, k1, k2, errors) and one row per trained model."""
+    conds = [f"init, T={s.LONG_T}", f"trained, T={s.T}"]
+    jobs = [(c, kind, seed) for c in conds for kind in s.CELLS for seed in s.SEEDS]
+    rows, trained = [], []
+    bar = _common.progress(total=len(jobs), quiet=quiet, desc=f"{NAME} (other conditions)")
+    for cond, kind, seed in jobs:
+        mask = None
+        if cond.startswith("init"):
+            T = s.LONG_T
+            rng = np.random.default_rng(seed)
+            cell = bm.CELLS[kind](s.N_IN, s.HIDDEN)
+            model = bm.Model(cell, s.N_OUT)
+            params = model.init(rng)
+            set_spectral_radius(cell, params, s.GRID_RADIUS)
+            xs, ys = random_problem(model, T, s.BATCH, rng)
+        else:
+            T = s.T
+            model, params, before, after = _trained(s, kind, seed)
+            trained.append(dict(cell=kind, seed=seed, updates=s.TRAIN_UPDATES,
+                                test_mse_before=before, test_mse_after=after))
+            xs, ys, mask = adding_problem(T, s.BATCH, np.random.default_rng(30_000 + seed))
+        recurrent = list(model.cell.param_shapes())
+        exact = bm.full().run(model, params, xs, ys, mask=mask)
+        for k in [k for k in s.K2S if k < T]:
+            for k1 in sorted({1, k}):
+                r = bm.truncated(k1, k).run(model, params, xs, ys, mask=mask)
+                rel, cos = grad_error(r.grads, exact.grads, keys=recurrent)
+                rows.append(dict(condition=cond, cell=kind, seed=seed, T=T, k1=k1, k2=k,
+                                 rel_error=rel, cosine=cos,
+                                 backward_steps=r.stats.backward_steps))
+        bar.update()
+    bar.close()
+    return rows, trained
+
+
+def summarise_conditions(rows: Sequence[dict]) -> list[dict]:
+    """Over seeds, per (condition, cell, k1, k2): geometric mean error, min, max."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["condition"], r["cell"], r["k1"], r["k2"]), []).append(r)
+    return [dict(condition=c, cell=kind, k1=k1, k2=k2, seeds=len(g),
+                 rel_error=geometric_mean([r["rel_error"] for r in g]),
+                 rel_error_min=min(r["rel_error"] for r in g),
+                 rel_error_max=max(r["rel_error"] for r in g),
+                 cosine=float(np.median([r["cosine"] for r in g])))
+            for (c, kind, k1, k2), g in groups.items()]
 
 
 def geometric_mean(values: Sequence[float]) -> float:
@@ -313,6 +399,92 @@ def plot_grid(s: SimpleNamespace, summary: Sequence[dict]) -> plt.Figure:
     return fig
 
 
+def _condition_curves(s: SimpleNamespace, summary: Sequence[dict], other: Sequence[dict]
+                      ) -> dict[tuple[str, str], dict[tuple[int, int], dict]]:
+    """(condition, cell) -> {(k1, k2): summary row}, the main grid's ρ = GRID_RADIUS
+    included as its own condition, k2 < T only."""
+    main = f"init, T={s.T}"
+    out: dict[tuple[str, str], dict[tuple[int, int], dict]] = {}
+    for r in summary:
+        if r["radius"] == s.GRID_RADIUS and r["k2"] < s.T and r["k1"] in (1, r["k2"]):
+            out.setdefault((main, r["cell"]), {})[r["k1"], r["k2"]] = r
+    for r in other:
+        out.setdefault((r["condition"], r["cell"]), {})[r["k1"], r["k2"]] = r
+    return out
+
+
+def plot_conditions(s: SimpleNamespace, curves: dict) -> plt.Figure:
+    conds = list(dict.fromkeys(c for c, _ in curves))
+    colors = plt.cm.tab10(np.arange(len(conds)))
+    fig, axes = plt.subplots(1, len(s.CELLS), figsize=(5.2 * len(s.CELLS), 4.2), squeeze=False)
+    for j, kind in enumerate(s.CELLS):
+        ax = axes[0, j]
+        for cond, color in zip(conds, colors):
+            pts = curves.get((cond, kind), {})
+            for same, style in ((False, "-"), (True, "--")):
+                ks = sorted(k2 for k1, k2 in pts if (k1 == k2) == same and (same or k1 == 1))
+                if same:
+                    ks = [k for k in ks if k > 1]  # (1, 1) is drawn once, on the solid line
+                ax.plot(ks, [max(pts[(k if same else 1), k]["rel_error"], FLOOR) for k in ks],
+                        style, marker="o", ms=3, color=color,
+                        label=f"{cond}, " + ("TBPTT(k, k)" if same else "TBPTT(1, k)"))
+        ax.set(xscale="log", yscale="log", xlabel="k2 (steps backpropagated)",
+               ylabel="relative error (recurrent params)", title=kind)
+        ax.grid(True, alpha=0.3)
+    axes[0, -1].legend(fontsize=6)
+    fig.suptitle(f"Other conditions (ρ = {s.GRID_RADIUS:g} at init; trained: default init, "
+                 f"{s.TRAIN_UPDATES} Adam updates on the adding problem); geometric mean over "
+                 "seeds", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def _k2_reaching(pts: dict, same: bool, target: float) -> str:
+    for k in sorted(k2 for _, k2 in pts):
+        r = pts.get((k if same else 1, k))
+        if r is not None and r["rel_error"] < target:
+            return str(k)
+    return "none < T"
+
+
+def conditions_section(s: SimpleNamespace, curves: dict, trained: Sequence[dict]) -> str:
+    table = []
+    mid = [k for k in s.K2S if k < s.T]
+    k_lo = mid[min(3, len(mid) - 1)]  # the main table's, e.g. 10 at full size
+    for (cond, kind), pts in curves.items():
+        row = {"condition": cond, "cell": kind,
+               "k2 for 1%: (1,k)": _k2_reaching(pts, False, 0.01),
+               "(k,k)": _k2_reaching(pts, True, 0.01),
+               f"err (1,{k_lo})": _fmt(pts[1, k_lo]["rel_error"]),
+               f"err ({k_lo},{k_lo})": _fmt(pts[k_lo, k_lo]["rel_error"])}
+        table.append(row)
+    table.sort(key=lambda r: (r["cell"], r["condition"]))
+    fit = []
+    for kind in s.CELLS:
+        g = [t for t in trained if t["cell"] == kind]
+        fit.append({"cell": kind, "updates": s.TRAIN_UPDATES,
+                    "held-out MSE before": f"{np.median([t['test_mse_before'] for t in g]):.3g}",
+                    "after (median of seeds)": f"{np.median([t['test_mse_after'] for t in g]):.3g}",
+                    "after, min–max": f"{min(t['test_mse_after'] for t in g):.3g}–"
+                                      f"{max(t['test_mse_after'] for t in g):.3g}"})
+    return f"""## Does it hold elsewhere? Longer sequences and trained models
+
+NOTE [other conditions] in the study: the main grid's ρ = {s.GRID_RADIUS:g} problem again at
+T = {s.LONG_T}; and each cell trained with full() and Adam (lr {s.TRAIN_LR:g}, clipped to
+norm {s.TRAIN_CLIP:g}) for {s.TRAIN_UPDATES} updates of B = {s.BATCH} on the adding problem
+(T = {s.T}, one loss at the last step depending on inputs at least T/2 steps back), then
+measured on a fresh batch of it. Same seeds, same error over the cell's parameters; "k2
+for 1%" is the smallest k2 on the grid below T whose geometric mean error is under 1%.
+
+{_common.md_table(table)}
+The adding problem's baseline (predicting the mean, 1) has MSE 1/6 ≈ 0.167; how far
+training got:
+
+{_common.md_table(fit)}
+![other conditions](conditions.png)
+"""
+
+
 # -- report -------------------------------------------------------------------------------
 
 
@@ -321,7 +493,7 @@ def _fmt(x: float) -> str:
 
 
 def write_report(d: Path, s: SimpleNamespace, summary: Sequence[dict], problems: Sequence[dict],
-                 fronts: Sequence[dict], command: str) -> Path:
+                 fronts: Sequence[dict], command: str, conditions: str = "") -> Path:
     K2S, T = s.K2S, s.T
     mid = [k for k in K2S if k < T]
     k_lo, k_hi = mid[min(3, len(mid) - 1)], mid[-1]  # e.g. 10 and 100 at full size
@@ -470,6 +642,7 @@ the exact gradient's norm, "mean f" the LSTM's mean forget gate over the run.
 
 ![log10 error over (k1, k2)](grid_k1_k2.png)
 
+{conditions}
 **Reading the figures.** Solid lines are TBPTT(1, k2), dashed TBPTT(k2, k2); the band
 spans the seeds. The dotted vertical line is k2 = T, where truncation cuts nothing and
 the error drops to rounding (drawn at {FLOOR:g}). In the grid, rows are k1 and columns k2;
@@ -482,6 +655,8 @@ cells show log10 of the geometric mean relative error at ρ = {s.GRID_RADIUS:g}.
 - `summary.csv`: the same over seeds: geometric mean, median, min and max.
 - `frontier.csv`: the cost-versus-accuracy frontier at ρ = {s.GRID_RADIUS:g}.
 - `problems.csv`: per (cell, ρ, seed): the exact loss, ‖g*‖ and the LSTM's mean forget gate.
+- `conditions.csv`, `conditions_summary.csv`, `trained.csv`: the other conditions (per
+  seed, over seeds) and the trained models' held-out MSE before and after training.
 - `summary.json`: the settings and the summary.
 
 ## Provenance
@@ -497,7 +672,14 @@ def run(out: Path | str | None = None, *, small: bool = False, quiet: bool = Fal
     d = _common.report_dir(out, NAME, small)
     with _common.pinned_blas(1):
         rows, problems = measure(s, quiet)
+        other, trained = other_conditions(s, quiet)
     summary = summarise(rows)
+    other_summary = summarise_conditions(other)
+    curves = _condition_curves(s, summary, other_summary)
+    _common.write_csv(d / "conditions.csv", other)
+    _common.write_csv(d / "conditions_summary.csv", other_summary)
+    _common.write_csv(d / "trained.csv", trained)
+    _common.save_figure(plot_conditions(s, curves), d / "conditions.png")
     fronts = frontier(s, summary)
     _common.write_csv(d / "errors.csv", rows)
     _common.write_csv(d / "frontier.csv", fronts)
@@ -508,7 +690,8 @@ def run(out: Path | str | None = None, *, small: bool = False, quiet: bool = Fal
     _common.save_figure(plot_error_vs_k2(s, summary), d / "error_vs_k2.png")
     _common.save_figure(plot_grid(s, summary), d / "grid_k1_k2.png")
     _common.save_figure(plot_frontier(s, fronts), d / "frontier.png")
-    return write_report(d, s, summary, problems, fronts, _common.command_line(NAME, small))
+    return write_report(d, s, summary, problems, fronts, _common.command_line(NAME, small),
+                        conditions_section(s, curves, trained))
 
 
 def main(argv: Sequence[str] | None = None) -> None:

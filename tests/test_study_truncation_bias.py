@@ -2,12 +2,20 @@ import csv
 import json
 
 import numpy as np
+import pytest
 
 from studies import truncation_bias
 
 
-def test_small_run_writes_a_consistent_report(tmp_path):
-    path = truncation_bias.run(tmp_path, small=True, quiet=True)
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    """One smoke run shared by the tests that read its files."""
+    out = tmp_path_factory.mktemp("tb")
+    return out, truncation_bias.run(out, small=True, quiet=True)
+
+
+def test_small_run_writes_a_consistent_report(small_run):
+    tmp_path, path = small_run
     d = tmp_path / "truncation_bias"
     assert path == d / "report.md" and path.read_text().startswith("# Truncation bias")
     for png in ("error_vs_k2.png", "grid_k1_k2.png", "frontier.png"):
@@ -74,3 +82,33 @@ def test_frontier_keeps_exactly_the_undominated_pairs():
     on = {(p["k1"], p["k2"]) for p in points if p["on_frontier"] and p["cell"] == "lstm"}
     assert on == {(4, 4), (1, 2), (1, 4)}  # (2, 2) and (2, 4) cost as much for more error
     assert all(p["k2"] < s.T for p in points)
+
+
+def test_other_conditions_cover_every_cell_and_seed_and_train_the_models(small_run):
+    d = small_run[0] / "truncation_bias"
+    s = truncation_bias._settings(small=True)
+    assert (d / "conditions.png").read_bytes()[:4] == b"\x89PNG"
+    with open(d / "conditions.csv") as f:
+        rows = list(csv.DictReader(f))
+    with open(d / "trained.csv") as f:
+        trained = list(csv.DictReader(f))
+    conds = {f"init, T={s.LONG_T}", f"trained, T={s.T}"}
+    assert {(r["condition"], r["cell"], int(r["seed"])) for r in rows} == {
+        (c, k, seed) for c in conds for k in s.CELLS for seed in s.SEEDS}
+    for r in rows:
+        assert int(r["k2"]) < int(r["T"]) and int(r["k1"]) in (1, int(r["k2"]))
+        assert float(r["rel_error"]) > 0  # a truncation below T cuts something
+    # Adam on the adding problem lowers the held-out loss of every cell (median of seeds)
+    for kind in s.CELLS:
+        before = [float(t["test_mse_before"]) for t in trained if t["cell"] == kind]
+        after = [float(t["test_mse_after"]) for t in trained if t["cell"] == kind]
+        assert np.median(after) < np.median(before)
+    # One loss, at the last step: TBPTT(1, k) and TBPTT(k, k) backpropagate it through the
+    # same k steps when k divides T, so their gradients are the same
+    by = {(r["condition"], r["cell"], r["seed"], int(r["k1"]), int(r["k2"])): float(r["rel_error"])
+          for r in rows}
+    for (c, kind, seed, k1, k2), e in by.items():
+        if c.startswith("trained") and k1 == 1 < k2 and s.T % k2 == 0:
+            assert np.isclose(e, by[c, kind, seed, k2, k2], rtol=1e-9, atol=1e-15)
+    text = (d / "report.md").read_text()
+    assert "Does it hold elsewhere?" in text and "![other conditions](conditions.png)" in text

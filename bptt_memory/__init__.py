@@ -3,7 +3,8 @@
 Cells (`vanilla`, `lstm`, `gru`, any of them stacked, and any cell written against the
 `Cell` protocol) with PyTorch's equations, a `Model` (cell + linear readout + loss), and
 interchangeable backward strategies with one call shape,
-``strategy.run(model, params, xs, ys, *, h0=None, mask=None)``:
+``strategy.run(model, params, xs, ys, *, h0=None, mask=None)`` (``profile=bm.Profile()``
+says where a run's time went):
 
 - `full`: store every step's residuals (exact, O(T) memory);
 - `truncated`: TBPTT(k1, k2) on a ring buffer (biased, O(k2) memory);
@@ -20,6 +21,7 @@ from .checkpoint import Binomial, Optimal, binomial, binomial_forward_steps, opt
 from .engine import execute
 from .model import LOSSES, LossFn, Model, Result, Stats
 from .online import Online, OnlinePolicy, online
+from .profile import Profile
 from .reference import reference_gradients
 from .schedule import (
                        Action,
@@ -64,7 +66,7 @@ STRATEGIES = {
 
 __all__ = [
     "Cell", "CellError", "Kernels", "PlainKernels", "CELLS", "vanilla", "lstm", "gru", "stack",
-    "Model", "Result", "Stats", "LOSSES", "LossFn",
+    "Model", "Result", "Stats", "LOSSES", "LossFn", "Profile",
     "Strategy", "ScheduledStrategy", "STRATEGIES",
     "full", "truncated", "uniform", "binomial", "optimal", "online", "best_uniform",
     "Full", "Truncated", "Uniform", "Binomial", "Optimal", "Online", "OnlinePolicy", "Update",

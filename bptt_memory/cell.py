@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -226,6 +226,13 @@ class Kernels(ABC):
     def workspace(self) -> list[np.ndarray]:
         """The buffers this object reuses across steps (`Stats.workspace_bytes`)."""
         return []
+
+    def route_products(self, matmul: Callable[..., np.ndarray]) -> bool:
+        """Make every later matrix product through ``matmul`` (``np.matmul``'s call:
+        ``matmul(a, b, out=None)``) and say so with True; the default makes none and
+        says False, and a `Profile` then reports these steps' products as unmeasured.
+        Called at most once, before the first step, and only when profiling."""
+        return False
 
 
 class PlainKernels(Kernels):

@@ -37,6 +37,7 @@ import numpy as np
 
 from .cell import Kernels, Params, State
 from .model import Model, Result, Stats, check_model
+from .profile import Profile, check_profile
 from .schedule import Action, simulate
 from .walk import Executor, Ledger, walk
 
@@ -53,8 +54,9 @@ class _Readout:
     buffers made once per run: step t's at (t − window start)·B (NOTE [readout rows])."""
 
     def __init__(self, model: Model, params: Params, grads: Params, rows: int,
-                 dtype: np.dtype) -> None:
+                 dtype: np.dtype, matmul: Callable[..., np.ndarray]) -> None:
         self.model, self.params, self.grads = model, params, grads
+        self.matmul = matmul  # np.matmul, or a Profile's wrapper
         H, O = model.cell.output_size, model.n_out
         self.h = np.empty((rows, H), dtype)  # outputs h_t read out
         self.do = np.empty((rows, O), dtype)  # dL/do_t
@@ -66,14 +68,15 @@ class _Readout:
         """Loss of the steps whose outputs are in rows [r0, r1), y (K, B, ...), scale
         (K, B); write their dL/do_t and dL/dh_t rows."""
         n = r1 - r0
-        o = self.model.readout(self.params, self.h[r0:r1])  # (K·B, O)
+        o = self.model.readout(self.params, self.h[r0:r1], matmul=self.matmul)  # (K·B, O)
         loss, do = self.model.step_loss(o, y.reshape((n,) + y.shape[2:]), scale.reshape(n))
         self.loss += loss
         self.do[r0:r1] = do
-        self.model.readout_input_grad(self.params, do, out=self.dh[r0:r1])
+        self.model.readout_input_grad(self.params, do, out=self.dh[r0:r1], matmul=self.matmul)
 
     def flush(self, r0: int, r1: int) -> None:
-        self.model.readout_grads(self.h[r0:r1], self.do[r0:r1], self.ones[: r1 - r0], self.grads)
+        self.model.readout_grads(self.h[r0:r1], self.do[r0:r1], self.ones[: r1 - r0],
+                                 self.grads, matmul=self.matmul)
 
     def workspace(self) -> list[np.ndarray]:
         return [self.h, self.do, self.dh, self.ones]
@@ -81,10 +84,12 @@ class _Readout:
 
 class _Run(Executor):
     """One run of a schedule on numpy arrays: forward steps a chunk at a time, reverse
-    steps in gradient windows (NOTE [gradient windows]), with the ledger's books."""
+    steps in gradient windows (NOTE [gradient windows]), with the ledger's books; with
+    a `Profile`, each action timed and every product the kernels can route through its
+    `Profile.matmul`."""
 
     def __init__(self, model: Model, params: Params, xs: np.ndarray, ys: np.ndarray,
-                 mask: np.ndarray, links: bool) -> None:
+                 mask: np.ndarray, links: bool, profile: Profile | None = None) -> None:
         self.ledger = Ledger()
         self.model, self.cell, self.params = model, model.cell, params
         self.xs, self.ys, self.mask = xs, ys, mask  # mask/B is taken a window at a time
@@ -94,13 +99,21 @@ class _Run(Executor):
         self.links = links
         self.grads = {k: np.zeros_like(v) for k, v in params.items()}
         self.kernels: Kernels = self.cell.kernels(params, B, self.grads, self.chunk * B)
-        self.readout = _Readout(model, params, self.grads, self.chunk * B, xs.dtype)
+        self.profile = profile
+        matmul: Callable[..., np.ndarray] = np.matmul
+        if profile is not None and profile.products:
+            matmul = profile.matmul
+            if not self.kernels.route_products(matmul):
+                profile.not_measured(
+                    f"{self.cell.name}: its kernels ({type(self.kernels).__name__}) make their "
+                    "products without a matmul to route (Kernels.route_products); only the "
+                    "readout's products were seen")
+        self.readout = _Readout(model, params, self.grads, self.chunk * B, xs.dtype, matmul)
         self._pending: tuple[int, int] | None = None  # steps whose gradients wait in rows
         # NOTE [readout rows]: the window whose outputs forward steps keep (it holds the
         # last step not yet reversed), which of its rows hold a kept h_t (bits, from the
         # window start), and the first of its steps already read out
         self._window, self._kept, self._done = T - self.chunk, 0, T
-        self.forward_seconds = self.backward_seconds = 0.0  # in cell steps (Stats.extra)
 
     # -- forward -------------------------------------------------------------------
     def _steps(self, state: State, n0: int, n1: int, record: bool) -> State:
@@ -122,15 +135,19 @@ class _Run(Executor):
         return state
 
     def advance(self, state: State, n0: int, n1: int) -> State:
+        if self.profile is None:
+            return self._steps(state, n0, n1, record=False)
         t0 = time.perf_counter()
         state = self._steps(state, n0, n1, record=False)
-        self.forward_seconds += time.perf_counter() - t0
+        self.profile.forward_seconds += time.perf_counter() - t0
         return state
 
     def record(self, state: State, n0: int, n1: int) -> State:
+        if self.profile is None:
+            return self._steps(state, n0, n1, record=True)
         t0 = time.perf_counter()
         state = self._steps(state, n0, n1, record=True)
-        self.forward_seconds += time.perf_counter() - t0
+        self.profile.forward_seconds += time.perf_counter() - t0
         return state
 
     def copy(self, state: State) -> tuple[State, int]:
@@ -156,13 +173,19 @@ class _Run(Executor):
         step is reversed (or at `finish`). A Reverse of one step (binomial) thus costs
         no more products than one of many.
         """
+        if self.profile is None:
+            return self._reverse(n0, n1, dstate)
         t0 = time.perf_counter()
+        dstate = self._reverse(n0, n1, dstate)
+        self.profile.backward_seconds += time.perf_counter() - t0
+        return dstate
+
+    def _reverse(self, n0: int, n1: int, dstate: Any) -> Any:
         for c0, c1, w0 in self._windows(n0, n1):
             residuals = [self.ledger.residuals[t] for t in range(c0, c1)]
             dstate = self._reverse_piece(c0, c1, w0, residuals, dstate)
             for t in range(c0, c1):
                 self.ledger.drop(t)
-        self.backward_seconds += time.perf_counter() - t0
         return dstate
 
     def _windows(self, n0: int, n1: int) -> Iterator[tuple[int, int, int]]:
@@ -296,11 +319,13 @@ def measure(run: Callable[[], Result], model: Model, params: Params, batch: int,
 
 def execute(schedule: Iterable[Action], model: Model, params: Params, xs: np.ndarray,
             ys: np.ndarray, *, h0: State | np.ndarray | None = None,
-            mask: np.ndarray | None = None, trace_memory: bool = False) -> Result:
+            mask: np.ndarray | None = None, trace_memory: bool = False,
+            profile: Profile | None = None) -> Result:
     """Run a hand-written or generated schedule with real arrays; exact gradients.
 
     The schedule is checked by `simulate` first (on the sequence's T), so an invalid
-    schedule raises `ScheduleError` before any step runs.
+    schedule raises `ScheduleError` before any step runs. ``profile``: a `Profile` to
+    fill with where the run's time went (off by default).
 
     >>> import numpy as np, bptt_memory as bm
     >>> model = bm.Model(bm.vanilla(2, 3), n_out=1)
@@ -315,6 +340,7 @@ def execute(schedule: Iterable[Action], model: Model, params: Params, xs: np.nda
     True
     """
     check_model(model, "execute")
+    profile = check_profile(profile, "execute")
     xs, ys, h0_, mask_ = model.check(params, xs, ys, h0, mask)
     T, B = xs.shape[:2]
     actions = tuple(schedule)
@@ -322,35 +348,38 @@ def execute(schedule: Iterable[Action], model: Model, params: Params, xs: np.nda
     simulate(actions, n_steps=T, **sizes)  # a ScheduleError before any step runs
 
     def run() -> Result:
-        return _execute(actions, model, params, xs, ys, h0_, mask_, sizes)
+        return _execute(actions, model, params, xs, ys, h0_, mask_, sizes, profile=profile)
 
     return measure(run, model, params, B, xs.dtype) if trace_memory else run()
 
 
 def _execute(actions: Iterable[Action], model: Model, params: Params, xs: np.ndarray,
              ys: np.ndarray, h0: State, mask: np.ndarray, sizes: dict[str, int],
-             resume: tuple[State, dict[int, State]] | None = None) -> Result:
+             resume: tuple[State, dict[int, State]] | None = None,
+             profile: Profile | None = None) -> Result:
     """Walk actions `simulate` has validated (``sizes`` as `Cell.sizes`); ``resume``: the
     working state and the stored states (held from the start) of a forward pass run
     elsewhere, e.g. `Online.stream`'s, which the actions continue. Stats carry the
-    ledger's measured peaks (tests hold them to the simulator's)."""
+    ledger's measured peaks (tests hold them to the simulator's). ``profile``: checked
+    and cleared by the caller (`check_profile`); this run's times are added to it."""
     start = time.perf_counter()
-    run = _Run(model, params, xs, ys, mask, links=sizes["link_bytes"] > 0)
+    run = _Run(model, params, xs, ys, mask, links=sizes["link_bytes"] > 0, profile=profile)
     state = None
     if resume is not None:
         state = resume[0]
         for n, s in resume[1].items():
             run.ledger.store(n, s, sum([a.nbytes for a in s]))
     dh0 = walk(actions, run, h0, tuple(np.zeros_like(a) for a in h0), start=state)
-    t0 = time.perf_counter()
-    run.finish()
-    run.backward_seconds += time.perf_counter() - t0
+    if profile is None:
+        run.finish()
+    else:  # the last window's weight gradients: backward work
+        t0 = time.perf_counter()
+        run.finish()
+        profile.backward_seconds += time.perf_counter() - t0
     ledger = run.ledger
     stats = Stats(peak_bytes=ledger.peak, forward_steps=ledger.forward_steps,
                   backward_steps=ledger.backward_steps, seconds=time.perf_counter() - start,
                   workspace_bytes=run.workspace_bytes(), peak_states=ledger.peak_states,
                   peak_residuals=ledger.peak_residuals, state_bytes=sizes["state_bytes"],
                   residual_bytes=sizes["residual_bytes"], link_bytes=sizes["link_bytes"])
-    # where the time went: cell steps forward (advance, record) and backward (reverse)
-    stats.extra.update(forward_seconds=run.forward_seconds, backward_seconds=run.backward_seconds)
     return Result(run.readout.loss, run.grads, dh0, stats)

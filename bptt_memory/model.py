@@ -114,21 +114,25 @@ class Model:
         return tuple(np.zeros(s, dtype) for s in self.cell.state_shapes(batch))
 
     # -- the readout: o = h·W_outᵀ + b_out ------------------------------------------
-    def readout(self, params: Params, h: np.ndarray) -> np.ndarray:
+    # ``matmul`` makes the products: np.matmul, or a `Profile`'s timing wrapper
+    def readout(self, params: Params, h: np.ndarray, *,
+                matmul: Callable[..., np.ndarray] = np.matmul) -> np.ndarray:
         """Outputs o (N, n_out) of outputs h (N, H) of the cell."""
-        o = np.matmul(h, params["weight_out"].T)
+        o = matmul(h, params["weight_out"].T)
         o += params["bias_out"]
         return o
 
-    def readout_input_grad(self, params: Params, do: np.ndarray, out: np.ndarray) -> np.ndarray:
+    def readout_input_grad(self, params: Params, do: np.ndarray, out: np.ndarray, *,
+                           matmul: Callable[..., np.ndarray] = np.matmul) -> np.ndarray:
         """dL/dh (N, H) from dL/do (N, n_out), into ``out``."""
-        return np.matmul(do, params["weight_out"], out=out)
+        return matmul(do, params["weight_out"], out=out)
 
-    def readout_grads(self, h: np.ndarray, do: np.ndarray, ones: np.ndarray, grads: Params) -> None:
+    def readout_grads(self, h: np.ndarray, do: np.ndarray, ones: np.ndarray, grads: Params, *,
+                      matmul: Callable[..., np.ndarray] = np.matmul) -> None:
         """Add the readout's gradients of rows h, do; ``ones`` (N,) sums rows in one
         product (NOTE [bias sums] in bptt_memory/cells/_gated.py)."""
-        grads["weight_out"] += np.matmul(do.T, h)
-        grads["bias_out"] += np.matmul(ones, do)
+        grads["weight_out"] += matmul(do.T, h)
+        grads["bias_out"] += matmul(ones, do)
 
     def step_loss(self, o: np.ndarray, y: np.ndarray, scale: np.ndarray
                   ) -> tuple[float, np.ndarray]:

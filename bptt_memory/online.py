@@ -27,6 +27,7 @@ from .cell import Params, PlainKernels, State
 from .checkpoint import _binomial_actions, _coalesce, _shift, _t, check_slots
 from .engine import _execute
 from .model import Model, Result
+from .profile import Profile, check_profile
 from .schedule import (
     Action,
     Advance,
@@ -222,11 +223,14 @@ class Online(ScheduledStrategy):
         return Cost(T, T - 1 + policy.reversal_forward_steps(T), T, states, 1, peak, None)
 
     def stream(self, model: Model, params: Params, steps: Iterable[tuple[np.ndarray, ...]], *,
-               h0: State | np.ndarray | None = None) -> Result:
+               h0: State | np.ndarray | None = None, profile: Profile | None = None) -> Result:
         """Exact BPTT over a stream of unknown length: the `Result` once it ends.
 
         Args:
             steps: iterable of ``(x_t, y_t)`` or ``(x_t, y_t, mask_t)``, x_t (B, n_in).
+            profile: a `Profile`, as for `run`; its forward seconds include the pass
+                over the stream (drawing its steps too), whose products, made by the
+                cell's protocol step, it does not see.
 
         Each step runs (the cell's plain step) once the next has arrived, so the last one
         is recorded rather than run twice; the policy stores and frees states as it goes
@@ -239,6 +243,7 @@ class Online(ScheduledStrategy):
             params are read at every step: do not change them before the stream ends.
         """
         start = time.perf_counter()
+        profile = check_profile(profile, f"{self.name}.stream")
         B, dtype, h0_, checked = open_stream(model, params, steps, h0, f"{self.name}.stream")
         first = next(checked)
         cell = model.cell
@@ -248,6 +253,7 @@ class Online(ScheduledStrategy):
         inputs = [first]
         state, stored = h0_, {}
         log: list[Action] = []  # the forward actions, runs of advances merged
+        t0 = time.perf_counter()
         for nxt in checked:
             for a in policy.forward():  # step i − 1 is not the last: run it
                 if isinstance(a, Advance):
@@ -261,6 +267,12 @@ class Online(ScheduledStrategy):
                     del stored[a.n]  # type: ignore[union-attr]
                 log.append(a)
             inputs.append(nxt)
+        if profile is not None:
+            profile.forward_seconds += time.perf_counter() - t0
+            if profile.products:
+                profile.not_measured(f"{self.name}.stream: the pass over the stream runs the "
+                                     "cell's protocol step (PlainKernels), whose products are "
+                                     "not routed")
         T = len(inputs)
         xs = np.stack([s[0] for s in inputs])  # (T, B, n_in)
         ys = np.stack([s[1] for s in inputs])
@@ -269,14 +281,13 @@ class Online(ScheduledStrategy):
         forward_seconds = time.perf_counter() - start
         # the executor passes over EndForward, and starts where the forward pass stopped
         res = _execute(policy.end(T), model, params, xs, ys, h0_, mask, sizes,
-                       resume=(state, stored))
+                       resume=(state, stored), profile=profile)
         s = res.stats
         s.forward_steps += T - 1
         # the forward pass ran here: its states are the simulator's to count
         s.peak_bytes = max(s.peak_bytes, cost.peak_states * sizes["state_bytes"])
         s.peak_states = max(s.peak_states, cost.peak_states)
         s.seconds += forward_seconds
-        s.extra["forward_seconds"] = s.extra.get("forward_seconds", 0.0) + forward_seconds
         s.extra["plan_cache_bytes"] = plan_cache_bytes()
         return res
 

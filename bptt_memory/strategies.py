@@ -1,7 +1,8 @@
 """Backward strategies: one call shape, different answers to "what is kept?".
 
 Every strategy is a small frozen object built by a lowercase factory and run as
-``strategy.run(model, params, xs, ys, *, h0=None, mask=None, trace_memory=False)``.
+``strategy.run(model, params, xs, ys, *, h0=None, mask=None, trace_memory=False,
+profile=None)``.
 Exact strategies produce a schedule (`bptt_memory.schedule`) that the one executor
 runs; `truncated` keeps a ring buffer of the last k2 steps instead and returns a biased
 gradient by design.
@@ -20,7 +21,7 @@ import sys
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Iterable, Iterator, NamedTuple
+from typing import Callable, Iterable, Iterator, NamedTuple
 
 import numpy as np
 
@@ -29,6 +30,7 @@ from .cell import check_size as _check_size
 from .cell import run_bytes as _run_bytes
 from .engine import _execute, measure
 from .model import Model, Result, Stats, check_model
+from .profile import Profile, check_profile
 from .schedule import Action, Advance, Cost, Free, Record, Restore, Reverse, Store, simulate
 from .walk import Ledger
 
@@ -52,7 +54,7 @@ class Strategy(ABC):
     @abstractmethod
     def run(self, model: Model, params: Params, xs: np.ndarray, ys: np.ndarray, *,
             h0: State | np.ndarray | None = None, mask: np.ndarray | None = None,
-            trace_memory: bool = False) -> Result:
+            trace_memory: bool = False, profile: Profile | None = None) -> Result:
         """Loss, gradients and `Stats` of the sequence (xs, ys).
 
         Args:
@@ -62,6 +64,9 @@ class Strategy(ABC):
             mask: (T, B) weights of each step's loss; None means all ones.
             trace_memory: also measure the run's peak with tracemalloc
                 (``stats.traced_peak_bytes``); slower.
+            profile: a `Profile` to fill with where the run's time went (seconds in
+                forward and backward steps, matrix products); None, the default,
+                times nothing.
         """
 
     @abstractmethod
@@ -129,8 +134,9 @@ class ScheduledStrategy(Strategy):
 
     def run(self, model: Model, params: Params, xs: np.ndarray, ys: np.ndarray, *,
             h0: State | np.ndarray | None = None, mask: np.ndarray | None = None,
-            trace_memory: bool = False) -> Result:
+            trace_memory: bool = False, profile: Profile | None = None) -> Result:
         check_model(model, f"{self.name}.run")
+        profile = check_profile(profile, f"{self.name}.run")
         xs, ys, h0_, mask_ = model.check(params, xs, ys, h0, mask)
         T, B = xs.shape[:2]
         sizes = model.cell.sizes(B, xs.dtype)
@@ -138,7 +144,7 @@ class ScheduledStrategy(Strategy):
 
         def run() -> Result:
             plan = self.iter_schedule(T, **sizes) if actions is None else actions
-            res = _execute(plan, model, params, xs, ys, h0_, mask_, sizes)
+            res = _execute(plan, model, params, xs, ys, h0_, mask_, sizes, profile=profile)
             res.stats.extra["plan_cache_bytes"] = plan_cache_bytes()
             return res
 
@@ -438,8 +444,9 @@ class Truncated(Strategy):
 
     def run(self, model: Model, params: Params, xs: np.ndarray, ys: np.ndarray, *,
             h0: State | np.ndarray | None = None, mask: np.ndarray | None = None,
-            trace_memory: bool = False) -> Result:
+            trace_memory: bool = False, profile: Profile | None = None) -> Result:
         check_model(model, f"{self.name}.run")
+        profile = check_profile(profile, f"{self.name}.run")
         xs, ys, h0_, mask_ = model.check(params, xs, ys, h0, mask)
         T, B = xs.shape[:2]
 
@@ -448,7 +455,8 @@ class Truncated(Strategy):
             loss, grads = 0.0, {k: np.zeros_like(v) for k, v in params.items()}
             grad_h0 = tuple(np.zeros_like(a) for a in h0_)
             ledger: Ledger = Ledger()
-            for u in self._updates(model, params, zip(xs, ys, mask_), h0_, B, ledger, n_steps=T):
+            for u in self._updates(model, params, zip(xs, ys, mask_), h0_, B, ledger, n_steps=T,
+                                   profile=profile):
                 loss += u.loss
                 for k in grads:
                     grads[k] += u.grads[k]
@@ -486,7 +494,8 @@ class Truncated(Strategy):
         yield from self._updates(model, params, checked, h0_, B, Ledger(), n_steps=None)
 
     def _updates(self, model: Model, params: Params, steps: Iterable[tuple[np.ndarray, ...]],
-                 h0: State, B: int, ledger: Ledger, n_steps: int | None) -> Iterator[Update]:
+                 h0: State, B: int, ledger: Ledger, n_steps: int | None,
+                 profile: Profile | None = None) -> Iterator[Update]:
         """TBPTT(k1, k2) over (x_t, y_t, mask_t) steps on a ring of at most k2 entries.
 
         NOTE [tbptt window] Steps are numbered 1 … T. At update point t the losses of the
@@ -496,28 +505,43 @@ class Truncated(Strategy):
 
         Steps are recorded and reversed through the cell's protocol alone (`PlainKernels`),
         reading ``params`` at every call; the ring grows to k2 entries and then reuses
-        its oldest, so nothing is allocated ahead of the steps that fill it.
+        its oldest, so nothing is allocated ahead of the steps that fill it. A `Profile`
+        times each recorded step (forward) and each update (backward); the protocol
+        methods make their products with no matmul to route, so it sees the readout's.
         """
         kernels = PlainKernels(model.cell, params, {}, B)
+        matmul: Callable[..., np.ndarray] = np.matmul
+        if profile is not None and profile.products:
+            matmul = profile.matmul
+            profile.not_measured(f"{self.name}: its steps run the cell's protocol methods "
+                                 "(PlainKernels), whose products are not routed; only the "
+                                 "readout's products were seen")
         ring: collections.deque = collections.deque()  # (x, y, scale, residuals), oldest first
         state, t, last = h0, 0, 0
         for x, y, m in steps:
             if len(ring) == self.k2:
                 ledger.drop(t - self.k2)
                 ring.popleft()
-            state, res, nbytes = kernels.record(x, state, None)
+            if profile is None:
+                state, res, nbytes = kernels.record(x, state, None)
+            else:
+                t0 = time.perf_counter()
+                state, res, nbytes = kernels.record(x, state, None)
+                profile.forward_seconds += time.perf_counter() - t0
             ledger.keep(t, res, nbytes)
             ledger.forward_steps += 1
             ring.append((x, y, m / B, res))
             t += 1
             if t % self.k1 == 0 or t == n_steps:
-                yield self._update(model, kernels, ring, ledger, h0, t, last)
+                yield self._update(model, kernels, ring, ledger, h0, t, last, matmul, profile)
                 last = t
         if t > last:  # a stream that ended between update points
-            yield self._update(model, kernels, ring, ledger, h0, t, last)
+            yield self._update(model, kernels, ring, ledger, h0, t, last, matmul, profile)
 
     def _update(self, model: Model, kernels: PlainKernels, ring: collections.deque,
-                ledger: Ledger, h0: State, t: int, last: int) -> Update:
+                ledger: Ledger, h0: State, t: int, last: int,
+                matmul: Callable[..., np.ndarray], profile: Profile | None) -> Update:
+        t0 = time.perf_counter() if profile is not None else 0.0
         params = kernels.params
         grads = kernels.grads = {k: np.zeros_like(v) for k, v in params.items()}
         loss = 0.0
@@ -527,14 +551,16 @@ class Truncated(Strategy):
             x, y, scale, res = ring[step - first - 1]
             if step > last:  # the step's own loss, read out now
                 h = kernels.output(res)
-                o = model.readout(params, h)
+                o = model.readout(params, h, matmul=matmul)
                 step_loss, do = model.step_loss(o, y, scale)
                 loss += step_loss
-                model.readout_grads(h, do, np.ones(h.shape[0], h.dtype), grads)
-                dh = model.readout_input_grad(params, do, out=np.empty_like(h))
+                model.readout_grads(h, do, np.ones(h.shape[0], h.dtype), grads, matmul=matmul)
+                dh = model.readout_input_grad(params, do, out=np.empty_like(h), matmul=matmul)
                 dstate = kernels.add_output_grad(dh, dstate)
             dstate = kernels.vjp(0, x, res, dstate)
         ledger.backward_steps += t - first
+        if profile is not None:
+            profile.backward_seconds += time.perf_counter() - t0
         return Update(t, loss, grads, dstate if first == 0 else None, t - first)
 
 

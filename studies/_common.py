@@ -231,7 +231,7 @@ def recomputation_ratio(forward_steps: int, backward_steps: int, n_steps: int,
                         forward_seconds: float, backward_seconds: float) -> float:
     """Time over full()'s that a run of `forward_steps` and `backward_steps` would take if
     it cost only its steps, each at the cost it has inside full(): (F·f + B·b) / (T·(f + b)),
-    with f and b full()'s `forward_seconds` and `backward_seconds` (`Stats.extra`) over T.
+    with f and b full()'s `forward_seconds` and `backward_seconds` (a `bm.Profile`'s) over T.
     What a checkpointing strategy takes beyond it is its executor's overhead (or steps that
     cost more where it runs them than inside full())."""
     if (n_steps < 1 or min(forward_seconds, backward_seconds) < 0

@@ -114,8 +114,9 @@ def step_costs(s: SimpleNamespace, quiet: bool) -> list[dict]:
         phases: list[tuple[float, float]] = []
 
         def run() -> None:
-            extra = bm.full().run(model, params, xs, ys).stats.extra
-            phases.append((extra["forward_seconds"], extra["backward_seconds"]))
+            p = bm.Profile(products=False)  # the phases alone: two clock reads per action
+            bm.full().run(model, params, xs, ys, profile=p)
+            phases.append((p.forward_seconds, p.backward_seconds))
 
         t = interleaved({"full": run}, s.STEP_COST_ROUNDS, threads=1)["full"]
         timed = phases[1:]  # the first was the warm-up
@@ -478,9 +479,10 @@ Every exact strategy makes T backward steps and some number F ≥ T of forward s
 (`Plan.forward_steps`, the schedule simulator's count). Its time over full()'s is
 predicted as (F·f + T·b) / (T·(f + b)), with f and b full()'s median forward and backward
 seconds per step, measured on this machine (one BLAS thread, {s.STEP_COST_ROUNDS}
-interleaved rounds of full() at T = {s.STEP_COST_T}; `Stats.extra`'s phase times). The
-prediction leaves out the executor's bookkeeping between steps, which the spot checks
-include; for the same reason the fewest forward steps is the fastest choice.
+interleaved rounds of full() at T = {s.STEP_COST_T}; phase times from
+`bm.Profile(products=False)`). The prediction leaves out the executor's bookkeeping
+between steps, which the spot checks include; for the same reason the fewest forward
+steps is the fastest choice.
 
 {cost_table}
 ## How long planning takes

@@ -59,8 +59,9 @@ and optimal, time / full()'s time ≤ 1.05× the ratio predicted from the simula
 counts, (F·f + T·b) / (T·(f + b)), with f and b full()'s measured seconds per forward and
 per backward step. Where a time target is missed, one run of the contender is profiled
 with cProfile and summarised; each target-3 miss carries the ratio the recomputation
-alone would give at full()'s step costs (NOTE [recomputation bound]). (The split of a run
-into matrix products and the rest waits for a profiling hook: NOTE [product time].)
+alone would give at full()'s step costs (NOTE [recomputation bound]), and a profiled run
+(`bm.Profile`) splits its time into matrix products and the rest, which bounds what an
+implementation making the same products could reach (NOTE [product time]).
 
 Run: ``bptt-memory study speed_vs_torch [--small] [--out DIR] [--quiet]`` (the full grid
 takes about 25 minutes here); writes DIR/speed_vs_torch/report.md, time.png,
@@ -341,8 +342,10 @@ def measure_config(s: SimpleNamespace, torch: Any, kind: str, H: int, T: int,
     if model.cell.uses_fused(dtype):  # NOTE [numpy kernels]
         strategies["full_numpy"] = bm.full()
         models["full_numpy"] = bm.Model(bm.lstm(s.N_IN, H, fused=False), s.N_OUT, loss="mse")
-    runs: dict[str, Callable[[], Any]] = {
-        name: (lambda st=st, m=models[name]: st.run(m, params, xs, ys))
+    # this library's runs take a Profile (phases only: NOTE [product time]); torch's none
+    runs: dict[str, Callable[..., Any]] = {
+        name: (lambda profile=None, st=st, m=models[name]: st.run(m, params, xs, ys,
+                                                                 profile=profile))
         for name, st in strategies.items()}
     info: dict[str, dict] = {name: {} for name in strategies}
     tc = None
@@ -371,7 +374,8 @@ def measure_config(s: SimpleNamespace, torch: Any, kind: str, H: int, T: int,
         budget = max(model.cell.residual_bytes(s.BATCH, dtype),
                      info["torch_checkpoint"]["memory_bytes"])
         st = strategies["optimal_matched"] = bm.optimal(budget_bytes=budget)
-        runs["optimal_matched"] = lambda st=st: st.run(model, params, xs, ys)
+        runs["optimal_matched"] = (lambda profile=None, st=st:
+                                   st.run(model, params, xs, ys, profile=profile))
         runs = {n: runs[n] for n in CONTENDERS if n in runs}
         r = st.run(model, params, xs, ys, trace_memory=True)
         grads["optimal_matched"] = r.grads
@@ -391,10 +395,12 @@ def measure_config(s: SimpleNamespace, torch: Any, kind: str, H: int, T: int,
 
     def timed(name: str) -> Callable[[], None]:
         def run() -> None:
-            out = runs[name]()
-            if name in strategies:
-                phases[name].append((out.stats.extra["forward_seconds"],
-                                     out.stats.extra["backward_seconds"]))
+            if name not in strategies:
+                runs[name]()
+                return
+            p = bm.Profile(products=False)  # two clock reads per action, as before
+            runs[name](profile=p)
+            phases[name].append((p.forward_seconds, p.backward_seconds))
         return run
 
     timings = interleaved({n: timed(n) for n in names}, repeats, warmup=False, threads=None)
@@ -557,11 +563,15 @@ def _own_steps(st: dict, f: float, b: float) -> tuple[dict, str]:
 # -- where the time goes -----------------------------------------------------------------------
 
 
-# NOTE [product time] Earlier runs split a run's time into its matrix products and the
-# rest, and bounded what any implementation making the same products could reach, by
-# swapping `np.matmul` for a timing wrapper. A study does not patch the library: this
-# measurement waits for an explicit, off-by-default profiling hook in the executor (every
-# matrix product of a run passed through a caller's function), and the report says so.
+# NOTE [product time] Where a target is missed, the library's own profiling hook
+# (`bm.Profile`, off by default: every matrix product of the built-in cells' kernels and
+# of the readout is timed) splits one run's time into its matrix products and the rest
+# (elementwise work, Python, bookkeeping). The products' seconds bound what any
+# implementation making the same products, each as fast as it ran here, could reach: the
+# target's ratio scaled by the products' share of a plain run's time (an unprofiled run,
+# so the wrapper's own cost is not in the denominator). The timed rounds profile phases
+# only (`Profile(products=False)`: two clock reads per action), so the wrapper's cost is
+# in no timed figure.
 
 def _contender(s: SimpleNamespace, t: dict, model: bm.Model, dtype: str) -> bm.Strategy:
     """The strategy a target row judged: a standard contender, or optimal at the row's budget."""
@@ -588,19 +598,31 @@ def profile_misses(s: SimpleNamespace, targets: Sequence[dict]) -> list[dict]:
         model, params, xs, ys = _problem(s, t["cell"], t["H"], t["T"], t["dtype"])
         strategy = _contender(s, t, model, t["dtype"])
         prof = cProfile.Profile()
+        mine, full = bm.Profile(), bm.Profile()  # NOTE [product time]
         with _common.pinned_blas(s.THREADS):
             strategy.run(model, params, xs, ys)  # plans, as the warm-up run does (NOTE [plan memo])
+            plain = strategy.run(model, params, xs, ys).stats.seconds
             prof.enable()
-            r = strategy.run(model, params, xs, ys)
+            strategy.run(model, params, xs, ys)
             prof.disable()
+            r = strategy.run(model, params, xs, ys, profile=mine)
             # per step, against full()'s: which kind of step costs more than in full()
-            ref = (bm.full().run(model, params, xs, ys).stats if t["contender"] != "full"
-                   else r.stats)
+            if t["contender"] != "full":
+                bm.full().run(model, params, xs, ys, profile=full)
+            else:
+                full = mine
         T = t["T"]
-        per_step = dict(forward_us=r.stats.extra["forward_seconds"] / r.stats.forward_steps * 1e6,
-                        backward_us=r.stats.extra["backward_seconds"] / T * 1e6,
-                        full_forward_us=ref.extra["forward_seconds"] / T * 1e6,
-                        full_backward_us=ref.extra["backward_seconds"] / T * 1e6)
+        per_step = dict(forward_us=mine.forward_seconds / r.stats.forward_steps * 1e6,
+                        backward_us=mine.backward_seconds / T * 1e6,
+                        full_forward_us=full.forward_seconds / T * 1e6,
+                        full_backward_us=full.backward_seconds / T * 1e6)
+        products = dict(product_seconds=mine.product_seconds, products=mine.product_count,
+                        product_flops=mine.product_flops, products_complete=mine.complete,
+                        unmeasured="; ".join(mine.unmeasured), plain_seconds=plain,
+                        # target 4 compares this library with itself: no bound there
+                        product_bound=(t["ratio"] * mine.product_seconds / plain
+                                       if mine.complete and plain > 0 and t["target"] != "4"
+                                       else None))
         buf = io.StringIO()
         stats = pstats.Stats(prof, stream=buf)
         stats.sort_stats("tottime").print_stats(s.PROFILE_LINES)
@@ -609,10 +631,11 @@ def profile_misses(s: SimpleNamespace, targets: Sequence[dict]) -> list[dict]:
         text = text[text.rfind("\n", 0, at) + 1:] if at >= 0 else text
         out.append(dict(target=t["target"], config=t["config"], T=T, contender=t["contender"],
                         ratio=t["ratio"], user_ratio=t.get("user_ratio"),
-                        forward_seconds=r.stats.extra["forward_seconds"],
-                        backward_seconds=r.stats.extra["backward_seconds"],
+                        forward_seconds=mine.forward_seconds,
+                        backward_seconds=mine.backward_seconds,
                         seconds=r.stats.seconds, profile=text.rstrip(),
-                        fused_user_seconds=t.get("fused_user_seconds"), **per_step))
+                        fused_user_seconds=t.get("fused_user_seconds"), limit=t["limit"],
+                        **per_step, **products))
     return out
 
 
@@ -767,9 +790,28 @@ def _fused_note(s: SimpleNamespace, rows: Sequence[dict]) -> str:
 
 
 def _product_note(p: dict) -> str:
-    """Where a profiled run's time went beyond its phases (NOTE [product time])."""
-    text = ("Its time inside matrix products is not measured: that needs the executor's "
-            "profiling hook (NOTE [product time]).")
+    """Where a profiled run's time went: its matrix products and the rest, and the bound
+    on the target's ratio for anything making the same products (NOTE [product time])."""
+    if not p["products_complete"] or p["product_seconds"] <= 0:
+        text = ("Its matrix products were not all seen, so no bound is given: "
+                f"{p['unmeasured'] or 'none was timed'}.")
+    else:
+        rest = p["seconds"] - p["product_seconds"]
+        text = (f"Its {p['products']} matrix products ({p['product_flops'] / 1e9:.3g} GFLOP) "
+                f"took {p['product_seconds']:.3g} s of it "
+                f"({p['product_seconds'] / p['seconds']:.1%}, "
+                f"{p['product_flops'] / p['product_seconds'] / 1e9:.3g} GFLOP/s) and the rest "
+                f"(elementwise work, Python, bookkeeping, the profiler's own clock reads) "
+                f"{rest:.3g} s.")
+    if p["product_bound"] is not None:
+        text += (" An implementation making the same products at that speed, and nothing "
+                 f"else, would reach a ratio of {p['product_bound']:.3f} (the products' share "
+                 f"of an unprofiled run, {p['plain_seconds']:.3g} s, times the target's ratio "
+                 f"{p['ratio']:.3f}; limit {p['limit']}): "
+                 + ("below the limit, so the rest is what a faster executor must cut."
+                    if p["product_bound"] <= p["limit"] else
+                    "above the limit, so not even an executor with no overhead could meet it "
+                    "with these products."))
     if p.get("fused_user_seconds"):
         text += (f" torch fused took {p['fused_user_seconds'] / p['T'] * 1e6:.3g} µs of "
                  "user-mode CPU time per time step, all in.")
@@ -905,8 +947,8 @@ def write_report(d: Path, s: SimpleNamespace, rows: list[dict], targets: list[di
                "steps, each at what it costs inside full() (the target-4 prediction, times "
                "full()'s time over the loop's; NOTE [recomputation bound] in the study): where "
                "it is above the limit, no change to the executor can meet the target, only "
-               "faster steps can. (A bound from the run's matrix products alone waits for "
-               "the executor's profiling hook: NOTE [product time].)"
+               "faster steps can. (The profiled runs below bound it from the run's matrix "
+               "products alone: NOTE [product time].)"
                "\n\n" + _common.md_table(t3)) if t3 else ""
     errors = {dt: [r["grad_rel_error"] for r in rows if r["dtype"] == dt
                    and r["contender"] != "torch_fused" and r.get("grad_rel_error") is not None]
@@ -923,7 +965,8 @@ def write_report(d: Path, s: SimpleNamespace, rows: list[dict], targets: list[di
     for p in profiles:
         user = f"; user-mode CPU time ratio {p['user_ratio']:.3f}" if p.get("user_ratio") else ""
         prof_text += (f"\n### Target {p['target']}: {LABELS[p['contender']]} on {p['config']} "
-                      f"(ratio {p['ratio']:.3f}{user})\n\nOne profiled run: {p['seconds']:.3g} s, "
+                      f"(ratio {p['ratio']:.3f}{user})\n\nOne run profiled with `bm.Profile`: "
+                      f"{p['seconds']:.3g} s, "
                       f"of which {p['forward_seconds']:.3g} s in forward steps (advance, record) "
                       f"and {p['backward_seconds']:.3g} s in backward steps (reverse, weight "
                       f"gradients). Per step: {p['forward_us']:.3g} µs forward and "
@@ -934,8 +977,9 @@ def write_report(d: Path, s: SimpleNamespace, rows: list[dict], targets: list[di
                          "Reverse action's bookkeeping per step, where full() runs 16 steps per "
                          "call; its readouts are batched from the outputs its advances pass "
                          "through, NOTE [readout rows] in `bptt_memory/engine.py`)")
-                      + f". {_product_note(p)} cProfile's top functions by own time (numpy "
-                      "calls are counted inside the kernel that makes them):\n\n"
+                      + f". {_product_note(p)} cProfile's top functions by own time in "
+                      "another run (numpy calls are counted inside the kernel that makes "
+                      "them):\n\n"
                       f"```\n{p['profile']}\n```\n")
     if not prof_text:
         prof_text = ("\nNothing profiled: no time target was missed at toy sizes, which "

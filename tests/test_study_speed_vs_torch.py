@@ -208,9 +208,9 @@ def test_target_3_bound_is_the_recomputation_alone_at_full_step_costs():
     assert not t3["met"] and f"recomputation bound {t3['bound']:.3f}" in t3["note"]
 
 
-def test_a_profiled_miss_says_the_product_split_waits_for_a_hook():
-    """NOTE [product time]: the study no longer swaps np.matmul; the profile says what it
-    measured (per-step costs beside full()'s) and that the product split needs a hook."""
+def test_a_profiled_miss_splits_its_time_into_products_and_the_rest():
+    """NOTE [product time]: the study never swaps np.matmul; bm.Profile times every product
+    of the run, and the note bounds the target's ratio by the products' share."""
     s = study._settings(small=True)
     miss = dict(target="1", config="lstm H=8 T=12 float32", cell="lstm", H=8, T=12,
                 dtype="float32", contender="full", ratio=1.2, limit=1.0, user_ratio=1.2,
@@ -219,9 +219,32 @@ def test_a_profiled_miss_says_the_product_split_waits_for_a_hook():
     (p,) = study.profile_misses(s, [miss])
     assert np.matmul is real
     assert p["forward_us"] > 0 and p["full_backward_us"] > 0
+    assert p["products_complete"] and p["unmeasured"] == "" and p["products"] > 0
+    assert 0 < p["product_seconds"] <= p["forward_seconds"] + p["backward_seconds"] <= p["seconds"]
+    assert np.isclose(p["product_bound"], 1.2 * p["product_seconds"] / p["plain_seconds"])
     note = study._product_note(p)
-    assert "profiling hook" in note
+    assert f"Its {p['products']} matrix products" in note
+    assert f"would reach a ratio of {p['product_bound']:.3f}" in note
     assert "torch fused took 833 µs" in note  # 0.01 s over T = 12 steps
+
+
+def test_a_product_note_gives_no_bound_where_products_went_unseen():
+    p = dict(products_complete=False, unmeasured="lstm(num_layers=2): its kernels ...",
+             product_seconds=0.0, product_bound=None, T=12, fused_user_seconds=None)
+    note = study._product_note(p)
+    assert "not all seen, so no bound is given: lstm(num_layers=2)" in note
+    assert "would reach" not in note
+
+
+def test_target_4_misses_get_the_product_split_but_no_bound():
+    """Target 4 compares the library with itself: a products-only bound means nothing."""
+    s = study._settings(small=True)
+    miss = dict(target="4", config="gru H=8 T=12 float64", cell="gru", H=8, T=12,
+                dtype="float64", contender="binomial", ratio=1.2, limit=1.05, budget_bytes=None)
+    (p,) = study.profile_misses(s, [miss])
+    assert p["products_complete"] and p["product_bound"] is None
+    note = study._product_note(p)
+    assert "matrix products" in note and "would reach" not in note
 
 
 def test_target_4_also_gives_the_ratio_of_the_fastest_rounds():
@@ -265,9 +288,11 @@ def test_a_report_with_every_time_target_missed_explains_each_kind(tmp_path, mon
     text = study.run(tmp_path, small=True, quiet=True).read_text()
     assert "Target 4 misses" in text and "| fastest |" in text
     assert "| forward step / full()'s | backward step / full()'s | outside steps |" in text
-    assert "### Target " in text and "profiling hook" in text
+    assert "### Target " in text and "One run profiled with `bm.Profile`" in text
+    assert "matrix products" in text  # NOTE [product time]
     if study._load_torch() is not None:
         assert "Target 3 and 3b misses" in text and "| bound |" in text
+        assert "An implementation making the same products" in text  # targets 1, 3
 
 
 def test_target_1_is_met_only_within_the_limit_in_wall_and_in_cpu_time():

@@ -31,7 +31,7 @@ import functools
 import importlib.util
 import os
 from types import ModuleType
-from typing import Any, ClassVar, NamedTuple, Sequence
+from typing import Any, Callable, ClassVar, NamedTuple, Sequence
 
 import numpy as np
 
@@ -55,6 +55,9 @@ class _Weights(NamedTuple):
     half: np.ndarray | None  # 0.5 on σ gates, 1 on tanh's
     shift: np.ndarray | None  # 0.5 on σ gates, 0 on tanh's
     fused: ModuleType | None  # `_fused` where the steps run on it (`Gated.uses_fused`)
+    # every product of the kernels is made through it: np.matmul, or a Profile's timing
+    # wrapper (`GatedKernels.route_products`)
+    matmul: Callable[..., np.ndarray] = np.matmul
 
 
 def _weights(cell: Gated, params: Params, batch: int | None = None,
@@ -325,6 +328,7 @@ class GatedKernels(Kernels):
         self.W_aug[:, :I] = params["weight_ih"].reshape(G, H, I).transpose(0, 2, 1)
         self.W_aug[:, I] = bias.reshape(G, H)
         self.B, self.rows = batch, rows
+        self.matmul: Callable[..., np.ndarray] = np.matmul  # `route_products`
         self._fwd: tuple[np.ndarray, np.ndarray] | None = None
         self._rev: tuple[np.ndarray, ...] | None = None
 
@@ -340,7 +344,7 @@ class GatedKernels(Kernels):
         n = xs.shape[0] * B
         x1[:n, :I] = xs.reshape(n, I)
         xp = buf[:, :n]  # (G, K·B, H)
-        np.matmul(x1[:n], self.W_aug, out=xp)
+        self.matmul(x1[:n], self.W_aug, out=xp)
         return [xp[:, k * B : (k + 1) * B] for k in range(xs.shape[0])]
 
     def step(self, u: np.ndarray, state: State) -> State:
@@ -382,16 +386,23 @@ class GatedKernels(Kernels):
         reduction.
         """
         dxp_all, dhp_all, h_prev, ones_all = self._buffers()
-        g, G, H = self.grads, self.g.n_gates, self.g.n_hidden
+        g, G, H, matmul = self.grads, self.g.n_gates, self.g.n_hidden, self.matmul
         dxp = dxp_all[:, r0:r1]  # (G, K·B, H)
         dhp = dxp if dhp_all is dxp_all else dhp_all[:, r0:r1]
-        g["weight_hh"] += np.matmul(dhp.transpose(0, 2, 1), h_prev[r0:r1]).reshape(G * H, H)
+        g["weight_hh"] += matmul(dhp.transpose(0, 2, 1), h_prev[r0:r1]).reshape(G * H, H)
         x_rows = xs.reshape(r1 - r0, -1)
-        g["weight_ih"] += np.matmul(dxp.transpose(0, 2, 1), x_rows).reshape(G * H, -1)
+        g["weight_ih"] += matmul(dxp.transpose(0, 2, 1), x_rows).reshape(G * H, -1)
         ones = ones_all[: r1 - r0]
-        dbias = np.matmul(ones, dxp).reshape(G * H)
+        dbias = matmul(ones, dxp).reshape(G * H)
         g["bias_ih"] += dbias
-        g["bias_hh"] += dbias if dhp is dxp else np.matmul(ones, dhp).reshape(G * H)
+        g["bias_hh"] += dbias if dhp is dxp else matmul(ones, dhp).reshape(G * H)
+
+    def route_products(self, matmul: Callable[..., np.ndarray]) -> bool:
+        """Every product, the steps' included (float32 LSTM's fused steps too: their
+        products are numpy's), goes through ``matmul`` from now on."""
+        self.matmul = matmul
+        self.w = self.w._replace(matmul=matmul)
+        return True
 
     def add_output_grad(self, doutput: np.ndarray, dstate: State) -> State:
         doutput += dstate[0]  # in place: the executor's row is not read again

@@ -21,7 +21,7 @@ __all__ = ["GRU", "gru"]
 
 def _forward(w: _Weights, xp: np.ndarray, h: np.ndarray, gates: np.ndarray,
                  hn: np.ndarray) -> np.ndarray:
-    hp = np.matmul(h, w.W_hhT)  # (3, B, H)
+    hp = w.matmul(h, w.W_hhT)  # (3, B, H)
     hp += w.b_hh
     rz = gates[:2]
     np.add(xp[:2], hp[:2], out=rz)
@@ -80,7 +80,7 @@ def _vjp(cell: GRU, w: _Weights, res: Residuals, dstate: State, dxp: np.ndarray,
     # dhp (3, B, H): gradient w.r.t. h·W_hhᵀ + b_hh: same for r and z, r ⊙ dn for n
     np.copyto(dhp[:2], dxp[:2])
     np.multiply(dn, r, out=dhp[2])
-    dh_prev = np.matmul(dhp, w.W_hh).sum(axis=0)
+    dh_prev = w.matmul(dhp, w.W_hh).sum(axis=0)
     np.multiply(dh, z, out=dh_z)
     dh_prev += dh_z
     return (dh_prev,)

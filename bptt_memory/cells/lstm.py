@@ -21,7 +21,7 @@ __all__ = ["LSTM", "lstm"]
 
 
 def _gates(w: _Weights, xp: np.ndarray, h: np.ndarray, out: np.ndarray) -> np.ndarray:
-    np.matmul(h, w.W_hhT, out=out)  # (4, B, H)
+    w.matmul(h, w.W_hhT, out=out)  # (4, B, H)
     out += xp
     # NOTE [one tanh for all gates] σ(z) = 0.5·tanh(z/2) + 0.5, so the σ gates (i, f, o)
     # and the tanh gate (g) take one tanh over all four blocks, between per-gate
@@ -44,7 +44,7 @@ def _new_c(gates: np.ndarray, c: np.ndarray, out: np.ndarray | None = None) -> n
 def _step(cell: LSTM, w: _Weights, xp: np.ndarray, state: State) -> State:
     h, c = state
     if w.fused is not None:
-        gates = np.matmul(h, w.W_hhT)  # (4, B, H), activated in place
+        gates = w.matmul(h, w.W_hhT)  # (4, B, H), activated in place
         h_new, c_new = np.empty_like(h), np.empty_like(c)
         w.fused.lstm_forward(gates, *xp, c, c_new, h_new)
         return (h_new, c_new)
@@ -60,7 +60,7 @@ def _record(cell: LSTM, w: _Weights, xp: np.ndarray, state: State,
     h, c = state
     _, _, gates, c_new = res
     if w.fused is not None:
-        np.matmul(h, w.W_hhT, out=gates)
+        w.matmul(h, w.W_hhT, out=gates)
         h_new = np.empty_like(h)
         w.fused.lstm_forward(gates, *xp, c, c_new, h_new)
         return (h_new, c_new)
@@ -89,7 +89,7 @@ def _vjp(cell: LSTM, w: _Weights, res: Residuals, dstate: State, dxp: np.ndarray
     if w.fused is not None:
         dc_prev, dh_prev = np.empty_like(c), np.empty_like(c)
         w.fused.lstm_vjp(c_prev, gates, c, dh, dc, *dpre, dc_prev)
-        w.fused.sum_gates(np.matmul(dpre, w.W_hh), dh_prev)
+        w.fused.sum_gates(w.matmul(dpre, w.W_hh), dh_prev)
         return (dh_prev, dc_prev)
     i, f, g, o = gates
     tanh_c = np.tanh(c)  # (B, H)
@@ -113,7 +113,7 @@ def _vjp(cell: LSTM, w: _Weights, res: Residuals, dstate: State, dxp: np.ndarray
     slope += w.on_tanh
     dpre *= slope
     dc_total *= f
-    return (np.matmul(dpre, w.W_hh).sum(axis=0), dc_total)
+    return (w.matmul(dpre, w.W_hh).sum(axis=0), dc_total)
 
 
 

@@ -60,7 +60,7 @@ ACTIVATIONS: dict[str, tuple[Callable, Callable]] = {
 
 def _forward(cell: Vanilla, w: _Weights, xp: np.ndarray, h: np.ndarray,
                      out: np.ndarray) -> np.ndarray:
-    np.matmul(h, w.W_hhT[0], out=out)  # (B, H); xp is (1, B, H)
+    w.matmul(h, w.W_hhT[0], out=out)  # (B, H); xp is (1, B, H)
     out += xp[0]
     return ACTIVATIONS[cell.activation][0](out)
 
@@ -88,7 +88,7 @@ def _vjp(cell: Vanilla, w: _Weights, res: Residuals, dstate: State, dxp: np.ndar
     h_prev, h = res
     dz = dxp[0]  # (B, H) of (1, B, H); dhp is dxp
     ACTIVATIONS[cell.activation][1](h, dstate[0], dz)
-    return (np.matmul(dz, w.W_hh[0]),)
+    return (w.matmul(dz, w.W_hh[0]),)
 
 
 

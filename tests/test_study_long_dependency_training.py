@@ -85,3 +85,21 @@ def test_worse_or_slower_compares_ranges_over_seeds():
     assert said[0].startswith("`truncated(20, 20)` is worse")
     assert said[1].startswith("`truncated(50, 50)` is only slower")
     assert "provisional" in said[1] and "provisional" not in said[0]
+
+
+def test_a_run_plateaus_when_its_last_quarter_moves_little_relatively_or_at_the_tasks_scale():
+    s = ldt._settings(small=True)
+    s.UPDATES, baseline = 8, 0.2
+
+    def run(label, third, last):  # evals at updates 5, 6 (third quarter) and 7, 8 (last)
+        return dict(label=label, evals=[dict(update=u, test_mse=m) for u, m in
+                                         zip((1, 2, 5, 6, 7, 8), (1, 1, third, third, last, last))])
+
+    rows = ldt.over_seeds(s, [run("halving near zero", 2e-4, 1e-4),  # 100% of itself, 0.05% of 0.2
+                              run("still learning", 0.1, 0.05),  # 100% of itself, 25% of 0.2
+                              run("flat", 0.05, 0.045)], threshold=0.02, baseline=baseline)
+    by = {r["strategy"]: r for r in rows}
+    assert by["halving near zero"]["plateaued"] and not by["still learning"]["plateaued"]
+    assert by["flat"]["plateaued"]
+    assert np.isclose(by["still learning"]["largest_late_change"], 1.0)
+    assert np.isclose(by["still learning"]["largest_late_change_of_baseline"], 0.25)

@@ -514,7 +514,11 @@ class _Run:
         assert ex.loss is not None and ex.state_T is not None and ex.reached == p.T
         self.seconds += time.perf_counter() - start
         self._fill()
-        return (ex.loss, *(a.detach() for a in ex.state_T))
+        # NOTE [no cycle] apply() gives the tensors forward returns this node as grad_fn,
+        # and this run is reachable from the node (ctx.run): returning the executor's own
+        # loss would make a reference cycle that keeps the run, and its gradient buffers,
+        # alive until the cyclic garbage collector runs. A fresh alias breaks it.
+        return (ex.loss.detach(), *(a.detach() for a in ex.state_T))
 
     def backward(self, dloss: Tensor, dstate: tuple[Tensor, ...]) -> tuple[Tensor | None, ...]:
         self._once()
@@ -529,7 +533,15 @@ class _Run:
         self.rest = iter(())
         self.seconds += time.perf_counter() - start
         self._fill()
-        return self._grads(dh0)
+        return self._release(self._grads(dh0))
+
+    def _release(self, grads: tuple[Tensor | None, ...]) -> tuple[Tensor | None, ...]:
+        """Drop what the run held for its backward pass once it has given its gradients:
+        the caller may keep the loss, and with it this run (ctx.run), long after."""
+        ex = self.ex
+        ex.dparams, ex.dxs, ex.loss, ex.state_T = [], None, None, None
+        self.h0 = _Working(())
+        return grads
 
     def _once(self) -> None:
         """The schedule's backward part runs once: refuse a second backward pass and
@@ -709,7 +721,7 @@ class _TruncatedRun(_Run):
         ex.first_pass = False
         self.seconds += time.perf_counter() - start
         self._fill()
-        return (ex.loss, *(a.detach() for a in state))  # type: ignore[misc]
+        return (ex.loss.detach(), *(a.detach() for a in state))  # type: ignore[union-attr]
 
     def backward(self, dloss: Tensor | None,  # type: ignore[override]
                  dstate: tuple) -> tuple[Tensor | None, ...]:
@@ -725,4 +737,5 @@ class _TruncatedRun(_Run):
         ex.dxs = scale(ex.dxs)
         ex.dparams = [scale(g) for g in ex.dparams]
         dh0 = self.dh0_sum or tuple(torch.zeros_like(a) for a in p.h0)
-        return self._grads(tuple(scale(d) for d in dh0))
+        self.dh0_sum = None
+        return self._release(self._grads(tuple(scale(d) for d in dh0)))

@@ -195,6 +195,34 @@ def test_a_second_backward_and_higher_order_gradients_are_refused():
             torch.autograd.grad(loss, list(step.parameters()), create_graph=True)
 
 
+
+@pytest.mark.parametrize("strategy", [bm.full(), bm.binomial(slots=3), bm.truncated(2, 4)],
+                         ids=lambda s: s.name)
+def test_a_scan_leaves_no_reference_cycle_and_the_kept_loss_holds_no_gradients(strategy):
+    """NOTE [no cycle]: a finished scan is freed by reference counting, like plain
+    autograd's graph, not when the cyclic collector next runs; a loss the caller keeps
+    does not keep the run's gradient buffers."""
+    import gc
+    import weakref
+
+    step, loss_fn, xs, ys, h0 = _problem("lstm", 9, True)
+    scan(step, xs, h0, ys=ys, loss_fn=loss_fn, strategy=strategy)[0].backward()  # warm-up
+    gc.collect()
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        loss, state_T = scan(step, xs, h0, ys=ys, loss_fn=loss_fn, strategy=strategy)
+        loss.backward()
+        run = loss.grad_fn.run  # alive while the caller keeps the loss or state_T
+        assert run.ex.dparams == [] and run.ex.dxs is None and run.ex.loss is None
+        ref = weakref.ref(run)
+        del run, loss, state_T
+        assert ref() is None and gc.collect() == 0
+    finally:
+        if was:
+            gc.enable()
+
+
 # --- truncated: against a plain-autograd TBPTT ----------------------------------------------
 
 

@@ -170,9 +170,9 @@ def timing(s: SimpleNamespace) -> tuple[list[dict], dict]:
     # the same seconds to full() and to optimal and lowers optimal's ratio: full() and
     # optimal also run with that readout, in the same rounds, to measure by how much.
     wide = bm.Model(model.cell, n_out=s.WIDE_N_OUT)
-    wide_params = {**params, **{k: v for k, v in wide.init(np.random.default_rng(s.SEED + 1),
-                                                           dtype=DTYPE).items()
-                                if k not in params or v.shape != params[k].shape}}
+    # the same cell parameters; the wider readout's own
+    wide_params = {**wide.init(np.random.default_rng(s.SEED + 1), dtype=DTYPE),
+                   **{k: params[k] for k in model.cell.param_shapes()}}
     wide_ys = np.random.default_rng(s.SEED + 2).standard_normal((T, B, s.WIDE_N_OUT)).astype(DTYPE)
     runners: dict[str, Callable[[], Any]] = {x.name: runner(x) for x in strategies}
     for x in (bm.full(), bm.optimal(budget_bytes=budget)):

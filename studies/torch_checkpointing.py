@@ -282,8 +282,7 @@ def _figure(rows: list[dict], path: Path) -> None:
                 ax.errorbar(r["bytes"] / 2**20, r["median_s"],
                             yerr=[[r["median_s"] - r["min_s"]], [r["max_s"] - r["median_s"]]],
                             fmt=MARKERS[r["contender"]], label=r["contender"],
-                            color=strategy_color(r["strategy"].replace("scan_", "")
-                                                 if r["contender"].startswith("scan")
+                            color=strategy_color(r["strategy"] if r["contender"].startswith("scan")
                                                  else "torch"))
         ax.set_xscale("log")
         ax.set_xlabel("peak saved bytes (MiB)")

@@ -47,7 +47,10 @@ TOLERANCE = 0.04  # a prediction is "correct" when |error| < TOLERANCE
 # -- the model and optimiser (the same for every strategy) --------------------------------
 CELL = "gru"  # trials: an LSTM (forget bias 1 or 3) sat at the baseline for 400 updates
 HIDDEN = 32  # H
-UPDATES = 3000  # one update per sequence batch: long enough for the runs to plateau
+UPDATES = 3000  # one update per sequence batch: long enough for the exact runs to plateau
+# a truncated run that has not plateaued after UPDATES goes on, a quarter of UPDATES at a
+# time, until it plateaus or reaches MAX_UPDATES (NOTE [train to a plateau])
+MAX_UPDATES = 4 * UPDATES
 LR = 1e-2  # Adam step size
 BETAS = (0.9, 0.999)  # Adam's moment decays
 EPS = 1e-8  # Adam's denominator guard
@@ -66,12 +69,14 @@ LONG_K1 = T // 4  # truncated(LONG_K1, T): updates as often as truncated(T/4), e
 TIMING_REPEATS = 5  # interleaved timed runs per strategy (bm.compare), median reported
 WORKERS = 2  # training runs in parallel processes; timing is done alone afterwards
 # -- toy sizes for --small (seconds) ---------------------------------------------------------
-SMALL = dict(T=16, BATCH=8, TEST_SIZE=64, HIDDEN=8, UPDATES=12, EVAL_EVERY=4, SHORT_K=(2, 4),
+SMALL = dict(T=16, BATCH=8, TEST_SIZE=64, HIDDEN=8, UPDATES=12, MAX_UPDATES=24, EVAL_EVERY=3,
+             SHORT_K=(2, 4),
              LONG_K1=4, TIMING_REPEATS=1, WORKERS=1, EXTRA_SEEDS=(1,))
 
 
 def _settings(small: bool) -> SimpleNamespace:
-    names = ("T", "BATCH", "TEST_SIZE", "TOLERANCE", "CELL", "HIDDEN", "UPDATES", "LR",
+    names = ("T", "BATCH", "TEST_SIZE", "TOLERANCE", "CELL", "HIDDEN", "UPDATES", "MAX_UPDATES",
+             "LR",
              "BETAS", "EPS", "CLIP", "SEED", "EVAL_EVERY", "SHORT_K", "LONG_K1",
              "TIMING_REPEATS", "WORKERS", "EXTRA_SEEDS", "PLATEAU", "PLATEAU_ABS")
     return _common.settings(globals(), names, small)
@@ -120,23 +125,30 @@ def train(s: SimpleNamespace, label: str, seed: int | None = None) -> dict:
 
     At every evaluation the update's gradient is also compared with full()'s on the same
     batch at the same params, so a biased strategy shows its bias along the way. `seed`
-    (SEED by default) draws the params and, offset by one, the training batches.
+    (SEED by default) draws the params and, offset by one, the training batches. Runs
+    UPDATES updates; a biased strategy's run goes on to a plateau (NOTE [train to a
+    plateau]).
     """
     seed = s.SEED if seed is None else seed
     strategy = strategies(s)[label]
+    extend = not is_exact(strategy, s.T)
     model = _model(s)
     params = model.init(np.random.default_rng(seed))
     data = np.random.default_rng(seed + 1)  # the same batches for every strategy
     xt, yt, _ = adding_problem(s.T, s.TEST_SIZE, np.random.default_rng(s.SEED + 2))
+    baseline = float(np.var(yt[-1, :, 0]))
     m = {k: np.zeros_like(p) for k, p in params.items()}
     v = {k: np.zeros_like(p) for k, p in params.items()}
     losses, norms, evals = [], [], []
+    stop = s.UPDATES
+    i = 0
     with _common.pinned_blas(1):
-        for i in range(1, s.UPDATES + 1):
+        while i < stop:
+            i += 1
             xs, ys, mask = adding_problem(s.T, s.BATCH, data)
             r = strategy.run(model, params, xs, ys, mask=mask)
             losses.append(r.loss)
-            check = i % s.EVAL_EVERY == 0 or i == s.UPDATES
+            check = i % s.EVAL_EVERY == 0 or i == stop
             if check:  # before the step: full() at the same params, on the same batch
                 exact = r if label == "full" else bm.full().run(model, params, xs, ys, mask=mask)
                 rel, cos = grad_error(r.grads, exact.grads)
@@ -147,7 +159,10 @@ def train(s: SimpleNamespace, label: str, seed: int | None = None) -> dict:
                 evals.append(dict(update=i, test_mse=float(np.mean(err * err)),
                                   test_accuracy=float(np.mean(np.abs(err) < s.TOLERANCE)),
                                   grad_rel_error=rel, grad_cosine=cos))
-    return dict(label=label, seed=seed, losses=losses, grad_norms=norms, evals=evals,
+            if (i == stop and extend and i < s.MAX_UPDATES
+                    and not plateaued(s, evals, baseline)):
+                stop = min(s.MAX_UPDATES, stop + max(1, s.UPDATES // 4))
+    return dict(label=label, seed=seed, updates=i, losses=losses, grad_norms=norms, evals=evals,
                 params=params,
                 peak_bytes=r.stats.peak_bytes, forward_steps=r.stats.forward_steps,
                 backward_steps=r.stats.backward_steps,
@@ -221,6 +236,35 @@ def train_all(s: SimpleNamespace, quiet: bool) -> tuple[dict[str, dict], list[di
 # baseline MSE (predicting the mean). The second clause is for runs that have solved the
 # task: near zero, Adam at a constant step keeps shaving the error by large fractions of
 # itself (1e-4 to 5e-5 is a halving) while it moves by nothing at the task's scale.
+#
+# NOTE [train to a plateau] "Is truncation worse, or only slower?" is only answered by
+# runs that have stopped improving. So a biased run that has not plateaued after UPDATES
+# goes on, a quarter of UPDATES at a time, judged on its own last quarter each time, until
+# it plateaus or reaches MAX_UPDATES. Exact runs stop at UPDATES: they repeat full()'s
+# curve, which is compared with theirs update by update; if full() has not plateaued, the
+# verdict says so. A biased run is given more updates than full(), never fewer, so
+# "worse" is a conservative verdict.
+
+
+def late_fall(evals: Sequence[dict], baseline: float) -> tuple[float, float]:
+    """How much the median test MSE still fell from the third quarter of a run's updates
+    to the last (0 when it rose: no progress): relative to the last, and as a fraction
+    of the baseline MSE. The run's length is its last evaluation's update."""
+    if not evals:
+        return float("inf"), float("inf")
+    n = evals[-1]["update"]
+    third = [e["test_mse"] for e in evals if 0.5 * n < e["update"] <= 0.75 * n]
+    last = [e["test_mse"] for e in evals if e["update"] > 0.75 * n]
+    if not third or not last:
+        return float("inf"), float("inf")
+    m3, m4 = float(np.median(third)), float(np.median(last))
+    return max(0.0, (m3 - m4) / max(m4, 1e-300)), max(0.0, (m3 - m4) / baseline)
+
+
+def plateaued(s: SimpleNamespace, evals: Sequence[dict], baseline: float) -> bool:
+    """Whether a run's test curve has plateaued (NOTE [plateau])."""
+    rel, absolute = late_fall(evals, baseline)
+    return rel < s.PLATEAU or absolute < s.PLATEAU_ABS
 
 
 def over_seeds(s: SimpleNamespace, seeded: Sequence[dict], threshold: float,
@@ -233,31 +277,18 @@ def over_seeds(s: SimpleNamespace, seeded: Sequence[dict], threshold: float,
         rs = [r for r in seeded if r["label"] == label]
         finals = [r["evals"][-1]["test_mse"] for r in rs]
         firsts = [f for r in rs if (f := first_below(r["evals"], threshold)) is not None]
-
-        def fell(r: dict) -> tuple[float, float]:
-            """How much the median test MSE still fell from the third quarter of the
-            updates to the last (0 when it rose: no progress): relative to the last, and
-            as a fraction of the baseline MSE."""
-            ev = r["evals"]
-            third = [e["test_mse"] for e in ev if 0.5 * s.UPDATES < e["update"] <= 0.75 * s.UPDATES]
-            last = [e["test_mse"] for e in ev if e["update"] > 0.75 * s.UPDATES]
-            if not third or not last:
-                return float("inf"), float("inf")
-            m3, m4 = float(np.median(third)), float(np.median(last))
-            return max(0.0, (m3 - m4) / max(m4, 1e-300)), max(0.0, (m3 - m4) / baseline)
-
-        def flat(r: dict) -> bool:
-            rel, absolute = fell(r)
-            return rel < s.PLATEAU or absolute < s.PLATEAU_ABS
-
+        falls = [late_fall(r["evals"], baseline) for r in rs]
+        updates = [r["evals"][-1]["update"] for r in rs]
         out.append(dict(strategy=label, seeds=len(rs),
+                        updates=(f"{min(updates)}" if min(updates) == max(updates)
+                                 else f"{min(updates)}–{max(updates)}"),
                         final_test_mse_median=float(np.median(finals)),
                         final_test_mse_min=min(finals), final_test_mse_max=max(finals),
                         reached_threshold=f"{len(firsts)} of {len(rs)}",
                         first_below_median=float(np.median(firsts)) if firsts else None,
-                        plateaued=all(flat(r) for r in rs),
-                        largest_late_change=max(fell(r)[0] for r in rs),
-                        largest_late_change_of_baseline=max(fell(r)[1] for r in rs)))
+                        plateaued=all(plateaued(s, r["evals"], baseline) for r in rs),
+                        largest_late_change=max(f[0] for f in falls),
+                        largest_late_change_of_baseline=max(f[1] for f in falls)))
     return out
 
 
@@ -358,7 +389,7 @@ def plot_curves(s: SimpleNamespace, runs: dict[str, dict], baseline: float) -> p
     for label in order:
         r, st = runs[label], styles[label]
         kw = dict(color=st["color"], lw=st["lw"], label=label)
-        line, = a.plot(np.arange(1, s.UPDATES + 1), _smooth(r["losses"], w), **kw)
+        line, = a.plot(np.arange(1, len(r["losses"]) + 1), _smooth(r["losses"], w), **kw)
         if st["dashes"][0] is not None:
             line.set_dashes(st["dashes"])
         u = [e["update"] for e in r["evals"]]
@@ -444,6 +475,7 @@ def run(out: Path | str | None = None, *, small: bool = False, quiet: bool = Fal
             grad_rel_error_at_init=tm.grad_rel_error, final_test_mse=last["test_mse"],
             final_test_accuracy=last["test_accuracy"],
             first_update_below_10pct_baseline=first_below(r["evals"], threshold),
+            updates=r["updates"],
             final_train_mse_mean_last_25=float(np.mean(r["losses"][-25:])),
         ))
         for i, (loss, norm) in enumerate(zip(r["losses"], r["grad_norms"]), start=1):
@@ -495,6 +527,7 @@ def write_report(d: Path, s: SimpleNamespace, runs: dict[str, dict], table: Sequ
         "ms/update": f"{r['seconds_per_update'] * 1e3:.1f}",
         "× full": f"{r['time_ratio']:.2f}",
         "grad err @init": f"{r['grad_rel_error_at_init']:.2g}",
+        "updates": r["updates"],
         "test MSE": f"{r['final_test_mse']:.4f}",
         f"acc (err < {s.TOLERANCE:g})": f"{r['final_test_accuracy']:.3f}",
         f"first MSE < {threshold:.4f}": r["first_update_below_10pct_baseline"] or "never",
@@ -548,7 +581,8 @@ def write_report(d: Path, s: SimpleNamespace, runs: dict[str, dict], table: Sequ
             + (f"(k2 < T/2 = {s.T // 2}: shorter than the distance to every first marker), "
                if strats[r['strategy']].k2 < s.T // 2 else "(k2 < T), ")
             + f"{r['memory_fraction']:.1%} of full()'s memory: final test MSE "
-            f"{r['final_test_mse']:.4g} ({r['final_test_mse'] / baseline_mse:.0%} of the "
+            f"{r['final_test_mse']:.4g} after {r['updates']} updates "
+            f"({r['final_test_mse'] / baseline_mse:.0%} of the "
             f"baseline; full(): {full['final_test_mse']:.4g}), accuracy "
             f"{r['final_test_accuracy']:.1%} (full(): {full['final_test_accuracy']:.1%}); "
             + (f"below 10% of the baseline first at update {first_t} (full(): {first}). "
@@ -615,7 +649,9 @@ a marker; the target, read only at the last step (mask), is the sum of the two m
 numbers; the first marker lies in [0, T/2), so the dependency spans more than T/2 = {s.T // 2}
 steps. Model: {s.CELL.upper()} with H = {s.HIDDEN}, linear readout, mse loss, float64, PyTorch's
 default init, seed {s.SEED}. Every strategy starts from the same params and sees the same
-{s.UPDATES} batches of B = {s.BATCH} (one update per batch), with the same optimiser: Adam
+{s.UPDATES} batches of B = {s.BATCH} (one update per batch; a truncated run not yet on a
+plateau then goes on with the next batches, {max(1, s.UPDATES // 4)} at a time, until it is,
+or until {s.MAX_UPDATES}: NOTE [train to a plateau]), with the same optimiser: Adam
 (lr {s.LR:g}, betas {s.BETAS}, eps {s.EPS:g}, `adam_step` in studies/_common.py) after clipping
 the gradient to global norm {s.CLIP:g}. Truncated strategies contribute one update per
 sequence too: `truncated(k1, k2).run` sums its update points, all at the same params.
@@ -637,7 +673,7 @@ strategies by `bm.compare` with BLAS pinned to one thread (the Adam step is excl
 it is the same for all); the machine's 1-minute load average when timing began was
 {load:.1f} on {os.cpu_count()} cores, so compare ratios rather than absolute times.
 "grad err @init" is ‖g − g_full‖/‖g_full‖ on one batch at the
-initial params. Test MSE and accuracy are after the last update.
+initial params. Test MSE and accuracy are after the last update (`updates`).
 
 {_common.md_table(rows)}
 
@@ -650,8 +686,9 @@ initial params. Test MSE and accuracy are after the last update.
 full() and each truncated strategy trained again from seeds {list(s.EXTRA_SEEDS)} (params
 and batches; the same test set): the final test MSE's median and range over
 {1 + len(s.EXTRA_SEEDS)} seeds, how many runs got below {threshold:.4f} and when (median
-update), and whether every run had plateaued: its median test MSE over the last quarter
-of the updates less than {s.PLATEAU:.0%} below the median over the quarter before, or
+update), how many updates the runs took (truncated runs go on until they plateau, up to
+{s.MAX_UPDATES}), and whether every run had plateaued: its median test MSE over the last
+quarter of its updates less than {s.PLATEAU:.0%} below the median over the quarter before, or
 less than {s.PLATEAU_ABS:.0%} of the baseline MSE below it (NOTE [plateau] in the study:
 near zero, Adam keeps halving an error that no longer moves at the task's scale).
 {"; ".join(worse_or_slower(seeds_table)) if seeds_table else ""}.

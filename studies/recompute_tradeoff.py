@@ -57,10 +57,7 @@ SEED = 0
 STEPS = (1000, 10_000)  # T
 FRACTIONS = (0.0015, 0.003, 0.006, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.2, 0.28,
              0.4, 0.7, 1.0)  # budgets, as fractions of full()'s peak bytes recorded_bytes(T)
-TINY_FRACTIONS = (0.00015, 0.0003, 0.0006)  # added at T >= 10 000: where optimal still runs
-# optimal's programme is O(T²·m) in the budget m in units (`Optimal.units`): skip budgets
-# whose T²·m exceeds this (3e10 is about a minute here; all of T = 1000 is under 2.1e9)
-OPTIMAL_MAX_WORK = 3e10
+TINY_FRACTIONS = (0.00015, 0.0003, 0.0006)  # added at T >= 10 000: a few states' bytes
 # -- wall time: a subset run for real, interleaved with full() ------------------------------
 TIMED_STEPS = 1000  # T of the timed runs; one of STEPS
 TIMED_FRACTIONS = dict(uniform=(0.05, 0.1, 0.2),  # nothing under its floor (`_uniform_floor`)
@@ -81,7 +78,7 @@ SMALL = dict(BATCH=2, N_IN=3, HIDDEN=4, N_OUT=2, STEPS=(50, 200),
 
 def _settings(small: bool) -> SimpleNamespace:
     names = ("BATCH", "N_IN", "HIDDEN", "N_OUT", "STEPS", "FRACTIONS", "TINY_FRACTIONS",
-             "OPTIMAL_MAX_WORK", "TIMED_STEPS", "TIMED_FRACTIONS", "REPEATS", "SEED",
+             "TIMED_STEPS", "TIMED_FRACTIONS", "REPEATS", "SEED",
              "HEADLINE_FRACTION", "HEADLINE_TIME_RATIO", "HEADLINE_SLACK")
     s = _common.settings(globals(), names, small)
     if s.TIMED_STEPS not in s.STEPS:
@@ -124,9 +121,8 @@ def _predicted_steps(strategy: bm.ScheduledStrategy, T: int, sb: int, rb: int, l
 # -- the frontier -----------------------------------------------------------------------------
 
 
-def frontier(s: SimpleNamespace, T: int, quiet: bool) -> tuple[list[dict], list[float]]:
-    """One row per (strategy, budget) that fits, exact from `simulate`; and optimal's
-    skipped budgets.
+def frontier(s: SimpleNamespace, T: int, quiet: bool) -> list[dict]:
+    """One row per (strategy, budget) that fits, exact from `simulate`.
 
     NOTE [optimal's memo] `optimal` keeps one cost table per item sizes in units and
     grows it to answer the largest T and the largest budget asked so far, together. After
@@ -140,7 +136,6 @@ def frontier(s: SimpleNamespace, T: int, quiet: bool) -> tuple[list[dict], list[
     sb, rb, lb = sizes["state_bytes"], sizes["residual_bytes"], sizes["link_bytes"]
     rows = [_row(T, "full", "", "", 1.0, full_bytes, bm.simulate(
         bm.full().schedule(T), n_steps=T, **sizes), T, 0.0, full_bytes)]
-    skipped = []
     fractions = _fractions(s, T)
     bar = _common.progress(total=len(STRATEGIES) * len(fractions), quiet=quiet,
                            desc=f"{NAME} T={T}")
@@ -152,10 +147,6 @@ def frontier(s: SimpleNamespace, T: int, quiet: bool) -> tuple[list[dict], list[
             if chosen is None:
                 continue
             strategy, parameter, value = chosen
-            if (isinstance(strategy, bm.Optimal) and budget < full_bytes
-                    and T * T * strategy.units(sb, rb, lb)[2] > s.OPTIMAL_MAX_WORK):
-                skipped.append(f)
-                continue
             t0 = time.perf_counter()
             cost = bm.simulate(strategy.iter_schedule(T, **sizes), n_steps=T, **sizes,
                                budget_bytes=budget)
@@ -163,7 +154,7 @@ def frontier(s: SimpleNamespace, T: int, quiet: bool) -> tuple[list[dict], list[
             rows.append(_row(T, name, parameter, value, f, budget, cost,
                              _predicted_steps(strategy, T, sb, rb, lb), seconds, full_bytes))
     bar.close()
-    return rows, skipped
+    return rows
 
 
 def _sizes(s: SimpleNamespace) -> dict[str, int]:
@@ -304,8 +295,7 @@ def fit_forward_cost(rows: Sequence[dict], strategy: str | None = None) -> tuple
 # -- figures -----------------------------------------------------------------------------------
 
 
-def plot_frontier(s: SimpleNamespace, rows: Sequence[dict], curve: Sequence[dict],
-                  skipped: dict) -> plt.Figure:
+def plot_frontier(s: SimpleNamespace, rows: Sequence[dict], curve: Sequence[dict]) -> plt.Figure:
     fig, axes = plt.subplots(1, len(s.STEPS), figsize=(6 * len(s.STEPS), 4.6), squeeze=False)
     for ax, T in zip(axes[0], s.STEPS):
         c = [p for p in curve if p["T"] == T]
@@ -314,37 +304,20 @@ def plot_frontier(s: SimpleNamespace, rows: Sequence[dict], curve: Sequence[dict
         for name in STRATEGIES:
             pts = sorted((r for r in rows if r["T"] == T and r["strategy"] == name),
                          key=lambda r: r["budget_fraction"])
-            x, y = [], []
-            for a, b in zip(pts, pts[1:] + [None]):
-                x.append(a["memory_fraction"])
-                y.append(a["recompute_factor"])
-                if b and any(a["budget_fraction"] < f < b["budget_fraction"]
-                             for f in skipped.get(T, []) if name == "optimal"):
-                    x.append(math.nan)  # budgets not run: leave a gap, not a line
-                    y.append(math.nan)
             if pts:
-                ax.plot(x, y, "o-", ms=4, color=COLORS[name], label=name)
+                ax.plot([r["memory_fraction"] for r in pts], [r["recompute_factor"] for r in pts],
+                        "o-", ms=4, color=COLORS[name], label=name)
         ax.plot([1.0], [1.0], "*", ms=12, color=COLORS["full"], label="full()")
         ax.axvline(s.HEADLINE_FRACTION, color="0.3", ls=":", lw=1)
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("peak memory / full()'s peak bytes")
         ax.set_ylabel("forward steps / T (recompute factor)")
-        title = f"LSTM, T = {T}"
-        if skipped.get(T):
-            title += (f"\n(optimal only up to {_pct(_max_optimal_fraction(rows, T))} of full: "
-                      "O(T²·m))")
-        ax.set_title(title, fontsize=10)
+        ax.set_title(f"LSTM, T = {T}", fontsize=10)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
-
-
-def _max_optimal_fraction(rows: Sequence[dict], T: int) -> float:
-    fs = [r["budget_fraction"] for r in rows
-          if r["T"] == T and r["strategy"] == "optimal" and r["budget_fraction"] < 1]
-    return max(fs) if fs else float("nan")
 
 
 def plot_time(s: SimpleNamespace, rows: Sequence[dict], alpha: float) -> plt.Figure:
@@ -459,7 +432,7 @@ def _uniform_floor(s: SimpleNamespace, T: int) -> float:
 
 
 def write_report(d: Path, s: SimpleNamespace, rows: list[dict], timed: list[dict], meta: dict,
-                 skipped: dict, alphas: dict, violations: list[str], seconds: float,
+                 alphas: dict, violations: list[str], seconds: float,
                  command: str) -> Path:
     T0 = s.TIMED_STEPS
     sizes = _sizes(s)
@@ -519,8 +492,8 @@ def write_report(d: Path, s: SimpleNamespace, rows: list[dict], timed: list[dict
         bound = s.HEADLINE_TIME_RATIO * (1 + s.HEADLINE_SLACK)
         verdict_text += (
             f" Its {s.REPEATS} runs spread from {lo:.4g}× to {hi:.4g}× of full()'s median"
-            + (", on both sides of the criterion, so the verdict is borderline on this "
-               "loaded machine." if lo <= bound < hi else "."))
+            + (", on both sides of the criterion, so the verdict is borderline."
+               if lo <= bound < hi else "."))
     others = [f"`{name}` {t['time_ratio']:.3g}× (F = {t['recompute_factor']:.3g})"
               for name in ("uniform", "binomial") for t in [_at(timed, f, strategy=name)] if t]
     if others:
@@ -572,9 +545,6 @@ def write_report(d: Path, s: SimpleNamespace, rows: list[dict], timed: list[dict
             "T + k(m − 1), Griewank's T + t(T, s + 1), optimal's cost table); every peak is within "
             "its budget.")
     errors = [r["grad_rel_error"] for r in timed if r["strategy"] != "full"]
-    skipped_text = "; ".join(
-        f"at T = {T} optimal ran only for budgets up to {_pct(_max_optimal_fraction(rows, T))} of "
-        f"full ({len(v)} larger budgets skipped)" for T, v in skipped.items() if v) or "none"
     load0, load1 = meta["load_average_before"], meta["load_average_after"]
     planning = ", ".join(
         f"{name} "
@@ -628,11 +598,13 @@ dotted line marks {_pct(f)}. Both axes are logarithmic.
         text += _frontier_table(rows, T, _fractions(s, T))
         text += "\n"
     text += f"""`optimal: states + steps` is the peak number of stored states and recorded steps
-of its plan. Optimal's programme is O(T²·m) in the budget m in units (`Optimal.units`);
-budgets with T²·m above {s.OPTIMAL_MAX_WORK:.3g} were not run: {skipped_text}.
-{_programme_cost(s, rows, skipped)} Above {format_bytes(2048 * unit)} (2048 units of
-{format_bytes(unit)}) optimal rounds item sizes up to a coarser unit, so its
-plans there can use less than the budget and be slightly off optimal.
+of its plan. Optimal plans every budget: with its exact programme where that is bounded
+(`EXACT_WORK` in `bptt_memory/checkpoint.py`: O(T²·m) in the budget m in units,
+`Optimal.units`), and beyond it with the best segment or block plan (NOTE [segment
+plans] and [block plans] there), which never does more forward steps than binomial at
+the same bytes. Above {format_bytes(2048 * unit)} (2048 units of {format_bytes(unit)}) the
+exact programme rounds item sizes up to a coarser unit, so its plans there can use less
+than the budget and be slightly off optimal.
 
 Planning time (the `simulate` walk, and optimal's cost tables when first built), summed
 over the budgets: {planning}.
@@ -671,35 +643,13 @@ each round and reversed every other round: NOTE [round order] in
   own formula, recompute factor, planning seconds.
 - `binomial_curve.csv`: Griewank's T + t(T, s + 1) for s from 1 to T − 1 (log-spaced).
 - `timing.csv`: the timed runs: medians, min, max, time ratio, gradient error.
-- `data.json`: settings, the headline verdict, α, optimal's skipped budgets, raw timings.
+- `data.json`: settings, the headline verdict, α, raw timings.
 
 ## Provenance
 
 {_common.provenance(command, pinned=1)}
 """
     return _common.write_text(d / "report.md", text)
-
-
-def _programme_cost(s: SimpleNamespace, rows: Sequence[dict], skipped: dict) -> str:
-    """What optimal's skipped budgets would have cost, extrapolated from its largest table."""
-    sizes = _sizes(s)
-    sb, rb, lb = sizes["state_bytes"], sizes["residual_bytes"], sizes["link_bytes"]
-    out = []
-    for T, fs in skipped.items():
-        ran = [r for r in rows if r["T"] == T and r["strategy"] == "optimal"
-               and r["budget_fraction"] < 1]
-        if not fs or not ran:
-            continue
-        top = max(ran, key=lambda r: r["budget_bytes"])  # the first planned: it built the table
-        m_top = bm.optimal(top["budget_bytes"]).units(sb, rb, lb)[2]
-        m_want = bm.optimal(int(s.HEADLINE_FRACTION * _full_bytes(s, T))).units(sb, rb, lb)[2]
-        out.append(
-            f"At T = {T} the largest budget run ({m_top} units) took {top['plan_seconds']:.0f} s "
-            f"to plan; the work grows linearly in m, so {_pct(s.HEADLINE_FRACTION)} of full "
-            f"({m_want} units after rounding) would take about "
-            f"{top['plan_seconds'] * m_want / m_top / 60:.0f} min. Binomial, whose schedule "
-            "needs no table, is the exact choice there.")
-    return " ".join(out)
 
 
 def _first_fraction_at(rows: Sequence[dict], T: int, name: str, factor: float) -> float:
@@ -709,11 +659,11 @@ def _first_fraction_at(rows: Sequence[dict], T: int, name: str, factor: float) -
     return min(fs) if fs else float("nan")
 
 
-def _measure(s: SimpleNamespace, T: int, quiet: bool) -> tuple[list, list, list, dict]:
-    """Frontier rows and skipped budgets at T; and the timed runs if T is TIMED_STEPS."""
-    rows, skipped = frontier(s, T, quiet)
+def _measure(s: SimpleNamespace, T: int, quiet: bool) -> tuple[list, list, dict]:
+    """Frontier rows at T; and the timed runs if T is TIMED_STEPS."""
+    rows = frontier(s, T, quiet)
     timed, meta = timing(s, quiet) if T == s.TIMED_STEPS else ([], {})
-    return rows, skipped, timed, meta
+    return rows, timed, meta
 
 
 def _in_fresh_process(fn, *args):  # type: ignore[no-untyped-def]
@@ -729,10 +679,10 @@ def run(out: Path | str | None = None, *, small: bool = False, quiet: bool = Fal
     start = time.perf_counter()
     s = _settings(small)
     d = _common.report_dir(out, NAME, small)
-    rows, curve, skipped = [], [], {}
+    rows, curve = [], []
     timed, meta = [], {}
     for T in s.STEPS:
-        r, skipped[T], t, m = _in_fresh_process(_measure, s, T, quiet)
+        r, t, m = _in_fresh_process(_measure, s, T, quiet)
         rows += r
         curve += binomial_curve(s, T)
         if T == s.TIMED_STEPS:
@@ -748,11 +698,10 @@ def run(out: Path | str | None = None, *, small: bool = False, quiet: bool = Fal
     _common.write_json(d / "data.json", {
         "settings": {**vars(s), "DTYPE": np.dtype(DTYPE).name},
         "headline": verdict, "alpha_and_max_residual": alphas,
-        "optimal_skipped_fractions": {str(T): v for T, v in skipped.items()},
         "violations": violations, "timing": meta, "seconds": seconds})
-    _common.save_figure(plot_frontier(s, rows, curve, skipped), d / "frontier.png")
+    _common.save_figure(plot_frontier(s, rows, curve), d / "frontier.png")
     _common.save_figure(plot_time(s, timed, alphas["all"][0]), d / "time.png")
-    return write_report(d, s, rows, timed, meta, skipped, alphas, violations,
+    return write_report(d, s, rows, timed, meta, alphas, violations,
                         seconds, _common.command_line(NAME, small))
 
 

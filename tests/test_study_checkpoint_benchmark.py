@@ -42,7 +42,7 @@ def test_small_run_writes_report_data_and_figure(tmp_path, capsys):
 def test_reconciliation_names_both_ratios_when_the_other_report_is_there(tmp_path):
     s = study._settings(small=True)
     verdict = {"time_ratio": 1.37, "time_ratio_rounds": (1.3, 1.4), "wide_n_out": 32,
-               "wide_time_ratio": 1.29, "wide_time_ratio_rounds": (1.25, 1.33),
+               "wide_time_ratio": 1.27, "wide_time_ratio_rounds": (1.25, 1.29),
                "wide_full_over_full": 1.1}
     assert "not compared" in study.reconcile(s, verdict, tmp_path)
     other = tmp_path / "recompute_tradeoff"
@@ -51,5 +51,12 @@ def test_reconciliation_names_both_ratios_when_the_other_report_is_there(tmp_pat
         "headline": {"fraction": 0.05, "optimal_time_ratio": 1.28, "T": 1000},
         "settings": {"N_OUT": 32, "REPEATS": 7}}))
     text = study.reconcile(s, verdict, tmp_path)
-    assert "1.28×" in text and "1.37×" in text and "1.29×" in text
-    assert "recompute_tradeoff (n_out = 32" in text and "1.25–1.33" in text
+    assert "1.28×" in text and "1.37×" in text and "1.27×" in text
+    assert "recompute_tradeoff (n_out = 32" in text and "1.25–1.29" in text
+    assert "lowers the ratio, as here." in text and "lies within that figure's range" in text
+    verdict.update(wide_time_ratio_rounds=(1.2, 1.35))  # overlaps the narrow readout's rounds
+    (other / "data.json").write_text(json.dumps({
+        "headline": {"fraction": 0.05, "optimal_time_ratio": 1.4, "T": 1000},
+        "settings": {"N_OUT": 32, "REPEATS": 7}}))
+    text = study.reconcile(s, verdict, tmp_path)
+    assert "within the spread of the rounds" in text and "lies outside" in text

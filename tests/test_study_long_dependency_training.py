@@ -38,7 +38,11 @@ def test_small_run_writes_a_consistent_report(tmp_path):
     curves: dict[str, list[float]] = {}
     for r in rows:
         curves.setdefault(r["strategy"], []).append(float(r["train_mse"]))
-    assert set(curves) == set(table) and all(len(c) == s["UPDATES"] for c in curves.values())
+    assert set(curves) == set(table)
+    for k, c in curves.items():  # exact runs stop at UPDATES; biased ones may go on
+        assert len(c) == table[k]["updates"]
+        assert (len(c) == s["UPDATES"]) if table[k]["exact"] else (
+            s["UPDATES"] <= len(c) <= s["MAX_UPDATES"])
     assert all(math.isfinite(x) for c in curves.values() for x in c)
 
     exact = [k for k, r in table.items() if r["exact"]]
@@ -89,7 +93,7 @@ def test_worse_or_slower_compares_ranges_over_seeds():
 
 def test_a_run_plateaus_when_its_last_quarter_moves_little_relatively_or_at_the_tasks_scale():
     s = ldt._settings(small=True)
-    s.UPDATES, baseline = 8, 0.2
+    baseline = 0.2
 
     def run(label, third, last):  # evals at updates 5, 6 (third quarter) and 7, 8 (last)
         return dict(label=label, evals=[dict(update=u, test_mse=m) for u, m in
@@ -103,3 +107,21 @@ def test_a_run_plateaus_when_its_last_quarter_moves_little_relatively_or_at_the_
     assert by["flat"]["plateaued"]
     assert np.isclose(by["still learning"]["largest_late_change"], 1.0)
     assert np.isclose(by["still learning"]["largest_late_change_of_baseline"], 0.25)
+
+
+@pytest.mark.parametrize("flat", [False, True])
+def test_a_biased_run_goes_on_until_it_plateaus_and_an_exact_one_stops(flat):
+    s = ldt._settings(small=True)
+    # never flat: nothing is below -1; always flat: every change is below 10**9
+    s.PLATEAU = s.PLATEAU_ABS = 1e9 if flat else -1.0
+    short = f"truncated({s.SHORT_K[0]}, {s.SHORT_K[0]})"
+    biased, exact = ldt.train(s, short), ldt.train(s, "full")
+    assert exact["updates"] == len(exact["losses"]) == s.UPDATES
+    want = s.UPDATES if flat else s.MAX_UPDATES
+    assert biased["updates"] == len(biased["losses"]) == len(biased["grad_norms"]) == want
+    assert biased["evals"][-1]["update"] == want  # judged on an evaluation at its last update
+    if not flat:  # going on changes nothing before: its first UPDATES are the stopped run's
+        s.PLATEAU = s.PLATEAU_ABS = 1e9
+        stopped = ldt.train(s, short)
+        assert stopped["updates"] == s.UPDATES
+        assert biased["losses"][:s.UPDATES] == stopped["losses"]

@@ -1,5 +1,6 @@
-"""What every study shares: where reports go, atomic report files, provenance, progress
-bars, the strategies' palette, and verdicts that toy runs never give. Timing is
+"""What every study shares: where reports go, atomic report files, one report layout
+(`Report`), provenance, progress bars, the strategies' palette, and verdicts that toy runs
+never give. Timing is
 `bptt_memory.timing` (one harness for the studies and `compare`); the gradient-error
 metric is `bptt_memory.compare.grad_error`.
 
@@ -16,8 +17,10 @@ import io
 import json
 import os
 import platform
+import re
 import sys
 import tempfile
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from types import SimpleNamespace
@@ -39,7 +42,8 @@ from . import output_folder  # noqa: E402
 __all__ = ["atomic_write", "write_text", "write_json", "write_csv", "save_figure",
            "provenance", "progress", "pinned_blas", "report_dir", "fit_loglog_slope", "md_table",
            "recomputation_ratio", "DEFAULT_OUT", "study_main", "settings", "verdict",
-           "STRATEGY_COLORS", "strategy_color", "adam_step"]
+           "STRATEGY_COLORS", "strategy_color", "adam_step", "Report", "figure",
+           "unlisted_files"]
 
 
 @contextlib.contextmanager
@@ -257,6 +261,77 @@ def md_table(rows: Sequence[dict], columns: Sequence[str] | None = None) -> str:
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(cell(r.get(c, "")) for c in cols) + " |" for r in rows]
     return "\n".join(lines) + "\n"
+
+
+# NOTE [one report layout] Every study writes its data as tidy rows (csv/json) and its
+# report through `Report`: the title, a lead (the question and the setup), Findings
+# (sentences computed from those rows), the study's own sections (tables are `md_table`
+# over the rows, figures `figure`), Files (what each data file holds) and Provenance, in
+# that order. The sentences around the numbers are each study's own template (an
+# f-string over its rows: what a finding says differs by study); the layout, the file
+# list and its check, and the provenance are written here, once.
+
+
+def figure(name: str, alt: str) -> str:
+    """A markdown image of a figure in the report's folder."""
+    return f"![{alt}]({name})"
+
+
+@dataclass
+class Report:
+    """A report in the one layout (NOTE [one report layout]); `write` renders and writes it."""
+
+    title: str
+    lead: str = ""
+    findings: list[str] = field(default_factory=list)
+    sections: list[tuple[str, str]] = field(default_factory=list)
+    files: dict[str, str] = field(default_factory=dict)
+
+    def finding(self, text: str) -> None:
+        """One finding: a bullet of one or more sentences."""
+        self.findings.append(text.strip().removeprefix("- "))
+
+    def section(self, heading: str, *parts: str) -> None:
+        """A section of its own: paragraphs, tables and figures, blank-line separated."""
+        self.sections.append((heading, "\n\n".join(p.strip("\n") for p in parts if p.strip())))
+
+    def file(self, name: str, what: str) -> None:
+        """A data file the study wrote beside the report, and what it holds."""
+        self.files[name] = what
+
+    def render(self, command: str, pinned: int | None = None) -> str:
+        parts = [f"# {self.title}"]
+        if self.lead.strip():
+            parts.append(self.lead.strip("\n"))
+        if self.findings:
+            parts.append("## Findings\n\n" + "\n".join(f"- {f}" for f in self.findings))
+        parts += [f"## {h}\n\n{body}" if body else f"## {h}" for h, body in self.sections]
+        if self.files:
+            parts.append("## Files\n\n" + "\n".join(f"- `{n}`: {w}" for n, w in self.files.items()))
+        parts.append("## Provenance\n\n" + provenance(command, pinned))
+        return "\n\n".join(parts) + "\n"
+
+    def write(self, d: Path, command: str, pinned: int | None = None) -> Path:
+        """Write d/report.md, after checking that every file and figure it names is in d
+        (a report never points at data its run did not write)."""
+        text = self.render(command, pinned)
+        missing = [n for n in [*self.files, *_figures(text)] if not (d / n).is_file()]
+        if missing:
+            raise ValueError(f"report {self.title!r} names files its run did not write in "
+                             f"{d}: {', '.join(missing)}; write them first or drop them")
+        return write_text(d / "report.md", text)
+
+
+def _figures(text: str) -> list[str]:
+    return re.findall(r"!\[[^\]]*\]\(([^)/\s]+)\)", text)
+
+
+def unlisted_files(d: Path) -> list[str]:
+    """Files in d that d/report.md neither lists under Files nor shows as a figure."""
+    text = (d / "report.md").read_text()
+    files = text.split("\n## Files\n", 1)[1].split("\n## ", 1)[0] if "\n## Files\n" in text else ""
+    named = set(re.findall(r"`([^`/\s]+)`", files)) | set(_figures(text)) | {"report.md"}
+    return sorted(p.name for p in d.iterdir() if p.is_file() and p.name not in named)
 
 
 def study_args(name: str, argv: Sequence[str] | None, doc: str | None) -> Any:

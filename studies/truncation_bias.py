@@ -204,16 +204,8 @@ def other_conditions(s: SimpleNamespace, quiet: bool) -> tuple[list[dict], list[
 
 
 def summarise_conditions(rows: Sequence[dict]) -> list[dict]:
-    """Over seeds, per (condition, cell, k1, k2): geometric mean error, min, max."""
-    groups: dict[tuple, list[dict]] = {}
-    for r in rows:
-        groups.setdefault((r["condition"], r["cell"], r["k1"], r["k2"]), []).append(r)
-    return [dict(condition=c, cell=kind, k1=k1, k2=k2, seeds=len(g),
-                 rel_error=geometric_mean([r["rel_error"] for r in g]),
-                 rel_error_min=min(r["rel_error"] for r in g),
-                 rel_error_max=max(r["rel_error"] for r in g),
-                 cosine=float(np.median([r["cosine"] for r in g])))
-            for (c, kind, k1, k2), g in groups.items()]
+    """`summarise` per (condition, cell, k1, k2)."""
+    return summarise(rows, key=("condition", "cell", "k1", "k2"))
 
 
 def geometric_mean(values: Sequence[float]) -> float:
@@ -227,24 +219,27 @@ def geometric_mean(values: Sequence[float]) -> float:
     return 0.0 if (x <= 0).any() else float(np.exp(np.log(x).mean()))
 
 
-def summarise(rows: Sequence[dict]) -> list[dict]:
-    """Over seeds, for each (cell, radius, k1, k2): the geometric mean of the errors, their
-    median, min and max; the median cosine and its min."""
+def summarise(rows: Sequence[dict],
+              key: Sequence[str] = ("cell", "radius", "k1", "k2")) -> list[dict]:
+    """Over seeds, for each group of rows equal on `key`: the geometric mean of the errors,
+    their median, min and max (and the geometric mean of the error on all params, where
+    rows have it); the median cosine and its min; and the backward steps and peak bytes,
+    which the seed does not change, where rows have them."""
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
-        groups.setdefault((r["cell"], r["radius"], r["k1"], r["k2"]), []).append(r)
+        groups.setdefault(tuple(r[k] for k in key), []).append(r)
     out = []
-    for (kind, radius, k1, k2), g in groups.items():
+    for values, g in groups.items():
         err = np.array([r["rel_error"] for r in g])
         cos = np.array([r["cosine"] for r in g])
-        out.append(dict(cell=kind, radius=radius, k1=k1, k2=k2, seeds=len(g),
-                        rel_error=geometric_mean(err), rel_error_median=float(np.median(err)),
-                        rel_error_min=float(err.min()), rel_error_max=float(err.max()),
-                        rel_error_all_params=geometric_mean(
-                            [r["rel_error_all_params"] for r in g]),
-                        cosine=float(np.median(cos)),
-                        cosine_min=float(cos.min()), backward_steps=g[0]["backward_steps"],
-                        peak_bytes=g[0]["peak_bytes"]))
+        row = dict(zip(key, values), seeds=len(g),
+                   rel_error=geometric_mean(err), rel_error_median=float(np.median(err)),
+                   rel_error_min=float(err.min()), rel_error_max=float(err.max()))
+        if "rel_error_all_params" in g[0]:
+            row["rel_error_all_params"] = geometric_mean([r["rel_error_all_params"] for r in g])
+        row.update(cosine=float(np.median(cos)), cosine_min=float(cos.min()))
+        row.update({k: g[0][k] for k in ("backward_steps", "peak_bytes") if k in g[0]})
+        out.append(row)
     return out
 
 
@@ -278,13 +273,23 @@ def decay_rates(summary: Sequence[dict], kind: str, radius: float,
     return float(tau), float(np.polyfit(np.log(ks[big]), np.log(ek[big]), 1)[0])
 
 
+def first_k2(points: dict, same: bool, target: float) -> int | None:
+    """The smallest k2 among `points` ({(k1, k2): summary row}) whose mean error is below
+    `target`, with k1 = k2 (`same`) or k1 = 1; None when there is none."""
+    for k2 in sorted({k2 for _, k2 in points}):
+        r = points.get((k2 if same else 1, k2))
+        if r is not None and r["rel_error"] < target:
+            return k2
+    return None
+
+
 def _k2_for(summary: Sequence[dict], kind: str, radius: float, same: bool, target: float,
             K2S: Sequence[int]) -> int:
-    """The smallest k2 on the grid whose mean error is below `target` (k1 = 1 or k1 = k2)."""
-    for k2 in K2S:
-        if _lookup(summary, kind, radius, k2 if same else 1, k2)["rel_error"] < target:
-            return k2
-    return K2S[-1]
+    """`first_k2` for one cell and radius; the grid's largest k2 when none is below."""
+    points = {(r["k1"], r["k2"]): r for r in summary
+              if (r["cell"], r["radius"]) == (kind, radius) and r["k2"] in K2S}
+    k2 = first_k2(points, same, target)
+    return K2S[-1] if k2 is None else k2
 
 
 def frontier(s: SimpleNamespace, summary: Sequence[dict]) -> list[dict]:
@@ -440,11 +445,8 @@ def plot_conditions(s: SimpleNamespace, curves: dict) -> plt.Figure:
 
 
 def _k2_reaching(pts: dict, same: bool, target: float) -> str:
-    for k in sorted(k2 for _, k2 in pts):
-        r = pts.get((k if same else 1, k))
-        if r is not None and r["rel_error"] < target:
-            return str(k)
-    return "none < T"
+    k2 = first_k2(pts, same, target)
+    return "none < T" if k2 is None else str(k2)
 
 
 def conditions_section(s: SimpleNamespace, curves: dict, trained: Sequence[dict]) -> str:

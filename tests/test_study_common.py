@@ -50,3 +50,24 @@ def test_study_main_sends_a_smoke_run_to_a_temporary_folder(tmp_path, monkeypatc
     _common.study_main("toy", lambda out, small, quiet: got.append(out) or out, None,
                        ["--out", str(tmp_path / "mine")])
     assert got[-1] == tmp_path / "mine"
+
+
+def test_a_report_lays_out_its_parts_in_one_order_and_checks_the_files_it_names(tmp_path):
+    r = _common.Report("A study", "What it asks.")
+    r.section("Tables", "Some prose.", _common.md_table([{"a": 1.5}]),
+              _common.figure("plot.png", "a plot"))
+    r.finding("- First.")
+    r.file("rows.csv", "one row per run")
+    with pytest.raises(ValueError, match=r"rows\.csv, plot\.png"):  # nothing written yet
+        r.write(tmp_path, "bptt-memory study x")
+    assert not (tmp_path / "report.md").exists()
+    (tmp_path / "rows.csv").write_text("a\n1.5\n")
+    (tmp_path / "plot.png").write_bytes(b"png")
+    (tmp_path / "stray.json").write_text("{}")
+    text = r.write(tmp_path, "bptt-memory study x", pinned=1).read_text()
+    heads = [line for line in text.splitlines() if line.startswith("#")]
+    assert heads == ["# A study", "## Findings", "## Tables", "## Files", "## Provenance"]
+    assert "- First.\n" in text and "- `rows.csv`: one row per run" in text
+    assert "| 1.5 |" in text and "![a plot](plot.png)" in text
+    assert "- Command: `bptt-memory study x`" in text
+    assert _common.unlisted_files(tmp_path) == ["stray.json"]

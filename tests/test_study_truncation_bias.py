@@ -68,6 +68,21 @@ def test_summaries_are_geometric_means_within_the_seeds_band():
     assert np.isclose(s["rel_error"], 1e-4) and s["rel_error_median"] == 1e-4
     assert (s["rel_error_min"], s["rel_error_max"], s["cosine"]) == (1e-6, 1e-2, 0.99)
     assert truncation_bias.geometric_mean([0.0, 1.0]) == 0.0
+    # grouped on other fields (the other conditions' rows), without the optional columns
+    other = [dict(condition=c, cell="gru", k1=1, k2=2, rel_error=e, cosine=0.5)
+             for c, e in (("T=1000", 1e-2), ("T=1000", 1e-4), ("trained", 0.3))]
+    by = {r["condition"]: r for r in truncation_bias.summarise_conditions(other)}
+    assert by["T=1000"]["seeds"] == 2 and np.isclose(by["T=1000"]["rel_error"], 1e-3)
+    assert by["trained"]["rel_error"] == 0.3 and "peak_bytes" not in by["trained"]
+
+
+def test_first_k2_is_the_smallest_k2_below_the_target_for_each_k1_rule():
+    points = {(1, 2): dict(rel_error=0.5), (2, 2): dict(rel_error=0.6),
+              (1, 8): dict(rel_error=0.005), (8, 8): dict(rel_error=0.05),
+              (1, 16): dict(rel_error=0.0), (16, 16): dict(rel_error=0.0)}
+    assert truncation_bias.first_k2(points, same=False, target=0.01) == 8
+    assert truncation_bias.first_k2(points, same=True, target=0.01) == 16
+    assert truncation_bias.first_k2(points, same=True, target=0.0) is None
 
 
 def test_frontier_keeps_exactly_the_undominated_pairs():

@@ -279,12 +279,11 @@ def run(out: Path | str = C.DEFAULT_OUT, *, small: bool = False, quiet: bool = F
     worst_online = max(beyond) if beyond else 1.0
     equal_ok = all(o["equal_up_to"] >= o["(s+1)(s+2)/2"] for o in online_summary)
     plan_worst = max(p["seconds_max"] for p in plans)
-    lines = ["# Long sequences: optimal at T = 10⁶, online checkpointing, bounded planning\n",
-             C.provenance(C.command_line(NAME, small), pinned=1), ""]
+    lead: list[str] = []
     if small:
-        lines += ["*A smoke run at toy sizes: the timings say nothing about the targets, and no "
-                  "verdict is given.*", ""]
-    lines += [
+        lead.append("*A smoke run at toy sizes: the timings say nothing about the targets, and no "
+                    "verdict is given.*")
+    lead += [
         f"**Answer.** `optimal` plans and walks T = {longest:,} at 1, 5 and 20% of full()'s bytes "
         f"in at most {worst_total[longest]:.2f} s (planner memory {planner / 2**10:.0f} KiB), "
         f"within {100 * (worst_bound - 1):.3f}% of a proven lower bound on any exact schedule's "
@@ -292,29 +291,28 @@ def run(out: Path | str = C.DEFAULT_OUT, *, small: bool = False, quiet: bool = F
         f"steps for every s tried, and does at most {worst_online:.3f}× its forward steps beyond "
         f"(T ≤ {s.ONLINE_MAX_STEPS:,}, on a log grid). `bptt-memory plan` answers T up to "
         f"{max(s.PLAN_STEPS):.0e} in at most {plan_worst:.2f} s.",
-        "",
-        "![online against offline binomial](online_vs_binomial.png)",
-        "",
-        "## (a) optimal at long T",
-        "",
+        C.figure("online_vs_binomial.png", "online against offline binomial"),
+    ]
+    report = C.Report(
+        "Long sequences: optimal at T = 10⁶, online checkpointing, bounded planning",
+        "\n\n".join(lead))
+
+    goals = [f"- T = {T:,}: plan + walk at most {worst_total[T]:.2f} s, goal ≤ "
+             f"{GOAL_SECONDS[T]:g} s{_verdict(worst_total[T] <= GOAL_SECONDS[T], small)}"
+             for T in s.LONG_STEPS if T in GOAL_SECONDS]
+    goals.append(f"- planner memory at T = {longest:,}: {planner:,} bytes, goal ≤ "
+                 f"{GOAL_PLANNER_BYTES:,}{_verdict(planner <= GOAL_PLANNER_BYTES, small)}")
+    report.section(
+        "(a) optimal at long T",
         f"LSTM, B = {s.BATCH}, H = {s.HIDDEN}, I = {s.N_IN}, float64. Plan: `optimal(b).cost(T)`; "
         "walk: `simulate` over every action of `iter_schedule(T)`, checking the budget. "
         f"Medians of {s.REPEATS} (caches cleared each time); the planner's memory is "
         "tracemalloc's peak while it plans. The lower bound is 2T − K, K the most steps whose "
         "residuals fit the budget in one run (NOTE [segment plans] 4).",
-        "",
         C.md_table(longs, ["T", "fraction", "plan_seconds", "walk_seconds", "total_seconds",
                            "total_max", "planner_bytes", "forward_steps", "lower_bound",
                            "over_lower_bound", "binomial_forward_steps"]),
-    ]
-    for T in s.LONG_STEPS:
-        if T in GOAL_SECONDS:
-            lines.append(f"- T = {T:,}: plan + walk at most {worst_total[T]:.2f} s, goal ≤ "
-                         f"{GOAL_SECONDS[T]:g} s"
-                         f"{_verdict(worst_total[T] <= GOAL_SECONDS[T], small)}")
-    lines += [f"- planner memory at T = {longest:,}: {planner:,} bytes, goal ≤ "
-              f"{GOAL_PLANNER_BYTES:,}{_verdict(planner <= GOAL_PLANNER_BYTES, small)}", ""]
-    lines += [
+        "\n".join(goals),
         "How far from the optimum: forward steps over the lower bound are at most "
         f"{worst_bound:.5f} here, so these plans are at most {100 * (worst_bound - 1):.3f}% above "
         "the optimum. Where budgets hold only a few states the bound is loose; there the "
@@ -326,37 +324,31 @@ def run(out: Path | str = C.DEFAULT_OUT, *, small: bool = False, quiet: bool = F
         f"{statistics.median(g['segments_ratio'] for g in gaps):.4f}, max "
         f"{max(g['segments_ratio'] for g in gaps):.4f} (segments_vs_exact.csv). `optimal` "
         "uses the exact programme wherever it runs (EXACT_WORK), so this gap only applies "
-        "beyond it.",
-        "",
-        "## (b) online(slots) against offline binomial(slots)",
-        "",
+        "beyond it.")
+    report.section(
+        "(b) online(slots) against offline binomial(slots)",
         f"Forward steps from `Online.cost` (the placement run step by step, then the reversal's "
         f"closed forms) over `binomial_forward_steps`, for every T up to 2·(s+1)(s+2)/2 and "
         f"{s.ONLINE_POINTS} log-spaced T up to {s.ONLINE_MAX_STEPS:,} (online_vs_binomial.csv); "
         "worst_ratio_seen is over those T.",
-        "",
         C.md_table(online_summary),
-        f"- equal to offline binomial up to (s+1)(s+2)/2 for every s{_verdict(equal_ok, small)}",
+        f"- equal to offline binomial up to (s+1)(s+2)/2 for every s{_verdict(equal_ok, small)}\n"
         f"- beyond: at most {worst_online:.4f}× offline's forward steps, goal ≤ "
         f"{GOAL_ONLINE_RATIO}{_verdict(worst_online <= GOAL_ONLINE_RATIO, small)}",
-        "",
         "equinox's `checkpointed_while_loop` describes its online scheme (Stumm & Walther with "
         "Wang & Moin's results) as matching offline treeverse up to (checkpoints + 1)"
         "(checkpoints + 2)/2 steps and making extra steps beyond with similar asymptotic "
         "complexity; it publishes no figure for the excess, so the comparison stops at the "
-        "shared bound. Here s counts stored states besides h0.",
-        "",
-        "## (c) `bptt-memory plan` (compare.plan)",
-        "",
+        "shared bound. Here s counts stored states besides h0.")
+    report.section(
+        "(c) `bptt-memory plan` (compare.plan)",
         f"LSTM B = 32, H = {s.PLAN_HIDDEN}, budget {s.PLAN_BUDGET:,} bytes; seconds over "
         f"{max(1, s.REPEATS)} calls, caches cleared.",
-        "",
         C.md_table(plans),
         f"- at most {plan_worst:.3f} s, goal ≤ {GOAL_PLAN_SECONDS} s"
-        f"{_verdict(plan_worst <= GOAL_PLAN_SECONDS, small)}",
-        "",
-        f"## (d) optimal's run at T = {timed['T']} against full()",
-        "",
+        f"{_verdict(plan_worst <= GOAL_PLAN_SECONDS, small)}")
+    report.section(
+        f"(d) optimal's run at T = {timed['T']} against full()",
         f"LSTM B = {s.BATCH}, H = {s.HIDDEN}, T = {timed['T']}, budget {RUN_FRACTION:.0%} of "
         f"full()'s bytes ({timed['budget_bytes']:,}); {s.RUN_ROUNDS} interleaved rounds after a "
         f"warm-up, one BLAS thread. full(): median {timed['full']['median']:.3f} s "
@@ -364,15 +356,27 @@ def run(out: Path | str = C.DEFAULT_OUT, *, small: bool = False, quiet: bool = F
         f"{timed['optimal']['median']:.3f} s (range {timed['optimal']['min']:.3f}–"
         f"{timed['optimal']['max']:.3f}); per-round ratio "
         f"{timed['ratio_per_round']['min']:.3f}–{timed['ratio_per_round']['max']:.3f}; "
-        f"gradient relative error {timed['grad_rel_error']:.1e}.",
+        f"gradient relative error {timed['grad_rel_error']:.1e}.\n"
         f"Ratio of the medians {timed['ratio_of_medians']:.3f}. optimal's plan here is the exact "
         f"programme's ({timed['optimal_forward_steps']} forward steps), as before issue 17: "
-        "these ratios measure the executor and the machine, not the planner.",
+        "these ratios measure the executor and the machine, not the planner.\n"
         f"- median per-round ratio {timed['ratio_per_round']['median']:.3f}, goal ≤ "
-        f"{GOAL_RUN_RATIO}{_verdict(timed['ratio_per_round']['median'] <= GOAL_RUN_RATIO, small)}",
-        "",
-    ]
-    return C.write_text(d / "report.md", "\n".join(lines))
+        f"{GOAL_RUN_RATIO}{_verdict(timed['ratio_per_round']['median'] <= GOAL_RUN_RATIO, small)}")
+    report.file("optimal_long.csv",
+                "(a), one row per T and budget fraction: plan, walk and total seconds (medians, "
+                "the total's range), the planner's bytes, forward steps walked and priced, peak "
+                "bytes, the lower bound 2T − K and binomial's forward steps at the same budget.")
+    report.file("segments_vs_exact.csv",
+                "(a), one row per random problem: its sizes and budget, the exact programme's "
+                "forward steps, those of segment plans and of the plan `optimal` makes beyond "
+                "the exact programme (segments or blocks), and their ratios to the exact.")
+    report.file("online_vs_binomial.csv",
+                "(b), one row per slots and T on the log grid: online's and offline binomial's "
+                "forward steps and their ratio.")
+    report.file("summary.json",
+                "(a)'s rows, (b)'s summary per slots, (c)'s plan timings, (d)'s timed runs, the "
+                "spread of (a)'s plan / exact ratios, and the settings.")
+    return report.write(d, C.command_line(NAME, small), pinned=1)
 
 
 def _figure(rows: list[dict], summary: list[dict], path: Path) -> None:

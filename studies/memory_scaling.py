@@ -682,22 +682,17 @@ def write_report(d: Path, s: SimpleNamespace, rows: Sequence[dict], fits: Sequen
         for r in fits])
     durations = ", ".join(f"{r['strategy']} {r['seconds']:.2f} s" for r in timeline)
 
-    text = f"""# Memory against sequence length
-
+    report = _common.Report("Memory against sequence length", f"""\
 How many bytes must a strategy keep to backpropagate through T steps, and how does that grow
 with T? Each strategy ran on each cell for T = {', '.join(str(T) for T in s.STEPS)} on a tiny
 problem (B = {s.BATCH}, H = {s.HIDDEN}, I = {s.N_IN}, float64), and its peak was read three
 ways: exactly (`Stats.peak_bytes`: the executor's count of the arrays it keeps for the
 backward pass), by tracemalloc (`Stats.traced_peak_bytes`), and by the kernel (peak RSS of a
 fresh process). The slope of log(peak) against log(T), fitted for T ≥ {s.FIT_MIN_T} (optimal:
-T ≥ {s.OPTIMAL_FIT_MIN_T}), is each strategy's order.
-
-## Findings
-
-{chr(10).join(findings)}
-
-## Slopes
-
+T ≥ {s.OPTIMAL_FIT_MIN_T}), is each strategy's order.""")
+    for finding in findings:
+        report.finding(finding)
+    report.section("Slopes", f"""\
 Least-squares slope of log(peak bytes) against log(T) for T ≥ {s.FIT_MIN_T} (optimal:
 T ≥ {s.OPTIMAL_FIT_MIN_T}, past its knee, the T from which full() would hold more than its
 budget: {', '.join(f'{k} {_optimal_knee(s, k)}' for k in s.CELLS)}). "Measured": only
@@ -708,20 +703,15 @@ the order's slope, except full()'s: its exact peak is rb + (T − 1)·(rb − lb
 (`Cell.recorded_bytes`; rb = `residual_bytes`, lb = `link_bytes`), as a step recorded right
 after another shares lb bytes with it (vanilla h_prev, LSTM c_prev; GRU none), so it grows
 by rb − lb per step and its slope, that of this formula at the measured T, is 1 only as T
-grows.
-
-{fit_table}
-## Peak bytes, LSTM
-
-Exact peaks, measured; in parentheses, predicted by `simulate` without running.
-
-{_peak_table(s, rows, 'lstm') if 'lstm' in s.CELLS else ''}
-![peak bytes against T](scaling.png)
-
+grows.""", fit_table)
+    report.section(
+        "Peak bytes, LSTM",
+        "Exact peaks, measured; in parentheses, predicted by `simulate` without running.",
+        _peak_table(s, rows, "lstm") if "lstm" in s.CELLS else "",
+        _common.figure("scaling.png", "peak bytes against T"), f"""\
 Solid lines and dots: exact, measured. Dotted lines and crosses: tracemalloc. Dashed lines and
 hollow dots: exact, predicted. Stars: exact, measured at T = {lt['T']} in a fresh process;
-triangles: the rise of that process's peak RSS over its RSS before the run.
-
+triangles: the rise of that process's peak RSS over its RSS before the run.""", f"""\
 Setup: `bm.Model(cell, n_out={s.N_OUT})`, mse at every step against standard-normal targets
 (`bm.tasks.random_problem`), seed {s.SEED}. Strategies, with parameters fixed in T:
 `full()`, `truncated(k1={s.K_TRUNCATED}, k2={s.K_TRUNCATED})`, `uniform()` (segments of
@@ -731,10 +721,8 @@ exact gradient. Runs with `trace_memory=True` under one BLAS thread for T ≤ {s
 Above that, running every strategy on every cell under tracemalloc would take the better part
 of an hour here (a traced step is 2-5 times slower, and binomial(slots={s.SLOTS}) at T = 10⁵
 makes about 7·T forward steps), so those peaks are predicted, except the fresh-process runs
-at T = {lt['T']} below. optimal() is neither run nor predicted above T = {s.OPTIMAL_MAX_T}.
-
-## Memory over time, fresh processes
-
+at T = {lt['T']} below. optimal() is neither run nor predicted above T = {s.OPTIMAL_MAX_T}.""")
+    report.section("Memory over time, fresh processes", f"""\
 Each strategy ran in its own interpreter ({tl['cell']}, B = {tl['batch']}, H = {tl['hidden']},
 I = {tl['n_in']}, T = {tl['T']}: one recorded step is {format_bytes(tl_sizes['residual_bytes'])},
 {format_bytes(tl_sizes['residual_bytes'] - tl_sizes['link_bytes'])} once linked to the step before),
@@ -745,11 +733,8 @@ study's process. Run times: {durations}. The children ran with
 in the study); without it glibc keeps freed memory, and RSS shows only the high-water mark.
 full() climbs while it records every step and falls while it reverses them; uniform() rises
 and falls once per segment; binomial() and truncated() hold little, and binomial pays in
-forward steps instead.
-
-![RSS over time](timeline.png)
-
-{_rss_table(rss, 'timeline')}
+forward steps instead.""", _common.figure("timeline.png", "RSS over time"),
+                   _rss_table(rss, "timeline"), """\
 "Rise": the peak RSS (`resource.getrusage(RUSAGE_SELF).ru_maxrss`, high-water mark reset
 once the problem was built) minus the RSS just before the run. "Sampled max rise": the
 largest memory_profiler sample minus the same RSS. Both include the gradients, the
@@ -757,32 +742,23 @@ input-projection chunk and each step's transient arrays, which the exact count l
 Each child is forked by `/bin/sh` rather than spawned by this process: a process started
 by exec inherits the high-water mark of the image it replaced, and Python's subprocess
 spawns through vfork, so a direct child would report the study's own peak RSS as its own
-(see NOTE [fresh process]).
-
-## Kernel cross-check at T = {lt['T']}, fresh processes
-
+(see NOTE [fresh process]).""")
+    # the run time closed the Files section, which `Report` writes now: it ends the last one
+    report.section(f"Kernel cross-check at T = {lt['T']}, fresh processes", f"""\
 The sweep's own {lt['cell']} problem (B = {lt['batch']}, H = {lt['hidden']}), each strategy in
-a fresh process, without tracemalloc.
-
-{_rss_table(rss, 'long')}
-## Files
-
-- `scaling.csv`: one row per (cell, strategy, T): source (measured or predicted), exact and
-  traced peak bytes, tracemalloc's allowance, `simulate`'s prediction, forward steps, and
-  seconds (under tracemalloc, so slower than a plain run).
-- `slopes.csv`: the fitted slopes.
-- `rss.csv`: every fresh-process run: RSS before, ru_maxrss before and after, rise, largest
-  sample.
-- `timeline.csv`: memory_profiler's RSS samples (MiB) against seconds since the run started.
-- `summary.json`: settings, slopes, checks and the fresh-process runs.
-
-The whole study took {seconds / 60:.1f} min.
-
-## Provenance
-
-{_common.provenance(command, pinned=1)}
-"""
-    return _common.write_text(d / "report.md", text)
+a fresh process, without tracemalloc.""", _rss_table(rss, "long"),
+                   f"The whole study took {seconds / 60:.1f} min.")
+    report.file("scaling.csv", "one row per (cell, strategy, T): source (measured or "
+                "predicted), exact and traced peak bytes, tracemalloc's allowance, `simulate`'s "
+                "prediction, forward steps, and seconds (under tracemalloc, so slower than a "
+                "plain run).")
+    report.file("slopes.csv", "the fitted slopes.")
+    report.file("rss.csv", "every fresh-process run: RSS before, ru_maxrss before and after, "
+                "rise, largest sample.")
+    report.file("timeline.csv", "memory_profiler's RSS samples (MiB) against seconds since the "
+                "run started.")
+    report.file("summary.json", "settings, slopes, checks and the fresh-process runs.")
+    return report.write(d, command, pinned=1)
 
 
 def check(rows: Sequence[dict]) -> dict:

@@ -105,9 +105,7 @@ def run(out: Path | str | None = None, *, small: bool = False, quiet: bool = Fal
                                    "config": {**cfg, "dtype": np.dtype(DTYPE).name}})
     _figure(per_cell, growth, d / "bytes_per_step.png")
 
-    lines = ["# What must be kept to backpropagate through time?\n",
-             C.provenance(C.command_line(NAME, small)), ""]
-    lines += [
+    report = C.Report("What must be kept to backpropagate through time?", "\n".join([
         "**The activations and states, not the weights.** The weights are needed by the",
         "backward pass, but they are the same at every step and are kept once whatever T is;",
         "what grows with T is what each step computed. Below, per cell, the arrays one",
@@ -134,30 +132,34 @@ def run(out: Path | str | None = None, *, small: bool = False, quiet: bool = Fal
         "- `residuals_per_state`: a recorded step costs this many stored states. This is why",
         "  a checkpointing strategy stores *states* and recomputes, and why `optimal`, which",
         "  may also keep residuals, beats `binomial` when the budget is in bytes.",
-        "",
-        "## Measured: full()'s memory grows with T, the weights do not",
-        "",
+    ]))
+    report.section(
+        "Measured: full()'s memory grows with T, the weights do not",
         C.md_table([{**g, "peak_bytes": format_bytes(g["peak_bytes"]),
                      "traced_peak_bytes": format_bytes(g["traced_peak_bytes"]),
                      "weight_bytes": format_bytes(g["weight_bytes"])} for g in growth]),
-        "`peak_bytes` is the library's exact count of what it held for the backward pass;",
-        "`traced_peak_bytes` is tracemalloc's peak over the same run (it also sees the",
+        "`peak_bytes` is the library's exact count of what it held for the backward pass;\n"
+        "`traced_peak_bytes` is tracemalloc's peak over the same run (it also sees the\n"
         "gradients and transient temporaries).",
-        "",
-        "![bytes per step](bytes_per_step.png)",
-        "",
-        f"## What each strategy keeps instead (LSTM, T={T}, exact counts from the simulator)",
-        "",
+        C.figure("bytes_per_step.png", "bytes per step"))
+    report.section(
+        f"What each strategy keeps instead (LSTM, T={T}, exact counts from the simulator)",
         C.md_table([{**k, "peak_bytes": format_bytes(k["peak_bytes"])} for k in kept]),
-        "- `peak_bytes` counts each step recorded right after a held one at",
-        "  residual_bytes − link_bytes (linked); truncated's ring does not link.",
-        "- `full()` keeps every step's residuals; `truncated` a ring of k2 of them (biased",
-        "  gradient); `uniform`, `binomial` and `optimal` keep a few states (and, for",
-        "  `optimal`, some residuals) and recompute the rest: exact gradients for more",
-        "  forward steps.",
-        "",
-    ]
-    return C.write_text(d / "report.md", "\n".join(lines))
+        "- `peak_bytes` counts each step recorded right after a held one at\n"
+        "  residual_bytes − link_bytes (linked); truncated's ring does not link.\n"
+        "- `full()` keeps every step's residuals; `truncated` a ring of k2 of them (biased\n"
+        "  gradient); `uniform`, `binomial` and `optimal` keep a few states (and, for\n"
+        "  `optimal`, some residuals) and recompute the rest: exact gradients for more\n"
+        "  forward steps.")
+    report.file("residual_arrays.csv",
+                "the arrays one recorded step keeps, per cell: name, shape, bytes, and which "
+                "array of the step before it shares when linked (the first table).")
+    report.file("data.json",
+                "per cell, the bytes of one state, one recorded step, its link and the weights "
+                "(`per_cell`); full()'s exact and traced peaks against T, with the weights' "
+                f"bytes (`growth`); what each strategy keeps at T = {T} (`strategies`); and the "
+                "settings (`config`).")
+    return report.write(d, C.command_line(NAME, small))
 
 
 def _figure(per_cell: list[dict], growth: list[dict], path: Path) -> None:

@@ -1,7 +1,7 @@
 import csv
 import json
 
-from studies import long_sequences
+from studies import _common, long_sequences
 
 
 def test_small_run_writes_a_report_without_verdicts(tmp_path):
@@ -10,6 +10,12 @@ def test_small_run_writes_a_report_without_verdicts(tmp_path):
     text = path.read_text()
     assert path == d / "report.md" and text.startswith("# Long sequences")
     assert "met**" not in text and "smoke run" in text  # toy timings judge nothing
+    heads = [line for line in text.splitlines() if line.startswith("## ")]
+    assert heads == ["## (a) optimal at long T", "## (b) online(slots) against offline "
+                     "binomial(slots)", "## (c) `bptt-memory plan` (compare.plan)",
+                     f"## (d) optimal's run at T = {long_sequences.SMALL['RUN_STEPS']} against "
+                     "full()", "## Files", "## Provenance"]
+    assert _common.unlisted_files(d) == []  # every file the run wrote is in the report
     assert (d / "online_vs_binomial.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     summary = json.loads((d / "summary.json").read_text())
     for row in summary["optimal_long"]:

@@ -42,6 +42,11 @@ def test_writes_report_figures_and_data(report):
     text = report.read_text()
     assert text.startswith("# Memory against sequence length")
     assert "bptt-memory study memory_scaling --small" in text and "Machine:" in text
+    heads = [line for line in text.splitlines() if line.startswith("## ")]
+    assert heads == ["## Findings", "## Slopes", "## Peak bytes, LSTM",
+                     "## Memory over time, fresh processes",
+                     f"## Kernel cross-check at T = {ms.SMALL['LONG']['T']}, fresh processes",
+                     "## Files", "## Provenance"]
     for name in FIGURES:
         data = (d / name).read_bytes()
         assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 1000, name
@@ -50,6 +55,7 @@ def test_writes_report_figures_and_data(report):
         assert _rows(d / name), name
     summary = json.loads((d / "summary.json").read_text())
     assert summary["checks"]["mismatches"] == 0
+    assert _common.unlisted_files(d) == []  # every file the run wrote is in the report
     assert not list(d.glob("*.tmp")) and not list(d.glob(".*.tmp"))
 
 

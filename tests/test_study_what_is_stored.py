@@ -3,13 +3,20 @@ import json
 
 import numpy as np
 
-from studies import what_is_stored
+from studies import _common, what_is_stored
 
 
 def test_small_run_writes_a_consistent_report(tmp_path):
     path = what_is_stored.run(tmp_path, small=True, quiet=True)
     d = tmp_path / "what_is_stored"
-    assert path == d / "report.md" and path.read_text().startswith("# What must be kept")
+    text = path.read_text()
+    assert path == d / "report.md" and text.startswith("# What must be kept")
+    heads = [line for line in text.splitlines() if line.startswith("## ")]
+    assert heads == ["## Measured: full()'s memory grows with T, the weights do not",
+                     f"## What each strategy keeps instead (LSTM, "
+                     f"T={what_is_stored.SMALL['STRATEGY_STEPS']}, exact counts from the "
+                     "simulator)", "## Files", "## Provenance"]
+    assert _common.unlisted_files(d) == []  # every file the run wrote is in the report
     assert (d / "bytes_per_step.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     data = json.loads((d / "data.json").read_text())
     ratios = {r["cell"]: r["residuals_per_state"] for r in data["per_cell"]}

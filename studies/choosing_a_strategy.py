@@ -421,35 +421,31 @@ def write_report(d: Path, s: SimpleNamespace, costs: list[dict], rows: list[dict
         {"cell": c["cell"], "B": c["B"], "H": c["H"],
          "forward step": f"{c['forward_us']:.3g} µs", "backward step": f"{c['backward_us']:.3g} µs",
          "full() run": f"{c['run_seconds'] * 1e3:.3g} ms at T={c['T']}"} for c in costs])
-    other_tables = "\n".join(
-        f"**{kind}, B={B}, H={H}**\n\n{_grid_table(s, rows, kind, B, H)}"
-        for B, H in s.SIZES for kind in s.CELLS if (kind, B, H) != ("lstm", B0, H0))
-    smoke = ("\n> **Smoke run at toy sizes: the figures below exercise the code and answer "
-             "nothing.**\n" if s.small else "")
+    other_tables = [part for B, H in s.SIZES for kind in s.CELLS
+                    if (kind, B, H) != ("lstm", B0, H0)
+                    for part in (f"**{kind}, B={B}, H={H}**", _grid_table(s, rows, kind, B, H))]
+    smoke = ("> **Smoke run at toy sizes: the figures below exercise the code and answer "
+             "nothing.**" if s.small else "")
     lstm_table = (_grid_table(s, rows, "lstm", B0, H0) if "lstm" in s.CELLS else "")
-    text = f"""# Which strategy should I use?
-{smoke}
-{_lead(s, rows)}
-
-![the decision chart](chart.png)
-
+    lead = [smoke, _lead(s, rows), _common.figure("chart.png", "the decision chart"), f"""\
 Each square is a sequence length T and a memory budget, as a share of what full() would
 hold (`cell.recorded_bytes(T, B)`, {DTYPE}); its colour is the exact strategy
 `bptt_memory.compare.plan` picks, the one ``bptt-memory plan`` names, and the figure in it
 that strategy's predicted time over full()'s. Grey: not even one stored state and one
 step's residuals fit. Budgets are per sequence of B={B0}-wide batches; I={s.N_IN},
-a readout of {s.N_OUT} at every step.
-
-## The chart as a table: lstm, B={B0}, H={H0}
-
+a readout of {s.N_OUT} at every step."""]
+    report = _common.Report("Which strategy should I use?",
+                            "\n\n".join(part for part in lead if part))
+    report.section(
+        f"The chart as a table: lstm, B={B0}, H={H0}",
+        """\
 Every cell and size is in [chart.csv](chart.csv) (also the runner-up, the peak bytes,
-the forward steps and the planning time of every point).
-
-{lstm_table}
-## What it costs, and what truncation would cost instead
-
-![cost against budget, and truncation's error](cost.png)
-
+the forward steps and the planning time of every point).""",
+        lstm_table)
+    report.section(
+        "What it costs, and what truncation would cost instead",
+        _common.figure("cost.png", "cost against budget, and truncation's error"),
+        f"""\
 Truncating to the same budget keeps k2 = budget / (one step's residuals) steps and costs
 no extra time, but biases the gradient. Measured where full() gives the exact gradient
 (T ≤ {s.TRUNCATION_MAX_T:,}, at B={B0}, H={H0}), on a random problem with the model at its
@@ -457,11 +453,11 @@ initialisation, as the relative error over the cell's parameters
 (`bptt_memory.compare.grad_error`; the readout's gradient is exact under truncation): how much
 truncation loses depends on the task and on training (see
 [truncation_bias](../truncation_bias/report.md) for recurrent weights, spectral radii and
-trained models), so read this as the size of the effect, not as a promise.
-
-{trunc_table}
-## Spot checks: real runs
-
+trained models), so read this as the size of the effect, not as a promise.""",
+        trunc_table)
+    report.section(
+        "Spot checks: real runs",
+        f"""\
 The chart's choice (rank 1) and the runner-up (rank 2) at T = {s.SPOT_T:,}, each run
 against full() in {s.SPOT_ROUNDS} interleaved rounds on one BLAS thread
 (`bptt_memory.timing`); the prediction is from the step costs below. Every run's peak
@@ -470,11 +466,11 @@ bytes and forward steps are checked against plan's; the measured time is within
 choice was at least as fast as its runner-up in {held} of {len(order_held)} pairs; in the
 {len(apart)} pair{"s" * (len(apart) != 1)} whose predictions differ by more than
 {100 * APART:g}%, in {held_apart} (where they differ by less, the order is within the
-rounds' spread).
-
-{spot_table}
-## How the times are predicted
-
+rounds' spread).""",
+        spot_table)
+    report.section(
+        "How the times are predicted",
+        f"""\
 Every exact strategy makes T backward steps and some number F ≥ T of forward steps
 (`Plan.forward_steps`, the schedule simulator's count). Its time over full()'s is
 predicted as (F·f + T·b) / (T·(f + b)), with f and b full()'s median forward and backward
@@ -482,32 +478,42 @@ seconds per step, measured on this machine (one BLAS thread, {s.STEP_COST_ROUNDS
 interleaved rounds of full() at T = {s.STEP_COST_T}; phase times from
 `bm.Profile(products=False)`). The prediction leaves out the executor's bookkeeping
 between steps, which the spot checks include; for the same reason the fewest forward
-steps is the fastest choice.
-
-{cost_table}
-## How long planning takes
-
-Wall time of one `plan()` call (every option, the chosen one included), by T:
-
-{plan_table}
+steps is the fastest choice.""",
+        cost_table,
+        # Provenance is _common's, the same for every study: this run's own time and load
+        # go beside the timings they qualify
+        f"""\
+The study took {seconds:.0f} s; the 1-minute load average was {load[0]:.2f} before and
+{load[1]:.2f} after on {os.cpu_count()} cores (the step costs and spot checks are timings on
+a machine that may be shared: read their ratios, not their seconds).""")
+    report.section(
+        "How long planning takes",
+        "Wall time of one `plan()` call (every option, the chosen one included), by T:",
+        plan_table,
+        f"""\
 `plan` prices every option through its own `Strategy.cost` (closed forms, or optimal's
 planner), and the chart calls nothing else: a faster or a different planner shows up here
 when the study is run again, and `tests/test_study_choosing_a_strategy.py` fails on a
 committed chart that `bptt-memory plan` no longer agrees with. Of the {len(rows)} points,
-{_families_line(rows)}.
-
-## The other cells and sizes
-
-{other_tables}
-
-## Provenance
-
-{_common.provenance(command, pinned=1)}
-- Took {seconds:.0f} s; the 1-minute load average was {load[0]:.2f} before and {load[1]:.2f}
-  after on {os.cpu_count()} cores (the step costs and spot checks are timings on a machine
-  that may be shared: read their ratios, not their seconds).
-"""
-    return _common.write_text(d / "report.md", text)
+{_families_line(rows)}.""")
+    report.section("The other cells and sizes", *other_tables)
+    report.file("step_costs.csv", "per cell and size: full()'s median forward and backward "
+                                  f"microseconds per step over {s.STEP_COST_ROUNDS} interleaved "
+                                  f"rounds at T = {s.STEP_COST_T}, and the median seconds of a "
+                                  "whole full() run.")
+    report.file("chart.csv", "one row per (cell, B, H, T, budget fraction): the budget and "
+                             "full()'s bytes; plan's exact choice (strategy and family), its "
+                             "peak bytes, share of full()'s, forward steps, recompute factor "
+                             "and predicted time over full()'s; the runner-up; the planning "
+                             "time; and the truncation that fits the same budget, its k2 and "
+                             "its gradient error where it was measured.")
+    report.file("spot_checks.csv", "one row per spot check and rank: the strategy's peak bytes "
+                                   "and forward steps beside plan's, its predicted and measured "
+                                   "time over full()'s (median and per-round range) and its "
+                                   "gradient error against full()'s.")
+    report.file("summary.json", "the settings, the seconds the study took and the number of "
+                                "CPUs.")
+    return report.write(d, command, pinned=1)
 
 
 # -- run ----------------------------------------------------------------------------------

@@ -546,7 +546,7 @@ def write_report(d: Path, s: SimpleNamespace, runs: dict[str, dict], table: Sequ
     first = full["first_update_below_10pct_baseline"]
 
     findings = [
-        f"- **Did the model learn?** With full() the test MSE went from the baseline "
+        f"**Did the model learn?** With full() the test MSE went from the baseline "
         f"{baseline_mse:.4f} (predicting the mean) to {full['final_test_mse']:.4g} after "
         f"{s.UPDATES} updates ({full['final_test_accuracy']:.1%} of test sums within "
         f"{s.TOLERANCE:g}, against {baseline_acc:.1%} for the mean); "
@@ -554,17 +554,17 @@ def write_report(d: Path, s: SimpleNamespace, runs: dict[str, dict], table: Sequ
            "it never fell below 10% of the baseline.")
         + ("" if learned else " **The model did not learn the task within this budget**, so "
            "the comparison below is between strategies that all stayed near the baseline."),
-        (f"- **Exact strategies learn identically: bitwise.** Every one of the {s.UPDATES} "
+        (f"**Exact strategies learn identically: bitwise.** Every one of the {s.UPDATES} "
          f"training losses of {', '.join(x['strategy'] for x in diffs)} and every final "
          f"parameter equals full()'s exactly (difference 0.0), as do their gradients at the "
          f"initial params and at every evaluation."
          if worst_rel == 0 and worst_par == 0 and worst_grad == 0 else
-         f"- **Exact strategies learn identically.** Over all {s.UPDATES} updates the training "
+         f"**Exact strategies learn identically.** Over all {s.UPDATES} updates the training "
          f"losses of {', '.join(x['strategy'] for x in diffs)} differ from full()'s by at most "
          f"{worst_rel:.2g} relative, their final params by at most {worst_par:.2g} relative "
          f"(per strategy in the table below), and their gradients, at init and at every "
          f"evaluation, by at most {worst_grad:.2g} relative."),
-        f"- **…at a fraction of the memory.** {cheapest['strategy']} kept "
+        f"**…at a fraction of the memory.** {cheapest['strategy']} kept "
         f"{_fmt_bytes(cheapest['peak_bytes'])} ({cheapest['memory_fraction']:.1%} of full()'s "
         f"{_fmt_bytes(full['peak_bytes'])}) for {cheapest['forward_per_T']:.2f}×T forward steps "
         f"and {cheapest['time_ratio']:.2f}× full()'s time per update; "
@@ -577,7 +577,7 @@ def write_report(d: Path, s: SimpleNamespace, runs: dict[str, dict], table: Sequ
         worst = max(ev, key=lambda e: e["grad_rel_error"])
         first_t = r["first_update_below_10pct_baseline"]
         findings.append(
-            f"- **{r['strategy']}** "
+            f"**{r['strategy']}** "
             + (f"(k2 < T/2 = {s.T // 2}: shorter than the distance to every first marker), "
                if strats[r['strategy']].k2 < s.T // 2 else "(k2 < T), ")
             + f"{r['memory_fraction']:.1%} of full()'s memory: final test MSE "
@@ -594,7 +594,7 @@ def write_report(d: Path, s: SimpleNamespace, runs: dict[str, dict], table: Sequ
     partial = [r for r in short if r["final_test_mse"] < 0.5 * baseline_mse]
     if partial:
         findings.append(
-            "- **Truncation slowed learning here but did not stop it** for "
+            "**Truncation slowed learning here but did not stop it** for "
             + ", ".join(r["strategy"] for r in partial)
             + ". "
             + ("At init the exact gradient has almost nothing beyond k2 steps back (the "
@@ -607,7 +607,7 @@ def write_report(d: Path, s: SimpleNamespace, runs: dict[str, dict], table: Sequ
             "shape the same weights that must carry the first marker.")
     else:
         findings.append(
-            "- **Truncation shorter than the dependency did not learn the task**: "
+            "**Truncation shorter than the dependency did not learn the task**: "
             + ", ".join(f"{r['strategy']} ended at {r['final_test_mse'] / baseline_mse:.0%} of "
                         "the baseline MSE" for r in short) + ".")
     half, three_q = s.T // 2, s.T // 2 + (s.T - s.T // 2) // 2
@@ -623,7 +623,7 @@ def write_report(d: Path, s: SimpleNamespace, runs: dict[str, dict], table: Sequ
             + f"{_mse_where(rows_, 'first', half, three_q):.4f} with the first marker "
             f"{half + 1}–{three_q} back vs {_mse_where(rows_, 'first', three_q, s.T):.4f} "
             f"{three_q + 1}–{s.T} back")
-    findings.append("- **Where the error is** (final test MSE, table below): "
+    findings.append("**Where the error is** (final test MSE, table below): "
                     + "; ".join(where) + ".")
 
     dist_rows = []
@@ -638,8 +638,8 @@ def write_report(d: Path, s: SimpleNamespace, runs: dict[str, dict], table: Sequ
                   "‖Δ params‖/‖params‖ at the end": f"{x['final_params_rel_diff']:.3g}"}
                  for x in diffs]
 
-    text = f"""# Training on a long dependency: the adding problem at T = {s.T}
-
+    report = _common.Report(f"Training on a long dependency: the adding problem at T = {s.T}",
+                            f"""\
 **Question.** Does the choice of backward strategy change what a model learns? Exact
 strategies should not (same gradient, less memory); truncation shorter than the
 dependency should fail.
@@ -658,14 +658,12 @@ sequence too: `truncated(k1, k2).run` sums its update points, all at the same pa
 Test set: {s.TEST_SIZE} held-out sequences, evaluated every {s.EVAL_EVERY} updates. Baseline:
 predicting the test targets' mean gives MSE {baseline_mse:.4f} (1/6 ≈ 0.1667 in
 expectation: the variance of a sum of two U(0, 1)) and accuracy {baseline_acc:.3f}.
-{GRU_NOTE if s.CELL == 'gru' else ''}
-
-## Findings
-
-{chr(10).join(findings)}
-
-## Memory, time and accuracy
-
+{GRU_NOTE if s.CELL == 'gru' else ''}""")
+    for finding in findings:
+        report.finding(finding)
+    report.section(
+        "Memory, time and accuracy",
+        f"""\
 Peak (stats) is `stats.peak_bytes`, the bytes the strategy keeps for the backward pass;
 traced peak is tracemalloc's cross-check (it also sees grads and temporaries). Time per
 update is the median of {s.TIMING_REPEATS} gradient computations, interleaved across
@@ -673,16 +671,16 @@ strategies by `bm.compare` with BLAS pinned to one thread (the Adam step is excl
 it is the same for all); the machine's 1-minute load average when timing began was
 {load:.1f} on {os.cpu_count()} cores, so compare ratios rather than absolute times.
 "grad err @init" is ‖g − g_full‖/‖g_full‖ on one batch at the
-initial params. Test MSE and accuracy are after the last update (`updates`).
-
-{_common.md_table(rows)}
-
-![learning curves](learning_curves.png)
-
-![memory and time per update](memory_time.png)
-
-## Over seeds: is truncation worse, or only slower?
-
+initial params. Test MSE and accuracy are after the last update (`updates`).""",
+        _common.md_table(rows),
+        _common.figure("learning_curves.png", "learning curves"),
+        _common.figure("memory_time.png", "memory and time per update"),
+        f"""\
+Training ran in {s.WORKERS} process{'es' if s.WORKERS > 1 else ''} and took {train_wall:.0f} s of
+wall time; the times per update above were measured afterwards, alone.""")
+    report.section(
+        "Over seeds: is truncation worse, or only slower?",
+        f"""\
 full() and each truncated strategy trained again from seeds {list(s.EXTRA_SEEDS)} (params
 and batches; the same test set): the final test MSE's median and range over
 {1 + len(s.EXTRA_SEEDS)} seeds, how many runs got below {threshold:.4f} and when (median
@@ -691,40 +689,28 @@ update), how many updates the runs took (truncated runs go on until they plateau
 quarter of its updates less than {s.PLATEAU:.0%} below the median over the quarter before, or
 less than {s.PLATEAU_ABS:.0%} of the baseline MSE below it (NOTE [plateau] in the study:
 near zero, Adam keeps halving an error that no longer moves at the task's scale).
-{"; ".join(worse_or_slower(seeds_table)) if seeds_table else ""}.
-
-{_common.md_table(seeds_table) if seeds_table else "(not run)"}
-
-## Where the error is: test MSE by how far back each marker lies
-
+{"; ".join(worse_or_slower(seeds_table)) if seeds_table else ""}.""",
+        _common.md_table(seeds_table) if seeds_table else "(not run)")
+    report.section(
+        "Where the error is: test MSE by how far back each marker lies",
+        f"""\
 d is the number of steps from a marker to the last step (d <= k2: inside truncated(k,
 k2)'s last window). The second marker is 1–{s.T // 2} steps back, the first
-{s.T // 2 + 1}–{s.T}. Final params, {s.TEST_SIZE} test sequences (n per group in the header).
-
-{_common.md_table(dist_rows)}
-
-## Exact strategies against full(), over the whole run
-
-{_common.md_table(diff_rows) if diff_rows else '(none)'}
-
-## Files
-
-- `curves.csv`: training MSE and gradient norm (before clipping) per strategy and update.
-- `test_curves.csv`: every {s.EVAL_EVERY} updates, test MSE and accuracy after the update,
-  and the update's gradient error and cosine against full()'s on its batch.
-- `summary.csv`, `summary.json`: the table above, settings, baselines.
-- `exact_curve_differences.csv`: the table just above.
-- `error_by_distance.csv`: the by-distance table.
-- `seeds.csv`: the table over seeds.
-
-Training ran in {s.WORKERS} process{'es' if s.WORKERS > 1 else ''} and took {train_wall:.0f} s of
-wall time; the times per update above were measured afterwards, alone.
-
-## Provenance
-
-{_common.provenance(command, pinned=1)}
-"""
-    return _common.write_text(d / "report.md", text)
+{s.T // 2 + 1}–{s.T}. Final params, {s.TEST_SIZE} test sequences (n per group in the header).""",
+        _common.md_table(dist_rows))
+    report.section("Exact strategies against full(), over the whole run",
+                   _common.md_table(diff_rows) if diff_rows else "(none)")
+    report.file("curves.csv", "training MSE and gradient norm (before clipping) per strategy and "
+                              "update.")
+    report.file("test_curves.csv", f"every {s.EVAL_EVERY} updates, test MSE and accuracy after "
+                                   "the update, and the update's gradient error and cosine "
+                                   "against full()'s on its batch.")
+    report.file("summary.csv", "the table above.")
+    report.file("summary.json", "the table above, settings, baselines.")
+    report.file("exact_curve_differences.csv", "the table just above.")
+    report.file("error_by_distance.csv", "the by-distance table.")
+    report.file("seeds.csv", "the table over seeds.")
+    return report.write(d, command, pinned=1)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -449,7 +449,9 @@ def _k2_reaching(pts: dict, same: bool, target: float) -> str:
     return "none < T" if k2 is None else str(k2)
 
 
-def conditions_section(s: SimpleNamespace, curves: dict, trained: Sequence[dict]) -> str:
+def conditions_section(s: SimpleNamespace, curves: dict, trained: Sequence[dict]
+                       ) -> tuple[str, list[str]]:
+    """The other conditions' section of the report: its heading and its parts."""
     table = []
     mid = [k for k in s.K2S if k < s.T]
     k_lo = mid[min(3, len(mid) - 1)]  # the main table's, e.g. 10 at full size
@@ -469,22 +471,20 @@ def conditions_section(s: SimpleNamespace, curves: dict, trained: Sequence[dict]
                     "after (median of seeds)": f"{np.median([t['test_mse_after'] for t in g]):.3g}",
                     "after, min–max": f"{min(t['test_mse_after'] for t in g):.3g}–"
                                       f"{max(t['test_mse_after'] for t in g):.3g}"})
-    return f"""## Does it hold elsewhere? Longer sequences and trained models
-
+    return "Does it hold elsewhere? Longer sequences and trained models", [
+        f"""\
 NOTE [other conditions] in the study: the main grid's ρ = {s.GRID_RADIUS:g} problem again at
 T = {s.LONG_T}; and each cell trained with full() and Adam (lr {s.TRAIN_LR:g}, clipped to
 norm {s.TRAIN_CLIP:g}) for {s.TRAIN_UPDATES} updates of B = {s.BATCH} on the adding problem
 (T = {s.T}, one loss at the last step depending on inputs at least T/2 steps back), then
 measured on a fresh batch of it. Same seeds, same error over the cell's parameters; "k2
-for 1%" is the smallest k2 on the grid below T whose geometric mean error is under 1%.
-
-{_common.md_table(table)}
-The adding problem's baseline (predicting the mean, 1) has MSE 1/6 ≈ 0.167; how far
-training got:
-
-{_common.md_table(fit)}
-![other conditions](conditions.png)
-"""
+for 1%" is the smallest k2 on the grid below T whose geometric mean error is under 1%.""",
+        _common.md_table(table),
+        """The adding problem's baseline (predicting the mean, 1) has MSE 1/6 ≈ 0.167; how far
+training got:""",
+        _common.md_table(fit),
+        _common.figure("conditions.png", "other conditions"),
+    ]
 
 
 # -- report -------------------------------------------------------------------------------
@@ -495,7 +495,10 @@ def _fmt(x: float) -> str:
 
 
 def write_report(d: Path, s: SimpleNamespace, summary: Sequence[dict], problems: Sequence[dict],
-                 fronts: Sequence[dict], command: str, conditions: str = "") -> Path:
+                 fronts: Sequence[dict], command: str,
+                 conditions: tuple[str, Sequence[str]] | None = None) -> Path:
+    """The report in the one layout (NOTE [one report layout]); `conditions` is
+    `conditions_section`'s heading and parts, when the other conditions were run."""
     K2S, T = s.K2S, s.T
     mid = [k for k in K2S if k < T]
     k_lo, k_hi = mid[min(3, len(mid) - 1)], mid[-1]  # e.g. 10 and 100 at full size
@@ -546,7 +549,7 @@ def write_report(d: Path, s: SimpleNamespace, summary: Sequence[dict], problems:
         e_lo = _lookup(summary, kind, lo_r, 1, k_lo)["rel_error"]
         e_hi = _lookup(summary, kind, hi_r, 1, k_lo)["rel_error"]
         findings.append(
-            f"- **{kind}**: at k2 = {k_lo} the TBPTT(1, k2) error is {_fmt(e_lo)} at ρ = {lo_r:g} "
+            f"**{kind}**: at k2 = {k_lo} the TBPTT(1, k2) error is {_fmt(e_lo)} at ρ = {lo_r:g} "
             f"and {_fmt(e_hi)} at ρ = {hi_r:g}; an error below 1% needs k2 = "
             + ", ".join(f"{_k2_for(summary, kind, r, False, 0.01, K2S)} (ρ = {r:g})"
                         for r in s.RADII)
@@ -562,7 +565,7 @@ def write_report(d: Path, s: SimpleNamespace, summary: Sequence[dict], problems:
                 "whatever ρ, which fits ρ moving the LSTM's τ less than the tanh cell's (next "
                 "findings).")
     findings.append(
-        f"- **k1 = 1 vs k1 = k2**: TBPTT(1, k) is at least as accurate as TBPTT(k, k) in "
+        f"**k1 = 1 vs k1 = k2**: TBPTT(1, k) is at least as accurate as TBPTT(k, k) in "
         f"{better} of {len(below)} (cell, ρ, 1 < k < T) cases; where both errors are above "
         f"1e-8, the ratio (k, k)/(1, k) has median {np.median(ratios):.3g} "
         f"(range {min(ratios):.3g}–{max(ratios):.3g}). "
@@ -572,7 +575,7 @@ def write_report(d: Path, s: SimpleNamespace, summary: Sequence[dict], problems:
         + f" (T = {T}).")
     rates = {(kind, r): decay_rates(summary, kind, r, K2S, T) for kind in s.CELLS for r in s.RADII}
     findings.append(
-        "- **Two decay laws** (NOTE [two decay laws]): TBPTT(1, k)'s error falls exponentially "
+        "**Two decay laws** (NOTE [two decay laws]): TBPTT(1, k)'s error falls exponentially "
         "in k, with e-folding length τ = "
         + "; ".join(f"{kind}: " + ", ".join(f"{rates[kind, r][0]:.3g}" for r in s.RADII)
                     for kind in s.CELLS)
@@ -587,7 +590,7 @@ def write_report(d: Path, s: SimpleNamespace, summary: Sequence[dict], problems:
     k1s = [k for k in K2S if k <= kg]
     k1_half = max(k for k in k1s if 2 * k <= kg)
     findings.append(
-        f"- **The (k1, k2) grid** at ρ = {s.GRID_RADIUS:g}: what matters is how far every loss "
+        f"**The (k1, k2) grid** at ρ = {s.GRID_RADIUS:g}: what matters is how far every loss "
         f"is backpropagated, k2 − k1 + 1 steps at least. At k2 = {kg}: "
         + "; ".join(f"{kind}: " + ", ".join(
             f"k1 = {k1} → {_fmt(_lookup(summary, kind, s.GRID_RADIUS, k1, kg)['rel_error'])}"
@@ -595,17 +598,17 @@ def write_report(d: Path, s: SimpleNamespace, summary: Sequence[dict], problems:
     for kind in s.CELLS:
         front = [p for p in fronts if p["cell"] == kind and p["on_frontier"]]
         findings.append(
-            f"- **Cost against accuracy, {kind}** (ρ = {s.GRID_RADIUS:g}, ![](frontier.png)): "
+            f"**Cost against accuracy, {kind}** (ρ = {s.GRID_RADIUS:g}, "
+            f"{_common.figure('frontier.png', '')}): "
             "the pairs no other beats at no more backward work are "
             + ", ".join(f"({p['k1']}, {p['k2']}) at {p['backward_per_step']:.3g} backward "
                         f"steps per step, error {_fmt(p['rel_error'])}" for p in front)
             + ".")
     findings.append(
-        f"- **k2 >= T is exact**: for every k1, the largest relative error with k2 = T is "
+        f"**k2 >= T is exact**: for every k1, the largest relative error with k2 = T is "
         f"{worst_exact:.2g} (floating-point rounding).")
 
-    text = f"""# Truncation bias: TBPTT(k1, k2) against the exact gradient
-
+    report = _common.Report("Truncation bias: TBPTT(k1, k2) against the exact gradient", f"""\
 **Question.** How far is the truncated gradient from the exact one, as a function of k1,
 k2 and how fast the recurrence forgets (the spectral radius ρ of W_hh)?
 
@@ -626,46 +629,36 @@ parameters** (weight_ih, weight_hh and biases): the readout's gradient is exact 
 truncation and would dilute the error (NOTE [recurrent error]; the error over every
 parameter is in `summary.csv` as `rel_error_all_params`). TBPTT(1, k) and
 TBPTT(k, k) are run for every k2 ∈ {list(K2S)} at every ρ; the whole k1 ≤ k2 grid at
-ρ = {s.GRID_RADIUS:g}.
-
-## Findings
-
-{chr(10).join(findings)}
-
-## Errors by cell and spectral radius
-
+ρ = {s.GRID_RADIUS:g}.""")
+    for finding in findings:
+        report.finding(finding)
+    report.section(
+        "Errors by cell and spectral radius",
+        """\
 "err (k1,k2)" is the geometric mean relative error over seeds; "k2 for 1%" the smallest k2
 on the grid whose geometric mean error is below 1% (T when none short of T is). ‖g*‖ is
-the exact gradient's norm, "mean f" the LSTM's mean forget gate over the run.
-
-{_common.md_table(table)}
-
-![error and cosine vs k2](error_vs_k2.png)
-
-![log10 error over (k1, k2)](grid_k1_k2.png)
-
-{conditions}
-**Reading the figures.** Solid lines are TBPTT(1, k2), dashed TBPTT(k2, k2); the band
+the exact gradient's norm, "mean f" the LSTM's mean forget gate over the run.""",
+        _common.md_table(table),
+        _common.figure("error_vs_k2.png", "error and cosine vs k2"),
+        _common.figure("grid_k1_k2.png", "log10 error over (k1, k2)"),
+        f"""**Reading the figures.** Solid lines are TBPTT(1, k2), dashed TBPTT(k2, k2); the band
 spans the seeds. The dotted vertical line is k2 = T, where truncation cuts nothing and
 the error drops to rounding (drawn at {FLOOR:g}). In the grid, rows are k1 and columns k2;
-cells show log10 of the geometric mean relative error at ρ = {s.GRID_RADIUS:g}.
-
-## Files
-
-- `errors.csv`: one row per (cell, ρ, seed, k1, k2): relative error, cosine, backward
-  steps and peak bytes of the truncated run.
-- `summary.csv`: the same over seeds: geometric mean, median, min and max.
-- `frontier.csv`: the cost-versus-accuracy frontier at ρ = {s.GRID_RADIUS:g}.
-- `problems.csv`: per (cell, ρ, seed): the exact loss, ‖g*‖ and the LSTM's mean forget gate.
-- `conditions.csv`, `conditions_summary.csv`, `trained.csv`: the other conditions (per
-  seed, over seeds) and the trained models' held-out MSE before and after training.
-- `summary.json`: the settings and the summary.
-
-## Provenance
-
-{_common.provenance(command)}
-"""
-    return _common.write_text(d / "report.md", text)
+cells show log10 of the geometric mean relative error at ρ = {s.GRID_RADIUS:g}.""")
+    if conditions is not None:
+        report.section(conditions[0], *conditions[1])
+    report.file("errors.csv", "one row per (cell, ρ, seed, k1, k2): relative error, cosine, "
+                              "backward steps and peak bytes of the truncated run.")
+    report.file("summary.csv", "the same over seeds: geometric mean, median, min and max.")
+    report.file("frontier.csv", f"the cost-versus-accuracy frontier at ρ = {s.GRID_RADIUS:g}.")
+    report.file("problems.csv", "per (cell, ρ, seed): the exact loss, ‖g*‖ and the LSTM's "
+                                "mean forget gate.")
+    if conditions is not None:
+        report.file("conditions.csv", "the other conditions, per seed.")
+        report.file("conditions_summary.csv", "the other conditions, over seeds.")
+        report.file("trained.csv", "the trained models' held-out MSE before and after training.")
+    report.file("summary.json", "the settings and the summary.")
+    return report.write(d, command)
 
 
 def run(out: Path | str | None = None, *, small: bool = False, quiet: bool = False) -> Path:

@@ -8,6 +8,7 @@ import pytest
 
 import bptt_memory as bm
 from bptt_memory.cli import main
+from studies import _common
 from studies import choosing_a_strategy as study
 
 COMMITTED = Path(__file__).resolve().parents[1] / "reports" / study.NAME / "chart.csv"
@@ -56,6 +57,11 @@ def test_small_run_writes_the_chart_its_data_and_a_report(small_run):
     assert "Smoke run at toy sizes" in text
     assert "bptt-memory study choosing_a_strategy --small" in text
     assert " met" not in text  # toy timings judge nothing
+    # the one report layout (NOTE [one report layout]), every file the run wrote listed
+    heads = [line for line in text.splitlines() if line.startswith("## ")]
+    assert heads[0].startswith("## The chart as a table") and "## Findings" not in heads
+    assert heads[-3:] == ["## The other cells and sizes", "## Files", "## Provenance"]
+    assert _common.unlisted_files(d) == []
 
 
 def test_spot_checks_run_what_was_planned_exactly(small_run):

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from bptt_memory.compare import OPTIMAL_FRACTION
+from studies import _common
 from studies import long_dependency_training as ldt
 
 
@@ -29,6 +30,14 @@ def test_small_run_writes_a_consistent_report(tmp_path):
         data = (d / png).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000
     assert not list(d.glob("*.tmp")) and not list(d.glob(".*"))
+    # the one report layout (NOTE [one report layout]), every file the run wrote listed
+    heads = [line for line in path.read_text().splitlines() if line.startswith("## ")]
+    assert heads == ["## Findings", "## Memory, time and accuracy",
+                     "## Over seeds: is truncation worse, or only slower?",
+                     "## Where the error is: test MSE by how far back each marker lies",
+                     "## Exact strategies against full(), over the whole run",
+                     "## Files", "## Provenance"]
+    assert _common.unlisted_files(d) == []
 
     saved = json.loads((d / "summary.json").read_text())
     s, table = saved["settings"], {r["strategy"]: r for r in saved["table"]}

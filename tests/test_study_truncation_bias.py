@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from studies import truncation_bias
+from studies import _common, truncation_bias
 
 
 @pytest.fixture(scope="module")
@@ -22,6 +22,12 @@ def test_small_run_writes_a_consistent_report(small_run):
         data = (d / png).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000
     assert not list(d.glob("*.tmp")) and not list(d.glob(".*"))
+    # the one report layout (NOTE [one report layout]), every file the run wrote listed
+    heads = [line for line in path.read_text().splitlines() if line.startswith("## ")]
+    assert heads == ["## Findings", "## Errors by cell and spectral radius",
+                     "## Does it hold elsewhere? Longer sequences and trained models",
+                     "## Files", "## Provenance"]
+    assert _common.unlisted_files(d) == []
 
     saved = json.loads((d / "summary.json").read_text())
     s = saved["settings"]

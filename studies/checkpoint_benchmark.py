@@ -214,7 +214,9 @@ def timing(s: SimpleNamespace) -> tuple[list[dict], dict]:
 
 
 def report(s: SimpleNamespace, plan: list[dict], rows: list[dict], verdict: dict,
-           command: str) -> str:
+           reports: Path) -> _common.Report:
+    """The report, with `reconcile`'s paragraph against the recompute_tradeoff report in
+    `reports` (the folder this study's own folder is in)."""
     dt = np.dtype(DTYPE).name
     sizes = _sizes(s)
     sb, rb, lb = sizes["state_bytes"], sizes["residual_bytes"], sizes["link_bytes"]
@@ -223,45 +225,40 @@ def report(s: SimpleNamespace, plan: list[dict], rows: list[dict], verdict: dict
     def secs(v: float | None) -> str:
         return "-" if v is None else f"{v:.3f}"
 
-    lines = [
-        "# Checkpoint benchmark: planning time, and run time against full()",
-        "",
-        _common.provenance(command, pinned=1),
-        "",
-        "## Planning",
-        "",
+    rep = _common.Report("Checkpoint benchmark: planning time, and run time against full()")
+    rep.section(
+        "Planning",
         f"Plans are walked lazily by `simulate`, which checks them. optimal's budgets are in "
         f"LSTM states at B={s.BATCH}, H={s.HIDDEN}, {dt} ({sb:,} B a state, {rb:,} B a step's "
         f"residuals on its own, {rb - lb:,} B when the step before it is still held: NOTE "
         "[linked steps] in `bptt_memory/cells/_gated.py`); cold = a fresh interpreter, warm = "
         "repeated in-process with its tables memoised.",
-        "",
-        "| policy | T | cold s | warm s | forward steps | binomial at that budget | peak held |",
-        "|---|---:|---:|---:|---:|---:|---|",
-        *[f"| {p['policy']} | {p['T']:,} | {secs(p['cold_s'])} | {secs(p['warm_s'])} | "
-          f"{p['forward']:,} | {p['binomial']:,} | {p['peak']} |" for p in plan],
-        "",
-        "## Time and memory relative to full()",
-        "",
+        "\n".join([
+            "| policy | T | cold s | warm s | forward steps | binomial at that budget "
+            "| peak held |",
+            "|---|---:|---:|---:|---:|---:|---|",
+            *[f"| {p['policy']} | {p['T']:,} | {secs(p['cold_s'])} | {secs(p['warm_s'])} | "
+              f"{p['forward']:,} | {p['binomial']:,} | {p['peak']} |" for p in plan]]))
+    rep.section(
+        "Time and memory relative to full()",
         f"LSTM B={s.BATCH}, H={s.HIDDEN}, I={s.N_IN}, T={s.STEPS}, {dt}, one BLAS thread; "
         f"median wall time of {s.REPEATS} interleaved rounds after one warm-up round "
         "(`run` as a user calls it, planning included; optimal's tables are memoised after "
         "the warm-up).",
-        "",
-        "| strategy | peak_bytes | memory / full | forward steps | recompute | median s "
-        "| min–max s | time / full | steps alone | grad rel. err vs full |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-        *[f"| {r['strategy']} | {r['peak_bytes']:,} | {r['memory']:.3f} | {r['forward']:,} | "
-          f"{r['recompute']:.2f}x | {r['median_s']:.3f} | "
-          f"{r['spread'][0]:.3f}–{r['spread'][1]:.3f} "
-          f"| {r['time']:.2f}x | {r['predicted']:.2f}x | {r['grad_err']:.1e} |" for r in rows],
-        "",
+        "\n".join([
+            "| strategy | peak_bytes | memory / full | forward steps | recompute | median s "
+            "| min–max s | time / full | steps alone | grad rel. err vs full |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            *[f"| {r['strategy']} | {r['peak_bytes']:,} | {r['memory']:.3f} | {r['forward']:,} | "
+              f"{r['recompute']:.2f}x | {r['median_s']:.3f} | "
+              f"{r['spread'][0]:.3f}–{r['spread'][1]:.3f} "
+              f"| {r['time']:.2f}x | {r['predicted']:.2f}x | {r['grad_err']:.1e} |"
+              for r in rows]]),
         "*steps alone*: the time over full()'s that the run's forward and backward steps "
         "would take at what each costs inside full() (its median forward and backward "
         "seconds per step in the same rounds; `recomputation_ratio` in `studies/_common.py`); "
         "time / full above it is the executor's bookkeeping, or steps that cost more where "
         "the strategy runs them.",
-        "",
         f"**Goal**: optimal at {s.BUDGET_FRACTION:.0%} of full's peak_bytes (budget "
         f"{verdict['budget']:,} B, {'held' if verdict['within_budget'] else 'EXCEEDED'}) "
         f"within {s.GOAL_TIME_RATIO}x full's time: **{_common.verdict(verdict['met'], s.small)}** "
@@ -271,9 +268,15 @@ def report(s: SimpleNamespace, plan: list[dict], rows: list[dict], verdict: dict
         + f"; its steps alone would take {verdict['predicted']:.3f}x"
         + (f", already beyond {s.GOAL_TIME_RATIO}x before any bookkeeping"
            if not verdict["met"] and verdict["predicted"] > s.GOAL_TIME_RATIO else "") + ").",
-        "",
-    ]
-    return "\n".join(lines)
+        reconcile(s, verdict, reports),
+        _common.figure("time_memory.png", "time against memory"))
+    rep.file("planning.csv", "one row per plan in the Planning table: policy, T, cold and "
+             "warm seconds, forward steps, binomial's at that budget, peak held.")
+    rep.file("timing.csv", "one row per strategy of the run: peak bytes, memory, forward steps, "
+             "recompute factor, median seconds (with each strategy's min–max seconds), time over "
+             "full()'s, steps alone, gradient error.")
+    rep.file("summary.json", "settings and verdict.")
+    return rep
 
 
 def reconcile(s: SimpleNamespace, verdict: dict, reports: Path) -> str:
@@ -333,18 +336,15 @@ def run(out: Path | str | None = None, *, small: bool = False, quiet: bool = Fal
     d = _common.report_dir(out, NAME, small)
     plan = planning(s)
     rows, verdict = timing(s)
-    text = report(s, plan, rows, verdict, _common.command_line(NAME, small))
-    text += "\n" + reconcile(s, verdict, d.parent) + "\n"
-    text += ("\nData: `planning.csv`, `timing.csv` (with each strategy's min–max seconds), "
-             "`summary.json` (settings and verdict); figure: `time_memory.png`.\n\n"
-             "![time against memory](time_memory.png)\n")
     _common.write_csv(d / "planning.csv", plan)
     _common.write_csv(d / "timing.csv", [{**r, "spread": list(r["spread"])} for r in rows])
     _common.write_json(d / "summary.json", {"settings": vars(s), "verdict": verdict})
     _common.save_figure(plot_time_memory(rows), d / "time_memory.png")
+    path = report(s, plan, rows, verdict, d.parent).write(
+        d, _common.command_line(NAME, small), pinned=1)
     if not quiet:
-        print(text)
-    return _common.write_text(d / "report.md", text)
+        print(path.read_text())
+    return path
 
 
 def main(argv: Sequence[str] | None = None) -> None:

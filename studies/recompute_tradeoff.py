@@ -507,38 +507,50 @@ def write_report(d: Path, s: SimpleNamespace, rows: list[dict], timed: list[dict
             f"α = {a_opt:.2f} of a full() step, so 4/3 needs F ≤ {need:.2f}, which its frontier "
             + (f"reaches from {_pct(at)} of full()'s bytes." if math.isfinite(at) else
                "does not reach below full()'s bytes."))
-    findings = [
-        f"- **At {_pct(f)} of full()'s bytes (T = {T0})** the forward-step factor is "
+    report = _common.Report(
+        "Recompute against memory: what keeping less costs",
+        f"""\
+What does backpropagating through time cost, in forward steps and in wall time, when the
+memory for it is cut to a fraction of what full() keeps? For an LSTM (B = {s.BATCH},
+I = {s.N_IN}, H = {s.HIDDEN}, float64: one stored state {format_bytes(sb)}; one recorded
+step {format_bytes(rb)} on its own, {rb / sb:g} states, and {format_bytes(rb - lb)},
+{(rb - lb) / sb:g} states, when the step before it is still held, because it then shares
+c_prev with that step (NOTE [linked steps] in `bptt_memory/cells/_gated.py`); full() records all
+T steps in one run, {format_bytes(rb)} + (T − 1)·{format_bytes(rb - lb)}) at
+T = {', '.join(map(str, s.STEPS))}.""")
+    report.finding(
+        f"**At {_pct(f)} of full()'s bytes (T = {T0})** the forward-step factor is "
         f"{F(T0, 'optimal', f)} for `optimal`, {F(T0, 'binomial', f)} for `binomial` and "
         f"{F(T0, 'uniform', f)} for `uniform`; the measured wall-time ratios are in the "
-        "headline table below.",
-        f"- **Gruslys et al.'s headline.** {verdict_text}",
-        f"- **Keeping residuals as well as states pays** when a recorded step costs "
+        "headline table below.")
+    report.finding(f"**Gruslys et al.'s headline.** {verdict_text}")
+    report.finding(
+        f"**Keeping residuals as well as states pays** when a recorded step costs "
         f"{rb / sb:g} states on its own and {(rb - lb) / sb:g} linked to the one before: "
         + "; ".join(adv) + ", counting only budgets where binomial is below its T − 1 "
         "slots. Binomial is the optimum *for states only* (its points "
         "lie on Griewank's curve), so it never does fewer than 2T − 1 forward steps: every "
         "step is run once plainly and once more to record it. `optimal` and `uniform` reach "
-        "T at full budget.",
-        "- **Uniform cannot go low:** its least memory for any `every` is "
+        "T at full budget.")
+    report.finding(
+        "**Uniform cannot go low:** its least memory for any `every` is "
         + ", ".join(f"{_pct(_uniform_floor(s, T))} of full at T = {T}" for T in s.STEPS)
-        + ". Where it fits, " + "; ".join(vs_uniform) + ".",
-    ]
+        + ". Where it fits, " + "; ".join(vs_uniform) + ".")
     if math.isfinite(alpha):
         per = ", ".join(f"{name} {alphas[name][0]:.2f}" for name in STRATEGIES
                         if name in alphas and math.isfinite(alphas[name][0]))
-        findings.append(
-            f"- **Time is not forward steps.** Over the {len(timed) - 1} timed runs, "
+        report.finding(
+            f"**Time is not forward steps.** Over the {len(timed) - 1} timed runs, "
             f"time / full()'s ≈ 1 + α·(F − 1) with α = {alpha:.2f} (largest deviation "
             f"{alpha_resid:.2f}); fitted per strategy, α is {per}. Every strategy records each "
             "step once, so its extra forward steps are plain advances, and α is what one "
             "advance costs next to one full() step (a recorded forward step, its reverse, "
             "the readout and loss): time grows more slowly than F.")
     if violations:
-        findings.append("- **Checks that failed:** " + "; ".join(violations))
+        report.finding("**Checks that failed:** " + "; ".join(violations))
     else:
-        findings.append(
-            "- **Checks.** For every strategy the forward steps fall (weakly) as the budget "
+        report.finding(
+            "**Checks.** For every strategy the forward steps fall (weakly) as the budget "
             "grows; `optimal` never does more forward steps than `binomial` or `uniform` at the "
             "same budget; "
             "every count from `simulate` equals its strategy's own formula (uniform's "
@@ -556,77 +568,58 @@ def write_report(d: Path, s: SimpleNamespace, rows: list[dict], timed: list[dict
                     "seconds (median)": r["seconds_median"], "time / full()": r["time_ratio"],
                     "fastest / fastest full()": r["time_ratio_of_minima"],
                     "grad rel. error": r["grad_rel_error"]} for r in timed]
-    text = f"""# Recompute against memory: what keeping less costs
-
-What does backpropagating through time cost, in forward steps and in wall time, when the
-memory for it is cut to a fraction of what full() keeps? For an LSTM (B = {s.BATCH},
-I = {s.N_IN}, H = {s.HIDDEN}, float64: one stored state {format_bytes(sb)}; one recorded
-step {format_bytes(rb)} on its own, {rb / sb:g} states, and {format_bytes(rb - lb)},
-{(rb - lb) / sb:g} states, when the step before it is still held, because it then shares
-c_prev with that step (NOTE [linked steps] in `bptt_memory/cells/_gated.py`); full() records all
-T steps in one run, {format_bytes(rb)} + (T − 1)·{format_bytes(rb - lb)}) at
-T = {', '.join(map(str, s.STEPS))}.
-
-## Findings
-
-{chr(10).join(findings)}
-
-## Gruslys et al.'s headline: T = {T0}, {_pct(f)} of full()'s memory
-
-{_common.md_table(head_table)}
+    report.section(
+        f"Gruslys et al.'s headline: T = {T0}, {_pct(f)} of full()'s memory",
+        _common.md_table(head_table),
+        f"""\
 Time ratios are medians of {s.REPEATS} interleaved runs against full()'s median in the
 same process (full() took {_at(timed, 1.0, strategy='full')['seconds_median']:.3g} s).
 Gruslys et al. measured on a GPU with their own LSTM; here every step is numpy on one
 BLAS thread, where a forward step's share of a full() step (α above) sets how much
-recomputation costs.
-
-## Forward steps against memory
-
-![forward steps against memory](frontier.png)
-
+recomputation costs.""")
+    report.section(
+        "Forward steps against memory",
+        _common.figure("frontier.png", "forward steps against memory"),
+        f"""\
 Each strategy gets, at each budget, its parameter with the fewest forward steps that fits:
 uniform the best `every` (from its documented costs), binomial `slots` = ⌊(budget −
 one step's residuals) / state⌋ (at most T − 1), optimal the budget itself. Points are
 placed at the peak bytes `simulate` reports (linked steps priced as such), as a fraction
 of full()'s {format_bytes(rb)} + (T − 1)·{format_bytes(rb - lb)};
 the grey curve is Griewank's T + t(T, s + 1) placed at s states + one recorded step. The
-dotted line marks {_pct(f)}. Both axes are logarithmic.
-
-"""
-    for T in s.STEPS:
-        text += f"### T = {T} (F = forward steps / T)\n\n"
-        text += _frontier_table(rows, T, _fractions(s, T))
-        text += "\n"
-    text += f"""`optimal: states + steps` is the peak number of stored states and recorded steps
+dotted line marks {_pct(f)}. Both axes are logarithmic.""",
+        *(f"### T = {T} (F = forward steps / T)\n\n" + _frontier_table(rows, T, _fractions(s, T))
+          for T in s.STEPS),
+        f"""\
+`optimal: states + steps` is the peak number of stored states and recorded steps
 of its plan. Optimal plans every budget: with its exact programme where that is bounded
 (`EXACT_WORK` in `bptt_memory/checkpoint.py`: O(T²·m) in the budget m in units,
 `Optimal.units`), and beyond it with the best segment or block plan (NOTE [segment
 plans] and [block plans] there), which never does more forward steps than binomial at
 the same bytes. Above {format_bytes(2048 * unit)} (2048 units of {format_bytes(unit)}) the
 exact programme rounds item sizes up to a coarser unit, so its plans there can use less
-than the budget and be slightly off optimal.
-
+than the budget and be slightly off optimal.""",
+        f"""\
 Planning time (the `simulate` walk, and optimal's cost tables when first built), summed
-over the budgets: {planning}.
-
-## Wall time against memory (T = {T0})
-
-![time against memory](time.png)
-
-{_common.md_table(timed_table)}
+over the budgets: {planning}.""")
+    report.section(
+        f"Wall time against memory (T = {T0})",
+        _common.figure("time.png", "time against memory"),
+        _common.md_table(timed_table),
+        f"""\
 Left: time ratio (solid) and forward-step factor (dashed) against memory; right: time ratio
 against the forward-step factor, with the fit 1 + α(F − 1). Every gradient matches full()'s
 (largest relative error {max(errors) if errors else float('nan'):.2g}). Every exact strategy
 records each step exactly once (`simulate` forbids recording a step twice), so all extra
 forward steps are plain advances that keep nothing; the strategies differ in how many there
-are and in how many actions carry them (`actions`: binomial's are one-step pieces).
-
+are and in how many actions carry them (`actions`: binomial's are one-step pieces).""",
+        f"""\
 The machine was shared while timing: load average {load0[0]:.1f} before and {load1[0]:.1f}
 after on {meta['cpus']} CPUs. Interleaving spreads that noise over all strategies alike;
-the min–max spread of each run is in `timing.csv` and as bars in the right panel.
-
-## Setup
-
+the min–max spread of each run is in `timing.csv` and as bars in the right panel.""")
+    report.section(
+        "Setup",
+        f"""\
 Model: `bm.Model(bm.lstm({s.N_IN}, {s.HIDDEN}), n_out={s.N_OUT})`, mse at every step
 against standard-normal targets (`bm.tasks.random_problem`), seed {s.SEED}. Memory is the
 exact peak of what a strategy holds for the backward pass (stored states and recorded
@@ -634,22 +627,15 @@ steps; `Stats.peak_bytes`), not counting parameters, gradients, the working stat
 transient temporaries. Timed runs: `strategy.run` under one BLAS thread, one untimed
 warm-up round, then {s.REPEATS} rounds running every strategy once each (the order rotated
 each round and reversed every other round: NOTE [round order] in
-`bptt_memory/compare.py`). The whole study took {seconds / 60:.1f} min.
-
-## Files
-
-- `frontier.csv`: one row per (T, strategy, budget): parameter, peak bytes and fraction,
-  peak states and recorded steps, forward steps from `simulate` and from the strategy's
-  own formula, recompute factor, planning seconds.
-- `binomial_curve.csv`: Griewank's T + t(T, s + 1) for s from 1 to T − 1 (log-spaced).
-- `timing.csv`: the timed runs: medians, min, max, time ratio, gradient error.
-- `data.json`: settings, the headline verdict, α, raw timings.
-
-## Provenance
-
-{_common.provenance(command, pinned=1)}
-"""
-    return _common.write_text(d / "report.md", text)
+`bptt_memory/compare.py`). The whole study took {seconds / 60:.1f} min.""")
+    report.file("frontier.csv", "one row per (T, strategy, budget): parameter, peak bytes and "
+                "fraction, peak states and recorded steps, forward steps from `simulate` and "
+                "from the strategy's own formula, recompute factor, planning seconds.")
+    report.file("binomial_curve.csv",
+                "Griewank's T + t(T, s + 1) for s from 1 to T − 1 (log-spaced).")
+    report.file("timing.csv", "the timed runs: medians, min, max, time ratio, gradient error.")
+    report.file("data.json", "settings, the headline verdict, α, raw timings.")
+    return report.write(d, command, pinned=1)
 
 
 def _first_fraction_at(rows: Sequence[dict], T: int, name: str, factor: float) -> float:

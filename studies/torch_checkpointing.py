@@ -54,17 +54,17 @@ from bptt_memory.timing import interleaved
 from . import output_folder
 from ._common import (
     DEFAULT_OUT,
+    Report,
     command_line,
+    figure,
     md_table,
     plt,
-    provenance,
     report_dir,
     save_figure,
     strategy_color,
     verdict,
     write_csv,
     write_json,
-    write_text,
 )
 
 NAME = "torch_checkpointing"
@@ -312,29 +312,36 @@ def _write(d: Path, rows: list[dict], small: bool, command: str, torch: Any,
     cols = ["cell", "H", "T", "contender", "strategy", "median_s", "min_s", "max_s",
             "vs_plain", "vs_plain_min", "vs_plain_max", "vs_checkpoint", "bytes",
             "forward_steps", "plan_seconds"]
-    text = "\n".join([
-        "# Checkpointing a PyTorch cell loop: bptt_memory.torch.scan against torch", "",
-        answer, "", "![time against peak saved bytes](time_vs_bytes.png)", "",
-        "## Targets", "",
-        "`ratio` is the median of per-round ratios, `ratio_min`–`ratio_max` their range.", "",
+    lead = answer + "\n\n" + figure("time_vs_bytes.png", "time against peak saved bytes")
+    report = Report("Checkpointing a PyTorch cell loop: bptt_memory.torch.scan against torch",
+                    lead)
+    report.section(
+        "Targets",
+        "`ratio` is the median of per-round ratios, `ratio_min`–`ratio_max` their range.",
         md_table(targets, ["target", "config", "ratio", "ratio_min", "ratio_max", "bytes_ok",
-                           "met"]) if targets else "Not judged at toy sizes.\n", "",
-        "## Every contender", "",
+                           "met"]) if targets else "Not judged at toy sizes.")
+    report.section(
+        "Every contender",
         "Seconds are forward + backward, median (min, max) over the timed rounds; `vs_plain` "
         "and `vs_checkpoint` are medians of per-round ratios (`vs_plain_min`, `vs_plain_max`: "
         "their range). `bytes`: NOTE [bytes] in the study (torch checkpoint's in this "
         "library's accounting). `plan_seconds`: `cost(...)`, i.e. one traced step plus "
         "planning; optimal's tables are memoised, so each timed run pays only for reading "
-        "its plan out of them.", "",
-        md_table(rows, cols), "",
-        "## How it was made", "",
-        provenance(command, pinned=THREADS),
-        f"- torch {torch.__version__}, {THREADS} torch thread(s) for every timing; timed "
-        "with `bptt_memory.timing.interleaved` (NOTE [timing] in the study)",
-        f"- Configurations (H, T): {ran}; of the issue's grid, not run: {skipped}",
-        f"- Wall time of the study: {seconds:.0f} s", "",
-    ])
-    return write_text(d / "report.md", text + "\n")
+        "its plan out of them.",
+        md_table(rows, cols))
+    report.section(
+        "How it was made",
+        "\n".join([
+            f"- torch {torch.__version__}, {THREADS} torch thread(s) for every timing; timed "
+            "with `bptt_memory.timing.interleaved` (NOTE [timing] in the study)",
+            f"- Configurations (H, T): {ran}; of the issue's grid, not run: {skipped}",
+            f"- Wall time of the study: {seconds:.0f} s"]))
+    report.file("results.csv", "one row per (cell, H, T, contender): its strategy, median, "
+                "min and max seconds, ratios to plain autograd and to torch's checkpoint "
+                "(medians of per-round ratios and their range), bytes (NOTE [bytes]), forward "
+                "steps, planning seconds, rounds, and the scan strategies' budget.")
+    report.file("results.json", "the same rows, and the target checks (none at toy sizes).")
+    return report.write(d, command, pinned=THREADS)
 
 
 def run(out: Path | str | None = DEFAULT_OUT, *, small: bool = False, quiet: bool = False,

@@ -3,6 +3,7 @@
 import csv
 import json
 
+from studies import _common
 from studies import checkpoint_benchmark as study
 
 
@@ -16,6 +17,12 @@ def test_small_run_writes_report_data_and_figure(tmp_path, capsys):
     assert "not judged (toy sizes)" in text
     assert "**met**" not in text and "**not met**" not in text
     assert (d / "time_memory.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert _common.unlisted_files(d) == []  # every file the run wrote is in the report
+    heads = [line for line in text.splitlines() if line.startswith("## ")]
+    assert heads == ["## Planning", "## Time and memory relative to full()", "## Files",
+                     "## Provenance"]
+    timed = text.split("## Time and memory relative to full()\n", 1)[1].split("\n## ", 1)[0]
+    assert "**Against recompute_tradeoff.**" in timed and "**Goal**" in timed  # reconciled there
     with open(d / "timing.csv") as f:
         rows = list(csv.DictReader(f))
     summary = json.loads((d / "summary.json").read_text())

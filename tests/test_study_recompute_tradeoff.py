@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import bptt_memory as bm
-from studies import recompute_tradeoff
+from studies import _common, recompute_tradeoff
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -22,6 +22,14 @@ def test_small_run_writes_a_consistent_report(tmp_path):
     for fig in ("frontier.png", "time.png"):
         assert (d / fig).read_bytes()[:8] == PNG
     assert not list(d.glob("*.tmp")) and not list(d.glob(".*"))
+    assert _common.unlisted_files(d) == []  # every file the run wrote is in the report
+    heads = [line for line in path.read_text().splitlines() if line.startswith("## ")]
+    T0 = recompute_tradeoff.SMALL["TIMED_STEPS"]
+    assert heads == ["## Findings",
+                     f"## Gruslys et al.'s headline: T = {T0}, 5% of full()'s memory",
+                     "## Forward steps against memory",
+                     f"## Wall time against memory (T = {T0})",
+                     "## Setup", "## Files", "## Provenance"]
 
     rows = _csv(d / "frontier.csv")
     for r in rows:

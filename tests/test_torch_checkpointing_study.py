@@ -7,6 +7,7 @@ import json
 import pytest
 
 pytest.importorskip("torch")
+from studies import _common  # noqa: E402
 from studies import torch_checkpointing as study  # noqa: E402
 
 
@@ -29,6 +30,10 @@ def test_small_run_writes_every_file_and_judges_nothing(tmp_path):
     assert (d / "time_vs_bytes.png").read_bytes()[:4] == b"\x89PNG"
     text = report.read_text()
     assert "not judged" in text.lower() and " met" not in text.replace("not judged", "")
+    assert _common.unlisted_files(d) == []  # every file the run wrote is in the report
+    heads = [line for line in text.splitlines() if line.startswith("## ")]
+    assert heads == ["## Targets", "## Every contender", "## How it was made", "## Files",
+                     "## Provenance"]
 
 
 def test_small_without_out_writes_to_a_temporary_folder(tmp_path, monkeypatch):

@@ -286,6 +286,7 @@ class Report:
     findings: list[str] = field(default_factory=list)
     sections: list[tuple[str, str]] = field(default_factory=list)
     files: dict[str, str] = field(default_factory=dict)
+    run_lines: list[str] = field(default_factory=list)
 
     def finding(self, text: str) -> None:
         """One finding: a bullet of one or more sentences."""
@@ -299,6 +300,10 @@ class Report:
         """A data file the study wrote beside the report, and what it holds."""
         self.files[name] = what
 
+    def run_line(self, text: str) -> None:
+        """A line about this run (its wall time, say) for Provenance, after the standard ones."""
+        self.run_lines.append(text.strip().removeprefix("- "))
+
     def render(self, command: str, pinned: int | None = None) -> str:
         parts = [f"# {self.title}"]
         if self.lead.strip():
@@ -308,7 +313,8 @@ class Report:
         parts += [f"## {h}\n\n{body}" if body else f"## {h}" for h, body in self.sections]
         if self.files:
             parts.append("## Files\n\n" + "\n".join(f"- `{n}`: {w}" for n, w in self.files.items()))
-        parts.append("## Provenance\n\n" + provenance(command, pinned))
+        parts.append("## Provenance\n\n" + "\n".join(
+            [provenance(command, pinned), *(f"- {line}" for line in self.run_lines)]))
         return "\n\n".join(parts) + "\n"
 
     def write(self, d: Path, command: str, pinned: int | None = None) -> Path:

@@ -743,11 +743,10 @@ Each child is forked by `/bin/sh` rather than spawned by this process: a process
 by exec inherits the high-water mark of the image it replaced, and Python's subprocess
 spawns through vfork, so a direct child would report the study's own peak RSS as its own
 (see NOTE [fresh process]).""")
-    # the run time closed the Files section, which `Report` writes now: it ends the last one
     report.section(f"Kernel cross-check at T = {lt['T']}, fresh processes", f"""\
 The sweep's own {lt['cell']} problem (B = {lt['batch']}, H = {lt['hidden']}), each strategy in
-a fresh process, without tracemalloc.""", _rss_table(rss, "long"),
-                   f"The whole study took {seconds / 60:.1f} min.")
+a fresh process, without tracemalloc.""", _rss_table(rss, "long"))
+    report.run_line(f"The whole study took {seconds / 60:.1f} min.")
     report.file("scaling.csv", "one row per (cell, strategy, T): source (measured or "
                 "predicted), exact and traced peak bytes, tracemalloc's allowance, `simulate`'s "
                 "prediction, forward steps, and seconds (under tracemalloc, so slower than a "

@@ -627,7 +627,7 @@ steps; `Stats.peak_bytes`), not counting parameters, gradients, the working stat
 transient temporaries. Timed runs: `strategy.run` under one BLAS thread, one untimed
 warm-up round, then {s.REPEATS} rounds running every strategy once each (the order rotated
 each round and reversed every other round: NOTE [round order] in
-`bptt_memory/compare.py`). The whole study took {seconds / 60:.1f} min.""")
+`bptt_memory/timing.py`). The whole study took {seconds / 60:.1f} min.""")
     report.file("frontier.csv", "one row per (T, strategy, budget): parameter, peak bytes and "
                 "fraction, peak states and recorded steps, forward steps from `simulate` and "
                 "from the strategy's own formula, recompute factor, planning seconds.")

@@ -58,6 +58,7 @@ def test_a_report_lays_out_its_parts_in_one_order_and_checks_the_files_it_names(
               _common.figure("plot.png", "a plot"))
     r.finding("- First.")
     r.file("rows.csv", "one row per run")
+    r.run_line("The study took 3 s.")
     with pytest.raises(ValueError, match=r"rows\.csv, plot\.png"):  # nothing written yet
         r.write(tmp_path, "bptt-memory study x")
     assert not (tmp_path / "report.md").exists()
@@ -70,4 +71,5 @@ def test_a_report_lays_out_its_parts_in_one_order_and_checks_the_files_it_names(
     assert "- First.\n" in text and "- `rows.csv`: one row per run" in text
     assert "| 1.5 |" in text and "![a plot](plot.png)" in text
     assert "- Command: `bptt-memory study x`" in text
+    assert text.endswith("\n- The study took 3 s.\n")
     assert _common.unlisted_files(tmp_path) == ["stray.json"]

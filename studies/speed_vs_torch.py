@@ -955,135 +955,149 @@ def write_report(d: Path, s: SimpleNamespace, rows: list[dict], targets: list[di
               for dt in s.DTYPES}
     agree = ("; ".join(f"{dt} {max(e):.2g}" for dt, e in errors.items() if e)
              or "not checked (no torch)")
-    ratios_figure = "" if torch_version is None else "\n![ratios](ratios.png)\n"
     torch_line = (f"torch {torch_version}" if torch_version else
                   "**torch is not installed: the torch contenders and targets 1–3 were skipped**")
     loads = [m["load_before"] for m in meta.values()] + [m["load_after"] for m in meta.values()]
     probes = [m[k] for m in meta.values() for k in ("probe_before", "probe_after")]
 
-    prof_text = ""
+    profile_parts: list[str] = []
     for p in profiles:
         user = f"; user-mode CPU time ratio {p['user_ratio']:.3f}" if p.get("user_ratio") else ""
-        prof_text += (f"\n### Target {p['target']}: {LABELS[p['contender']]} on {p['config']} "
-                      f"(ratio {p['ratio']:.3f}{user})\n\nOne run profiled with `bm.Profile`: "
-                      f"{p['seconds']:.3g} s, "
-                      f"of which {p['forward_seconds']:.3g} s in forward steps (advance, record) "
-                      f"and {p['backward_seconds']:.3g} s in backward steps (reverse, weight "
-                      f"gradients). Per step: {p['forward_us']:.3g} µs forward and "
-                      f"{p['backward_us']:.3g} µs backward, against {p['full_forward_us']:.3g} "
-                      f"and {p['full_backward_us']:.3g} µs in a full() run just after"
-                      + ("" if p["contender"] != "binomial" else
-                         " (binomial reverses every step alone: a vjp, its gradient rows and a "
-                         "Reverse action's bookkeeping per step, where full() runs 16 steps per "
-                         "call; its readouts are batched from the outputs its advances pass "
-                         "through, NOTE [readout rows] in `bptt_memory/engine.py`)")
-                      + f". {_product_note(p)} cProfile's top functions by own time in "
-                      "another run (numpy calls are counted inside the kernel that makes "
-                      "them):\n\n"
-                      f"```\n{p['profile']}\n```\n")
-    if not prof_text:
-        prof_text = ("\nNothing profiled: no time target was missed at toy sizes, which "
-                     "judge nothing.\n" if s.small else
-                     "\nEvery time target was met; nothing to profile.\n")
+        profile_parts.append(
+            f"### Target {p['target']}: {LABELS[p['contender']]} on {p['config']} "
+            f"(ratio {p['ratio']:.3f}{user})\n\nOne run profiled with `bm.Profile`: "
+            f"{p['seconds']:.3g} s, "
+            f"of which {p['forward_seconds']:.3g} s in forward steps (advance, record) "
+            f"and {p['backward_seconds']:.3g} s in backward steps (reverse, weight "
+            f"gradients). Per step: {p['forward_us']:.3g} µs forward and "
+            f"{p['backward_us']:.3g} µs backward, against {p['full_forward_us']:.3g} "
+            f"and {p['full_backward_us']:.3g} µs in a full() run just after"
+            + ("" if p["contender"] != "binomial" else
+               " (binomial reverses every step alone: a vjp, its gradient rows and a "
+               "Reverse action's bookkeeping per step, where full() runs 16 steps per "
+               "call; its readouts are batched from the outputs its advances pass "
+               "through, NOTE [readout rows] in `bptt_memory/engine.py`)")
+            + f". {_product_note(p)} cProfile's top functions by own time in "
+            "another run (numpy calls are counted inside the kernel that makes "
+            "them):\n\n"
+            f"```\n{p['profile']}\n```")
+    if not profile_parts:
+        profile_parts = ["Nothing profiled: no time target was missed at toy sizes, which "
+                         "judge nothing." if s.small else
+                         "Every time target was met; nothing to profile."]
 
-    text = f"""# Speed against PyTorch on the CPU
-
-Forward + backward of a recurrent cell with a linear readout at every step and the sum of
-per-step MSE losses (`bm.Model(cell, n_out={s.N_OUT}, loss="mse")`), B={s.BATCH}, I={s.N_IN},
-{s.THREADS} BLAS thread(s) for both libraries, {torch_line}. This library's `full()`,
-`binomial(slots=round(√T))` and `optimal` at {s.OPTIMAL_FRACTION:.0%} of full()'s bytes race
-torch's fused module (`nn.RNN` tanh / `nn.LSTM` / `nn.GRU`, plain autograd), a torch cell loop
-(`nn.RNNCell` / `nn.LSTMCell` / `nn.GRUCell`) and that loop checkpointed over √T segments
-(`torch.utils.checkpoint`, `use_reentrant=False`). All contenders start from the same
-weights and data; every contender's gradient agrees with torch fused's to a relative error
-(over all parameters at once) of at most: {agree}. {_kernels_line(rows)}
-
-## Targets
-
-{_common.md_table(_summary(targets, s.small)) if targets
- else "(no targets: torch is not installed)"}
-Target 1 in detail. The ratio is of wall times; the note gives the ratio of user-mode CPU
-times, which leaves out the operating system's work of faulting fresh pages in (see below).
-A configuration meets target 1 only if both ratios are within the limit, and the summary
-above gives the larger of the two: whether torch or full() faults its memory in depends on
-what the allocator kept from earlier runs, not on its kernels, and can move the wall-time
-ratio by tens of percent (NOTE [target 1 in both times] in the study):
-
-{_common.md_table([{"config": t["config"], "ratio": t["ratio"],
-                   "over runs (NOTE [runs over time])": over_runs(history, t),
-                   "limit": t["limit"], "met": _common.verdict(t["met"], s.small),
-                   "note": t["note"]} for t in t1])
- if t1 else "(not measured)"}
-Targets: (1) full() ≤ {s.TARGET_FULL_VS_FUSED_TIME}× torch fused's time for
-{"/".join(s.TARGET_1_CELLS)} at H={s.TARGET_1_HIDDEN}, T={s.TARGET_1_STEPS}; (2) full()'s
-peak_bytes ≤ {s.TARGET_FULL_VS_FUSED_MEMORY}× the bytes torch fused saves for backward; (3)
-optimal(5%) ≤ {s.TARGET_OPTIMAL_VS_CHECKPOINT_TIME}× the checkpointed loop's time while
-holding no more than it, and (3b) the same for optimal given exactly the loop's bytes, which
-is the comparison at equal memory (5% of full()'s bytes can be more than the loop keeps, or
-far less: NOTE [matched memory]); (4) binomial's and optimal's time / full()'s ≤
-{s.TARGET_PREDICTION_SLACK}× the ratio predicted from their simulated step counts, (F·f +
-T·b) / (T·(f + b)), with f and b the seconds per forward and per backward step measured
-inside full()'s own runs (the ratio column of target 4 is measured / predicted; the
-prediction leaves out copying stored states and the per-action work of the executor, which
-is what small-T misses are made of; planning is not in the timed rounds: a strategy plans a
-sequence shape once, in its warm-up run, NOTE [plan memo] in `bptt_memory/strategies.py`).
-Every row, every configuration: `targets.csv`.
-
-{t3_text}
-{t4_text}
-{_fused_note(s, rows)}
-
-{_memory_note(s, rows, targets)}
-
-## Time
-
-Median wall time in milliseconds over the timed rounds (ratio to torch fused in brackets).
-
-{_common.md_table(time_table, ["config"] + [LABELS[n] for n in contenders])}
-![time](time.png)
-{ratios_figure}
-## Memory
-
-MiB held for the backward pass: this library's exact `peak_bytes`; torch's saved-tensor
-bytes (see Method). The last two columns are tracemalloc's peak over a whole run, which also
-counts grads, transposed weight copies and the chunk buffers (NOTE [chunked products] in
-`bptt_memory/engine.py`).
-
-{_common.md_table(mem_table, ["config"] + [LABELS[n] for n in contenders if n not in NUMPY_KERNELS]
-                  + ["full() tracemalloc", "optimal tracemalloc"])}
-![memory](memory.png)
-
-## Where the time goes
-{prof_text}
-## Method
-
-- One process; per configuration one untimed warm-up run of every contender, which also
-  measures its memory (this library under tracemalloc, torch under a `saved_tensors_hooks`
-  pack hook) and compares its gradient with torch fused's, then {s.REPEATS} timed rounds
-  ({s.TARGET_1_REPEATS} where target 1 is judged: NOTE [target 1 rounds]), each
-  running every contender once in an order that rotates from round to round and is
-  reversed every other round (no contender always follows the same one; NOTE [fair timing]).
-  Medians of wall time are reported; CPU time (`time.process_time`) is in `results.csv` too.
-- numpy's BLAS pinned to {s.THREADS} thread(s) with threadpoolctl, torch to the same with
-  `torch.set_num_threads`; `gc.collect()` before the timed rounds, the collector off during
-  each timed run (as `timeit` does).
-- torch's memory: the unique storages a `torch.autograd.graph.saved_tensors_hooks` pack
-  hook sees during the forward pass, by `untyped_storage().nbytes()`, leaving out parameters
-  and the input/target tensors. For the checkpointed loop that is what checkpoint keeps (the
-  boundary states), plus the saved bytes of its longest segment run once uncheckpointed,
-  because backward holds one recomputed segment at a time.
-- The machine may be shared: the 1-minute load average was between {min(loads):.2f} and
-  {max(loads):.2f} during the measurements (per configuration in `results.json`), on
-  {os.cpu_count()} CPUs. A fixed probe of work like one LSTM step's, run before and after
-  every configuration, took between {1e3 * min(probes):.3g} and {1e3 * max(probes):.3g} ms
-  ({max(probes) / min(probes) - 1:.0%} apart; NOTE [machine probe]): how much the machine's
-  own speed moved while the study ran, which a neighbour on the same host can change
-  unseen by the load average. Interleaving makes the ratios fair; absolute times are noisier.
-- The whole study took {seconds:.0f} s.
-
-{_common.provenance(command, pinned=s.THREADS)}
-"""
-    return _common.write_text(d / "report.md", text)
+    report = _common.Report(
+        "Speed against PyTorch on the CPU",
+        "Forward + backward of a recurrent cell with a linear readout at every step and the sum "
+        f"of per-step MSE losses (`bm.Model(cell, n_out={s.N_OUT}, loss=\"mse\")`), "
+        f"B={s.BATCH}, I={s.N_IN}, {s.THREADS} BLAS thread(s) for both libraries, {torch_line}. "
+        "This library's `full()`, `binomial(slots=round(√T))` and `optimal` at "
+        f"{s.OPTIMAL_FRACTION:.0%} of full()'s bytes race torch's fused module (`nn.RNN` tanh / "
+        "`nn.LSTM` / `nn.GRU`, plain autograd), a torch cell loop (`nn.RNNCell` / `nn.LSTMCell` "
+        "/ `nn.GRUCell`) and that loop checkpointed over √T segments (`torch.utils.checkpoint`, "
+        "`use_reentrant=False`). All contenders start from the same weights and data; every "
+        "contender's gradient agrees with torch fused's to a relative error (over all "
+        f"parameters at once) of at most: {agree}. {_kernels_line(rows)}")
+    report.section(
+        "Targets",
+        _common.md_table(_summary(targets, s.small)) if targets
+        else "(no targets: torch is not installed)",
+        "Target 1 in detail. The ratio is of wall times; the note gives the ratio of user-mode "
+        "CPU times, which leaves out the operating system's work of faulting fresh pages in "
+        "(see below). A configuration meets target 1 only if both ratios are within the limit, "
+        "and the summary above gives the larger of the two: whether torch or full() faults its "
+        "memory in depends on what the allocator kept from earlier runs, not on its kernels, "
+        "and can move the wall-time ratio by tens of percent (NOTE [target 1 in both times] in "
+        "the study):",
+        _common.md_table([{"config": t["config"], "ratio": t["ratio"],
+                           "over runs (NOTE [runs over time])": over_runs(history, t),
+                           "limit": t["limit"], "met": _common.verdict(t["met"], s.small),
+                           "note": t["note"]} for t in t1])
+        if t1 else "(not measured)",
+        f"Targets: (1) full() ≤ {s.TARGET_FULL_VS_FUSED_TIME}× torch fused's time for "
+        f"{'/'.join(s.TARGET_1_CELLS)} at H={s.TARGET_1_HIDDEN}, T={s.TARGET_1_STEPS}; (2) "
+        f"full()'s peak_bytes ≤ {s.TARGET_FULL_VS_FUSED_MEMORY}× the bytes torch fused saves "
+        f"for backward; (3) optimal(5%) ≤ {s.TARGET_OPTIMAL_VS_CHECKPOINT_TIME}× the "
+        "checkpointed loop's time while holding no more than it, and (3b) the same for "
+        "optimal given exactly the loop's bytes, which is the comparison at equal memory (5% "
+        "of full()'s bytes can be more than the loop keeps, or far less: NOTE [matched "
+        "memory]); (4) binomial's and optimal's time / full()'s ≤ "
+        f"{s.TARGET_PREDICTION_SLACK}× the ratio predicted from their simulated step counts, "
+        "(F·f + T·b) / (T·(f + b)), with f and b the seconds per forward and per backward "
+        "step measured inside full()'s own runs (the ratio column of target 4 is measured / "
+        "predicted; the prediction leaves out copying stored states and the per-action work "
+        "of the executor, which is what small-T misses are made of; planning is not in the "
+        "timed rounds: a strategy plans a sequence shape once, in its warm-up run, NOTE [plan "
+        "memo] in `bptt_memory/strategies.py`). Every row, every configuration: "
+        "`targets.csv`.",
+        t3_text, t4_text, _fused_note(s, rows), _memory_note(s, rows, targets))
+    report.section(
+        "Time",
+        "Median wall time in milliseconds over the timed rounds (ratio to torch fused in "
+        "brackets).",
+        _common.md_table(time_table, ["config"] + [LABELS[n] for n in contenders]),
+        _common.figure("time.png", "time"),
+        "" if torch_version is None else _common.figure("ratios.png", "ratios"))
+    report.section(
+        "Memory",
+        "MiB held for the backward pass: this library's exact `peak_bytes`; torch's "
+        "saved-tensor bytes (see Method). The last two columns are tracemalloc's peak over a "
+        "whole run, which also counts grads, transposed weight copies and the chunk buffers "
+        "(NOTE [chunked products] in `bptt_memory/engine.py`).",
+        _common.md_table(mem_table, ["config"] + [LABELS[n] for n in contenders
+                                                  if n not in NUMPY_KERNELS]
+                         + ["full() tracemalloc", "optimal tracemalloc"]),
+        _common.figure("memory.png", "memory"))
+    report.section("Where the time goes", *profile_parts)
+    report.section("Method", "\n".join([
+        "- One process; per configuration one untimed warm-up run of every contender, which "
+        "also measures its memory (this library under tracemalloc, torch under a "
+        "`saved_tensors_hooks` pack hook) and compares its gradient with torch fused's, then "
+        f"{s.REPEATS} timed rounds ({s.TARGET_1_REPEATS} where target 1 is judged: NOTE "
+        "[target 1 rounds]), each running every contender once in an order that rotates from "
+        "round to round and is reversed every other round (no contender always follows the "
+        "same one; NOTE [fair timing]). Medians of wall time are reported; CPU time "
+        "(`time.process_time`) is in `results.csv` too.",
+        f"- numpy's BLAS pinned to {s.THREADS} thread(s) with threadpoolctl, torch to the "
+        "same with `torch.set_num_threads`; `gc.collect()` before the timed rounds, the "
+        "collector off during each timed run (as `timeit` does).",
+        "- torch's memory: the unique storages a `torch.autograd.graph.saved_tensors_hooks` "
+        "pack hook sees during the forward pass, by `untyped_storage().nbytes()`, leaving out "
+        "parameters and the input/target tensors. For the checkpointed loop that is what "
+        "checkpoint keeps (the boundary states), plus the saved bytes of its longest segment "
+        "run once uncheckpointed, because backward holds one recomputed segment at a time.",
+        "- The machine may be shared: the 1-minute load average was between "
+        f"{min(loads):.2f} and {max(loads):.2f} during the measurements (per configuration in "
+        f"`results.json`), on {os.cpu_count()} CPUs. A fixed probe of work like one LSTM "
+        "step's, run before and after every configuration, took between "
+        f"{1e3 * min(probes):.3g} and {1e3 * max(probes):.3g} ms "
+        f"({max(probes) / min(probes) - 1:.0%} apart; NOTE [machine probe]): how much the "
+        "machine's own speed moved while the study ran, which a neighbour on the same host "
+        "can change unseen by the load average. Interleaving makes the ratios fair; absolute "
+        "times are noisier.",
+        f"- The whole study took {seconds:.0f} s."]))
+    report.file("results.csv", "one row per configuration (cell, H, T, dtype) and contender: "
+                "median, fastest and slowest wall time, median CPU time (user-mode and "
+                "system), page faults, the bytes held for backward (`memory_bytes`: this library's "
+                "`peak_bytes`, with tracemalloc's peak beside it, or torch's saved-tensor "
+                "bytes), forward and backward steps "
+                "and seconds, time outside steps, the gradient's relative error against torch "
+                "fused's, and the ratios to torch fused and to full()")
+    report.file("targets.csv", "one row per target, configuration and (target 4) strategy: "
+                "what is compared, the measured ratio, its limit, met or not, and a note "
+                "(user-mode CPU time ratio, recomputation bound, fastest rounds, own steps "
+                "against full()'s)")
+    report.file("results.json", "the settings, the torch version, the rows of `results.csv` "
+                "and `targets.csv`, the profiles of missed time targets, the study's seconds, "
+                "and per configuration the load average and machine probe before and after, "
+                "every round's wall and CPU times, page faults and phase seconds, the rounds' "
+                "orders, the strategies and the cell's sizes")
+    if history:  # written by full-size runs only: NOTE [runs over time]
+        report.file(HISTORY, "every full-size run's target ratios (wall and user-mode CPU "
+                    "time), one row per run, target, configuration and contender, appended "
+                    "run by run: the range over runs in the target-1 table (NOTE [runs over "
+                    "time])")
+    return report.write(d, command, pinned=s.THREADS)
 
 
 # -- run -----------------------------------------------------------------------------------------

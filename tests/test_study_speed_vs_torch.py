@@ -11,6 +11,7 @@ import json
 import numpy as np
 
 import bptt_memory as bm
+from studies import _common
 from studies import speed_vs_torch as study
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -95,6 +96,13 @@ def _check_common(d, contenders):
     for fig in ("time.png", "memory.png"):
         assert (d / fig).read_bytes()[:8] == PNG
     assert not list(d.glob("*.tmp")) and not list(d.glob(".*"))
+    # the one report layout: the study's sections, then Files, which names every file the
+    # run wrote (a smoke run writes no history.csv), then Provenance
+    heads = [line for line in (d / "report.md").read_text().splitlines()
+             if line.startswith("## ")]
+    assert heads == ["## Targets", "## Time", "## Memory", "## Where the time goes",
+                     "## Method", "## Files", "## Provenance"]
+    assert _common.unlisted_files(d) == [] and not (d / study.HISTORY).exists()
     return rows, _csv(d / "targets.csv")
 
 
@@ -140,6 +148,16 @@ def test_small_run_writes_a_report_figures_and_data(tmp_path):
         missed = [t for t in targets if t["target"] == "2" and t["met"] == "False"]
         assert ("Missed at" in text) == bool(missed)
         assert all(t["config"] in text for t in missed)
+
+    # a full-size run also appends to history.csv (NOTE [runs over time]), which its
+    # report then lists: the same report again, from this run's data, with a history
+    data = json.loads((d / "results.json").read_text())
+    history = study.record_history(d, data["targets"], "now")
+    study.write_report(d, study._settings(small=True), data["rows"], data["targets"],
+                       data["profiles"], data["configs"], data["seconds"], "a command",
+                       data["torch"], history)
+    assert f"- `{study.HISTORY}`: " in path.read_text()
+    assert _common.unlisted_files(d) == []
 
 
 def test_small_run_without_torch_skips_its_contenders(tmp_path, monkeypatch, capsys):

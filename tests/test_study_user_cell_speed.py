@@ -2,6 +2,7 @@
 
 import csv
 
+from studies import _common
 from studies import user_cell_speed as study
 
 
@@ -9,6 +10,10 @@ def test_small_run_writes_a_report_without_a_verdict_and_equal_gradients(tmp_pat
     report = study.run(tmp_path, small=True, quiet=True)
     text = report.read_text()
     assert "no verdict" in text and "within" not in text and "over the" not in text
+    heads = [line for line in text.splitlines() if line.startswith("#")]
+    assert heads == ["# A cell of one's own: what the protocol alone costs", "## Files",
+                     "## Provenance"]
+    assert _common.unlisted_files(report.parent) == []
     with open(report.parent / "results.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [r["dtype"] for r in rows] == list(study.DTYPES)

@@ -728,7 +728,11 @@ def _binding(t: dict) -> float:
     return max(t["ratio"], t.get("user_ratio") or 0.0)
 
 
-def _summary(targets: Sequence[dict], small: bool = False) -> list[dict]:
+def _summary(targets: Sequence[dict], small: bool = False,
+             history: Sequence[dict] = ()) -> list[dict]:
+    """One row per target and group (cell or strategy): how many configurations met it,
+    the worst and best ratio, and the worst ratio's range over the recorded runs (NOTE
+    [runs over time])."""
     groups: dict[tuple, list[dict]] = {}
     for t in targets:
         sub = (t["cell"] if t["target"] in ("2", "3", "3b")
@@ -742,7 +746,22 @@ def _summary(targets: Sequence[dict], small: bool = False) -> list[dict]:
                             else f"{sum(t['met'] for t in ts)} / {len(ts)}"),
                     "worst ratio": _binding(worst), "worst at": worst["config"],
                     "best ratio": min(_binding(t) for t in ts)})
+        if history:
+            out[-1]["worst over runs"] = _worst_over_runs(history, ts)
     return out
+
+
+def _worst_over_runs(history: Sequence[dict], ts: Sequence[dict]) -> str:
+    """The range over recorded runs of a group's worst ratio (each run's own worst)."""
+    keys = {(t["target"], t["config"], t["contender"]) for t in ts}
+    worst: dict[str, float] = {}
+    for h in history:
+        if (h["target"], h["config"], h["contender"]) in keys:
+            b = max(float(h["ratio"]), float(h.get("user_ratio") or 0.0))
+            worst[h["run"]] = max(worst.get(h["run"], b), b)
+    if len(worst) < 2:
+        return "one run so far"
+    return f"{min(worst.values()):.3f}–{max(worst.values()):.3f} over {len(worst)} runs"
 
 
 def _kernels_line(rows: Sequence[dict]) -> str:
@@ -922,10 +941,13 @@ def write_report(d: Path, s: SimpleNamespace, rows: list[dict], targets: list[di
                           "optimal tracemalloc": _mib(c["optimal"]["traced_peak_bytes"])})
     t1 = [t for t in targets if t["target"] == "1"]
     t3 = [dict(target=t["target"], config=t["config"], ratio=round(t["ratio"], 3),
+               **({"over runs": over_runs(history, t)} if history else {}),
                limit=t["limit"], bound=round(t["bound"], 3))
           for t in targets if t["target"] in ("3", "3b") and not t["met"]]
     t4 = [{"config": t["config"], "strategy": LABELS[t["contender"]],
-           "ratio": round(t["ratio"], 3), "fastest": round(t["fastest"], 3),
+           "ratio": round(t["ratio"], 3),
+           **({"over runs": over_runs(history, t)} if history else {}),
+           "fastest": round(t["fastest"], 3),
            "limit": t["limit"], "forward step / full()'s": round(t["own_forward"], 3),
            "backward step / full()'s": round(t["own_backward"], 3),
            "outside steps": f"{t['outside_share']:.1%}"}
@@ -1000,7 +1022,7 @@ def write_report(d: Path, s: SimpleNamespace, rows: list[dict], targets: list[di
         f"parameters at once) of at most: {agree}. {_kernels_line(rows)}")
     report.section(
         "Targets",
-        _common.md_table(_summary(targets, s.small)) if targets
+        _common.md_table(_summary(targets, s.small, history)) if targets
         else "(no targets: torch is not installed)",
         "Target 1 in detail. The ratio is of wall times; the note gives the ratio of user-mode "
         "CPU times, which leaves out the operating system's work of faulting fresh pages in "
@@ -1095,8 +1117,8 @@ def write_report(d: Path, s: SimpleNamespace, rows: list[dict], targets: list[di
     if history:  # written by full-size runs only: NOTE [runs over time]
         report.file(HISTORY, "every full-size run's target ratios (wall and user-mode CPU "
                     "time), one row per run, target, configuration and contender, appended "
-                    "run by run: the range over runs in the target-1 table (NOTE [runs over "
-                    "time])")
+                    "run by run: the ranges over runs in the tables of targets (NOTE [runs "
+                    "over time])")
     return report.write(d, command, pinned=s.THREADS)
 
 

@@ -347,6 +347,22 @@ def test_history_gives_each_ratio_its_range_over_runs(tmp_path):
     assert [h["run"] for h in history] == ["first", "first", "second"]
 
 
+def test_the_summary_gives_each_groups_worst_ratio_over_runs(tmp_path):
+    """Each run's own worst in a group, ranged over runs; target 1 judged by the larger of
+    its wall and CPU ratios (NOTE [target 1 in both times])."""
+    t = dict(target="1", config="lstm H=128 T=1000 float32", cell="lstm", contender="full",
+             ratio=0.9, user_ratio=0.95, limit=1.0, met=True)
+    other = dict(t, config="gru H=128 T=1000 float32", cell="gru", ratio=0.5, user_ratio=0.6)
+    study.record_history(tmp_path, [t, other], "first")  # worst 0.95 (lstm's CPU ratio)
+    history = study.record_history(tmp_path, [dict(t, ratio=0.7, user_ratio=0.7),
+                                              dict(other, ratio=0.8, user_ratio=0.6)], "second")
+    (row,) = study._summary([t, other], history=history)  # second run's worst: gru's 0.8
+    assert row["worst over runs"] == "0.800–0.950 over 2 runs"
+    (row,) = study._summary([t, other], history=history[:2])
+    assert row["worst over runs"] == "one run so far"
+    assert "worst over runs" not in study._summary([t, other])[0]  # smoke runs: no history
+
+
 def test_figure_legend_names_every_contender_in_any_panel():
     s = study._settings(small=True)
     rows = [dict(cell=c, dtype=dt, H=8, T=12, contender=name, wall_median=1.0,

@@ -64,8 +64,9 @@ alone would give at full()'s step costs (NOTE [recomputation bound]), and a prof
 implementation making the same products could reach (NOTE [product time]).
 
 Run: ``bptt-memory study speed_vs_torch [--small] [--out DIR] [--quiet]`` (the full grid
-takes about 25 minutes here); writes DIR/speed_vs_torch/report.md, time.png,
-memory.png, ratios.png, results.csv, targets.csv and results.json.
+takes about half an hour here); writes DIR/speed_vs_torch/report.md, time.png,
+memory.png, ratios.png (with torch), results.csv, targets.csv and results.json, and a
+full-size run appends its target ratios to history.csv (NOTE [runs over time]).
 """
 
 from __future__ import annotations

@@ -612,7 +612,9 @@ def write_report(d: Path, s: SimpleNamespace, rows: Sequence[dict], fits: Sequen
         findings.append(
             "- Beyond the exact peak, tracemalloc's peak grew, between the two largest measured "
             f"T, by {b_lo:.1f} to {b_hi:.1f} B per step for binomial() (median {median:.1f}) and "
-            f"by {min(growth['truncated']):.1f} to {max(growth['truncated']):.1f} B per step for "
+            # + 0.0: a growth that rounds to zero reads 0.0, not -0.0
+            f"by {round(min(growth['truncated']), 1) + 0.0:.1f} to "
+            f"{max(growth['truncated']):.1f} B per step for "
             "truncated()." + why)
     over = checks["over_allowance"]
     if over:

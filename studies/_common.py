@@ -1,8 +1,7 @@
 """What every study shares: where reports go, atomic report files, one report layout
 (`Report`), provenance, progress bars, the strategies' palette, and verdicts that toy runs
-never give. Timing is
-`bptt_memory.timing` (one harness for the studies and `compare`); the gradient-error
-metric is `bptt_memory.compare.grad_error`.
+never give. Timing is `bptt_memory.timing` (one harness for the studies and `compare`);
+the gradient-error metric is `bptt_memory.compare.grad_error`.
 
 Every file a study writes goes through a temporary file in the same folder and
 `os.replace`, so an interrupted study leaves either the old file or the new one, never

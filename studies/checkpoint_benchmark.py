@@ -293,8 +293,7 @@ def reconcile(s: SimpleNamespace, verdict: dict, reports: Path) -> str:
             f"{verdict['wide_full_over_full']:.3g}× its n_out = {s.N_OUT} time. The readout "
             "runs once per step whatever a strategy recomputes (NOTE [wide readout]): a "
             "wider one adds the same seconds to both and lowers the ratio"
-            + (", as here." if verdict["wide_time_ratio"] < verdict["time_ratio"]
-               and whi < lo else
+            + (", as here." if whi < lo else
                "; here that is within the spread of the rounds, whose ranges overlap."))
     other = reports / "recompute_tradeoff" / "data.json"
     if not other.is_file():

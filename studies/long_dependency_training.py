@@ -70,14 +70,12 @@ TIMING_REPEATS = 5  # interleaved timed runs per strategy (bm.compare), median r
 WORKERS = 2  # training runs in parallel processes; timing is done alone afterwards
 # -- toy sizes for --small (seconds) ---------------------------------------------------------
 SMALL = dict(T=16, BATCH=8, TEST_SIZE=64, HIDDEN=8, UPDATES=12, MAX_UPDATES=24, EVAL_EVERY=3,
-             SHORT_K=(2, 4),
-             LONG_K1=4, TIMING_REPEATS=1, WORKERS=1, EXTRA_SEEDS=(1,))
+             SHORT_K=(2, 4), LONG_K1=4, TIMING_REPEATS=1, WORKERS=1, EXTRA_SEEDS=(1,))
 
 
 def _settings(small: bool) -> SimpleNamespace:
     names = ("T", "BATCH", "TEST_SIZE", "TOLERANCE", "CELL", "HIDDEN", "UPDATES", "MAX_UPDATES",
-             "LR",
-             "BETAS", "EPS", "CLIP", "SEED", "EVAL_EVERY", "SHORT_K", "LONG_K1",
+             "LR", "BETAS", "EPS", "CLIP", "SEED", "EVAL_EVERY", "SHORT_K", "LONG_K1",
              "TIMING_REPEATS", "WORKERS", "EXTRA_SEEDS", "PLATEAU", "PLATEAU_ABS")
     return _common.settings(globals(), names, small)
 
@@ -582,7 +580,7 @@ def write_report(d: Path, s: SimpleNamespace, runs: dict[str, dict], table: Sequ
                if strats[r['strategy']].k2 < s.T // 2 else "(k2 < T), ")
             + f"{r['memory_fraction']:.1%} of full()'s memory: final test MSE "
             f"{r['final_test_mse']:.4g} after {r['updates']} updates "
-            f"({r['final_test_mse'] / baseline_mse:.0%} of the "
+            f"({100 * r['final_test_mse'] / baseline_mse:.2g}% of the "
             f"baseline; full(): {full['final_test_mse']:.4g}), accuracy "
             f"{r['final_test_accuracy']:.1%} (full(): {full['final_test_accuracy']:.1%}); "
             + (f"below 10% of the baseline first at update {first_t} (full(): {first}). "
@@ -705,9 +703,9 @@ k2)'s last window). The second marker is 1–{s.T // 2} steps back, the first
     report.file("test_curves.csv", f"every {s.EVAL_EVERY} updates, test MSE and accuracy after "
                                    "the update, and the update's gradient error and cosine "
                                    "against full()'s on its batch.")
-    report.file("summary.csv", "the table above.")
-    report.file("summary.json", "the table above, settings, baselines.")
-    report.file("exact_curve_differences.csv", "the table just above.")
+    report.file("summary.csv", "the table of memory, time and accuracy.")
+    report.file("summary.json", "that table, the settings and the baselines.")
+    report.file("exact_curve_differences.csv", "the table of exact strategies against full().")
     report.file("error_by_distance.csv", "the by-distance table.")
     report.file("seeds.csv", "the table over seeds.")
     return report.write(d, command, pinned=1)

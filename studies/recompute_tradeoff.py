@@ -36,6 +36,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 import bptt_memory as bm
+from bptt_memory.checkpoint import MAX_UNITS
 from bptt_memory.compare import format_bytes, grad_error
 from bptt_memory.tasks import random_problem
 from bptt_memory.timing import interleaved
@@ -596,9 +597,9 @@ of its plan. Optimal plans every budget: with its exact programme where that is 
 (`EXACT_WORK` in `bptt_memory/checkpoint.py`: O(T²·m) in the budget m in units,
 `Optimal.units`), and beyond it with the best segment or block plan (NOTE [segment
 plans] and [block plans] there), which never does more forward steps than binomial at
-the same bytes. Above {format_bytes(2048 * unit)} (2048 units of {format_bytes(unit)}) the
-exact programme rounds item sizes up to a coarser unit, so its plans there can use less
-than the budget and be slightly off optimal.""",
+the same bytes. Above {format_bytes(MAX_UNITS * unit)} ({MAX_UNITS} units of
+{format_bytes(unit)}) the exact programme rounds item sizes up to a coarser unit, so its
+plans there can use less than the budget and be slightly off optimal.""",
         f"""\
 Planning time (the `simulate` walk, and optimal's cost tables when first built), summed
 over the budgets: {planning}.""")

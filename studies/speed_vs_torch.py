@@ -747,22 +747,10 @@ def _summary(targets: Sequence[dict], small: bool = False,
                             else f"{sum(t['met'] for t in ts)} / {len(ts)}"),
                     "worst ratio": _binding(worst), "worst at": worst["config"],
                     "best ratio": min(_binding(t) for t in ts)})
-        if history:
-            out[-1]["worst over runs"] = _worst_over_runs(history, ts)
+        if history:  # each run's own worst in the group, judged as the target is
+            out[-1]["worst over runs"] = _range_over_runs(
+                history, ts, lambda h: max(float(h["ratio"]), float(h.get("user_ratio") or 0)))
     return out
-
-
-def _worst_over_runs(history: Sequence[dict], ts: Sequence[dict]) -> str:
-    """The range over recorded runs of a group's worst ratio (each run's own worst)."""
-    keys = {(t["target"], t["config"], t["contender"]) for t in ts}
-    worst: dict[str, float] = {}
-    for h in history:
-        if (h["target"], h["config"], h["contender"]) in keys:
-            b = max(float(h["ratio"]), float(h.get("user_ratio") or 0.0))
-            worst[h["run"]] = max(worst.get(h["run"], b), b)
-    if len(worst) < 2:
-        return "one run so far"
-    return f"{min(worst.values()):.3f}–{max(worst.values()):.3f} over {len(worst)} runs"
 
 
 def _kernels_line(rows: Sequence[dict]) -> str:
@@ -913,11 +901,21 @@ def record_history(d: Path, targets: Sequence[dict], stamp: str) -> list[dict]:
 
 def over_runs(history: Sequence[dict], t: dict) -> str:
     """A target's ratio as "lo–hi over n runs" from the history (this run included)."""
-    rs = [float(h["ratio"]) for h in history if (h["target"], h["config"], h["contender"])
-          == (t["target"], t["config"], t["contender"])]
-    if len(rs) < 2:
+    return _range_over_runs(history, [t], lambda h: float(h["ratio"]))
+
+
+def _range_over_runs(history: Sequence[dict], ts: Sequence[dict],
+                     value: Callable[[dict], float]) -> str:
+    """The range over recorded runs of the largest `value` among the history's rows for
+    the targets `ts` (one target: its value), as "lo–hi over n runs"."""
+    keys = {(t["target"], t["config"], t["contender"]) for t in ts}
+    worst: dict[str, float] = {}
+    for h in history:
+        if (h["target"], h["config"], h["contender"]) in keys:
+            worst[h["run"]] = max(worst.get(h["run"], -math.inf), value(h))
+    if len(worst) < 2:
         return "one run so far"
-    return f"{min(rs):.3f}–{max(rs):.3f} over {len(rs)} runs"
+    return f"{min(worst.values()):.3f}–{max(worst.values()):.3f} over {len(worst)} runs"
 
 
 def write_report(d: Path, s: SimpleNamespace, rows: list[dict], targets: list[dict],

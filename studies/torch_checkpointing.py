@@ -334,8 +334,8 @@ def _write(d: Path, rows: list[dict], small: bool, command: str, torch: Any,
         "\n".join([
             f"- torch {torch.__version__}, {THREADS} torch thread(s) for every timing; timed "
             "with `bptt_memory.timing.interleaved` (NOTE [timing] in the study)",
-            f"- Configurations (H, T): {ran}; of the issue's grid, not run: {skipped}",
-            f"- Wall time of the study: {seconds:.0f} s"]))
+            f"- Configurations (H, T): {ran}; of the issue's grid, not run: {skipped}"]))
+    report.run_line(f"Wall time of the study: {seconds:.0f} s")
     report.file("results.csv", "one row per (cell, H, T, contender): its strategy, median, "
                 "min and max seconds, ratios to plain autograd and to torch's checkpoint "
                 "(medians of per-round ratios and their range), bytes (NOTE [bytes]), forward "

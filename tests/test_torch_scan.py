@@ -194,8 +194,6 @@ def test_a_second_backward_and_higher_order_gradients_are_refused():
         with pytest.raises(RuntimeError, match="higher-order"):
             torch.autograd.grad(loss, list(step.parameters()), create_graph=True)
 
-
-
 @pytest.mark.parametrize("strategy", [bm.full(), bm.binomial(slots=3), bm.truncated(2, 4)],
                          ids=lambda s: s.name)
 def test_a_scan_leaves_no_reference_cycle_and_the_kept_loss_holds_no_gradients(strategy):
